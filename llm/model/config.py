@@ -1,0 +1,154 @@
+"""The model's hyper-parameters: one frozen dataclass, its defaults, and its validation.
+
+The experiment config's `model` section (an ml_collections ConfigDict) is built from these defaults and
+converted back with `ModelConfig.from_dict`, which rejects unknown keys, wrong types and inconsistent values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from typing import Any
+
+from llm.ops.attention import IMPLEMENTATIONS
+
+POSITIONS = ("learned", "sinusoidal", "rope", "alibi", "none")
+FFNS = ("mlp", "swiglu", "geglu")
+ACTIVATIONS = ("gelu", "relu", "silu")
+NORMS = ("layernorm", "rmsnorm")
+NORM_POSITIONS = ("pre", "post")
+DTYPES = ("float32", "bfloat16", "float16")
+REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
+
+
+class ConfigError(ValueError):
+    """A user-facing configuration mistake; its message is one line that says what to change."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """A decoder-only transformer; see llm/model/transformer.py for how each field is used."""
+
+    vocab_size: int = 256
+    max_len: int = 256  # context length: the longest sequence the model is trained or sampled on
+    d_model: int = 128
+    n_layers: int = 4
+    n_heads: int = 4
+    n_kv_heads: int | None = None  # None: = n_heads (multi-head); 1: multi-query; else grouped-query
+    head_dim: int | None = None  # None: d_model // n_heads
+    d_ff: int | None = None  # None: 4 * d_model for 'mlp', 8/3 * d_model rounded up to ff_multiple_of if gated
+    ff_multiple_of: int = 64
+    ffn: str = "mlp"
+    activation: str = "gelu"  # for ffn='mlp'; the gated ffns fix theirs (swiglu: silu, geglu: gelu)
+    norm: str = "layernorm"
+    norm_eps: float = 1e-5
+    norm_position: str = "pre"
+    position: str = "learned"
+    rope_base: float = 10000.0
+    attention_impl: str = "xla"
+    window: int | None = None  # sliding-window attention: each token sees at most this many tokens
+    qk_norm: bool = False
+    attn_softcap: float | None = None
+    dropout: float = 0.0
+    use_bias: bool = True
+    tie_embeddings: bool = True
+    dtype: str = "float32"  # compute dtype
+    param_dtype: str = "float32"
+    init_std: float = 0.02
+    scan_layers: bool = False
+    remat: str = "none"
+
+    # ---- derived values -------------------------------------------------------------------------------
+    @property
+    def kv_heads(self) -> int:
+        return self.n_heads if self.n_kv_heads is None else self.n_kv_heads
+
+    @property
+    def dim_per_head(self) -> int:
+        return self.d_model // self.n_heads if self.head_dim is None else self.head_dim
+
+    @property
+    def gated(self) -> bool:
+        return self.ffn in ("swiglu", "geglu")
+
+    @property
+    def hidden_ff(self) -> int:
+        if self.d_ff is not None:
+            return self.d_ff
+        if not self.gated:
+            return 4 * self.d_model
+        m = self.ff_multiple_of
+        return -(-int(8 * self.d_model / 3) // m) * m
+
+    # ---- construction and validation ------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
+        """Build from a plain dict (e.g. `config.model.to_dict()`), checking names, types and consistency."""
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - set(fields))
+        if unknown:
+            raise ConfigError(f"unknown model config key(s) {unknown}; valid keys: {', '.join(fields)}")
+        hints = typing.get_type_hints(cls)
+        kwargs = {}
+        for name, value in d.items():
+            kwargs[name] = _coerce(f"model.{name}", value, hints[name])
+        cfg = cls(**kwargs)
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        def choice(name, options):
+            value = getattr(self, name)
+            if value not in options:
+                raise ConfigError(f"model.{name}={value!r} is not one of: {', '.join(options)}")
+
+        def positive(name):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ConfigError(f"model.{name} must be positive, got {value}")
+
+        for name, options in [("position", POSITIONS), ("ffn", FFNS), ("activation", ACTIVATIONS),
+                              ("norm", NORMS), ("norm_position", NORM_POSITIONS), ("dtype", DTYPES),
+                              ("param_dtype", DTYPES), ("remat", REMAT_POLICIES),
+                              ("attention_impl", IMPLEMENTATIONS)]:
+            choice(name, options)
+        for name in ("vocab_size", "max_len", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim",
+                     "d_ff", "ff_multiple_of", "norm_eps", "rope_base", "window", "attn_softcap", "init_std"):
+            positive(name)
+        if self.head_dim is None and self.d_model % self.n_heads:
+            raise ConfigError(f"model.d_model={self.d_model} is not divisible by model.n_heads={self.n_heads}; "
+                              "change one of them or set model.head_dim")
+        if self.n_heads % self.kv_heads:
+            raise ConfigError(f"model.n_heads={self.n_heads} is not divisible by model.n_kv_heads="
+                              f"{self.n_kv_heads}; pick n_kv_heads among the divisors of n_heads")
+        if self.window is not None and self.window > self.max_len:
+            raise ConfigError(f"model.window={self.window} is larger than the context model.max_len="
+                              f"{self.max_len}; shrink the window or drop it (None)")
+        if self.position == "rope" and self.dim_per_head % 2:
+            raise ConfigError(f"RoPE needs an even head_dim, got {self.dim_per_head}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")
+        if self.attn_softcap is not None and self.attention_impl in ("xla", "cudnn"):
+            raise ConfigError(f"model.attention_impl={self.attention_impl!r} has no logit soft-cap; use "
+                              "'reference', 'chunked' or 'flash' with model.attn_softcap")
+
+
+def _coerce(name: str, value: Any, hint: Any) -> Any:
+    """Check `value` against a field's type hint (int | None, float, bool, str); ints pass as floats."""
+    args = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    if value is None:
+        if type(None) in args:
+            return None
+        raise ConfigError(f"{name} may not be None")
+    for t in args:
+        if t is type(None):
+            continue
+        if t is float and isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if t is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if t in (bool, str) and isinstance(value, t):
+            return value
+    expected = " or ".join(getattr(t, "__name__", str(t)) for t in args)
+    raise ConfigError(f"{name} must be {expected}, got {type(value).__name__} {value!r}")

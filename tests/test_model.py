@@ -1,0 +1,257 @@
+"""The transformer: causality, head sharing, positions, KV-cache decoding, scan, counts, configuration."""
+
+import dataclasses
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from llm.model import ConfigError, ModelConfig, Transformer, count_params, param_count_formula, stack_layers
+from llm.model.positions import alibi_slopes, apply_rope, sinusoidal
+
+BASE = dict(vocab_size=37, max_len=32, d_model=32, n_layers=2, n_heads=4)
+
+VARIANTS = {
+    "gpt2": dict(),
+    "llama": dict(position="rope", norm="rmsnorm", ffn="swiglu", n_kv_heads=2, use_bias=False, tie_embeddings=False),
+    "mqa_alibi_window": dict(position="alibi", n_kv_heads=1, window=6, ffn="geglu"),
+    "sinusoidal_postnorm_relu": dict(position="sinusoidal", norm_position="post", activation="relu"),
+    "nopos_qknorm_softcap": dict(position="none", qk_norm=True, attn_softcap=4.0, attention_impl="chunked"),
+    "scan_remat_rope": dict(position="rope", scan_layers=True, remat="full", n_kv_heads=2),
+}
+
+
+def tokens(b, t, seed=0, vocab=37):
+    return jnp.asarray(np.random.default_rng(seed).integers(0, vocab, (b, t)), jnp.int32)
+
+
+@functools.cache
+def model_and_params(name, **overrides):
+    cfg = ModelConfig(**{**BASE, **VARIANTS[name], **overrides})
+    model = Transformer(cfg)
+    params = nn.unbox(jax.jit(model.init)(jax.random.PRNGKey(0), tokens(1, 8))["params"])
+    return model, params
+
+
+@functools.cache
+def forward(model):
+    return jax.jit(lambda p, x, **kw: model.apply({"params": p}, x, **kw))
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_causality(name):
+    """Changing a token changes no logit at an earlier position (and does change later ones)."""
+    model, params = model_and_params(name)
+    x = tokens(2, 24)
+    y = x.at[:, 13].set((x[:, 13] + 5) % 37)
+    a, b = forward(model)(params, x), forward(model)(params, y)
+    np.testing.assert_array_equal(a[:, :13], b[:, :13])
+    assert not np.allclose(a[:, 13:], b[:, 13:])
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_kv_cache_decoding_matches_full_forward(name):
+    """Prefill 9 tokens, then decode one at a time: every position's logits equal the full forward pass."""
+    model, params = model_and_params(name)
+    x = tokens(2, 23, seed=1)
+    full = forward(model)(params, x)
+    cache = jax.jit(lambda: model.init(jax.random.PRNGKey(0), x[:, :1], decode=True)["cache"])()
+    step = jax.jit(lambda p, c, x: model.apply({"params": p, "cache": c}, x, decode=True, mutable=["cache"]))
+    logits, cache = step(params, cache, x[:, :9])
+    outs = [logits]
+    for i in range(9, 23):
+        logits, cache = step(params, cache["cache"], x[:, i:i + 1])
+        outs.append(logits)
+    np.testing.assert_allclose(jnp.concatenate(outs, 1), full, atol=2e-5, rtol=2e-5)
+
+
+def test_decoding_left_padded_batch_matches_unpadded():
+    """Batched prompts of different lengths: left padding with segment id 0 and per-row positions."""
+    model, params = model_and_params("llama")
+    short, long = tokens(1, 5, seed=2), tokens(1, 8, seed=3)
+    batch = jnp.concatenate([jnp.pad(short, ((0, 0), (3, 0))), long])
+    seg = jnp.array([[0, 0, 0, 1, 1, 1, 1, 1], [1] * 8])
+    pos = jnp.maximum(jnp.cumsum(seg, axis=1) - 1, 0)
+    cache = model.init(jax.random.PRNGKey(0), batch, decode=True)["cache"]
+    logits, _ = model.apply({"params": params, "cache": cache}, batch, positions_BT=pos, segment_ids_BT=seg,
+                            decode=True, mutable=["cache"])
+    np.testing.assert_allclose(logits[0, 3:], forward(model)(params, short)[0], atol=2e-5)
+    np.testing.assert_allclose(logits[1], forward(model)(params, long)[0], atol=2e-5)
+
+
+def test_packed_documents_do_not_interact():
+    """Two documents packed in one row (segment ids, positions restarting) = each document alone."""
+    model, params = model_and_params("gpt2")
+    a, b = tokens(1, 10, seed=4), tokens(1, 14, seed=5)
+    packed = jnp.concatenate([a, b], axis=1)
+    seg = jnp.array([[1] * 10 + [2] * 14])
+    pos = jnp.array([list(range(10)) + list(range(14))])
+    out = forward(model)(params, packed, positions_BT=pos, segment_ids_BT=seg)
+    np.testing.assert_allclose(out[:, :10], forward(model)(params, a), atol=2e-5)
+    np.testing.assert_allclose(out[:, 10:], forward(model)(params, b), atol=2e-5)
+
+
+def _with_repeated_kv(params, group):
+    """Copy of params where each key/value head is repeated `group` times (GQA weights -> MHA weights)."""
+
+    def expand(path, x):
+        names = [getattr(p, "key", "") for p in path]
+        if ("key" in names or "value" in names) and names[-1] in ("kernel", "bias"):
+            return jnp.repeat(x, group, axis=-2)  # kernel [E, K, D] or bias [K, D]
+        return x
+
+    return jax.tree_util.tree_map_with_path(expand, params)
+
+
+@pytest.mark.parametrize("kv_heads", [1, 2])
+def test_grouped_query_equals_mha_with_repeated_kv(kv_heads):
+    """GQA (and MQA, kv_heads=1) is MHA whose key/value heads are shared within groups."""
+    gqa, params = model_and_params("gpt2", n_kv_heads=kv_heads)
+    mha, _ = model_and_params("gpt2", n_kv_heads=4)
+    x = tokens(2, 16)
+    np.testing.assert_allclose(forward(gqa)(params, x), forward(mha)(_with_repeated_kv(params, 4 // kv_heads), x),
+                               atol=2e-5)
+
+
+def test_explicit_kv_heads_equal_n_heads_is_mha():
+    mha, params = model_and_params("gpt2")
+    same, params2 = model_and_params("gpt2", n_kv_heads=4)
+    assert jax.tree_util.tree_structure(params) == jax.tree_util.tree_structure(params2)
+    x = tokens(2, 12)
+    np.testing.assert_array_equal(forward(mha)(params, x), forward(same)(params, x))
+
+
+def test_rope_scores_depend_only_on_relative_position():
+    rng = np.random.default_rng(0)
+    q = jnp.asarray(rng.standard_normal((1, 1, 1, 16)), jnp.float32)
+    k = jnp.asarray(rng.standard_normal((1, 1, 1, 16)), jnp.float32)
+
+    def score(m, n):
+        qm = apply_rope(q, jnp.array([[m]]), 10000.0)
+        kn = apply_rope(k, jnp.array([[n]]), 10000.0)
+        return float(jnp.sum(qm * kn))
+
+    assert score(7, 3) == pytest.approx(score(107, 103), abs=1e-4)
+    assert score(0, 5) == pytest.approx(score(20, 25), abs=1e-4)
+    assert score(7, 3) != pytest.approx(score(7, 4), abs=1e-3)
+    # RoPE is a rotation: norms are preserved.
+    np.testing.assert_allclose(jnp.linalg.norm(apply_rope(q, jnp.array([[42]]), 500.0)), jnp.linalg.norm(q),
+                               rtol=1e-5)
+
+
+def test_rope_base_is_used():
+    model_a, params = model_and_params("llama")
+    model_b, _ = model_and_params("llama", rope_base=500.0)
+    x = tokens(1, 16)
+    assert not np.allclose(forward(model_a)(params, x), forward(model_b)(params, x))
+
+
+def test_sinusoidal_table():
+    pe = np.asarray(sinusoidal(jnp.arange(50)[None], 8))[0]
+    pos, i = 17, 2
+    assert pe[pos, 2 * i] == pytest.approx(np.sin(pos / 10000 ** (2 * i / 8)), abs=1e-5)
+    assert pe[pos, 2 * i + 1] == pytest.approx(np.cos(pos / 10000 ** (2 * i / 8)), abs=1e-5)
+
+
+def test_alibi_slopes():
+    np.testing.assert_allclose(alibi_slopes(8), 2.0 ** -np.arange(1, 9))
+    # Non-power-of-two: the 4 slopes of 4 heads, then every other of 8 heads.
+    np.testing.assert_allclose(alibi_slopes(6), [*(2.0 ** -np.arange(2, 10, 2)), 2 ** -1, 2 ** -3])
+
+
+def test_scan_equals_unrolled_with_same_weights():
+    unrolled, params = model_and_params("llama")
+    scanned, _ = model_and_params("llama", scan_layers=True)
+    x = tokens(2, 16)
+    np.testing.assert_allclose(forward(scanned)(stack_layers(params), x), forward(unrolled)(params, x), atol=1e-5)
+
+
+def test_remat_does_not_change_gradients():
+    plain, params = model_and_params("llama")
+    remat, _ = model_and_params("llama", remat="dots")
+    x = tokens(2, 16)
+
+    def grads(model):
+        return jax.jit(jax.grad(lambda p: jnp.mean(model.apply({"params": p}, x) ** 2)))(params)
+
+    for a, b in zip(jax.tree_util.tree_leaves(grads(plain)), jax.tree_util.tree_leaves(grads(remat))):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["gpt2", "llama", "mqa_alibi_window", "sinusoidal_postnorm_relu"])
+def test_param_count_matches_closed_form(name):
+    model, params = model_and_params(name)
+    assert count_params(params) == param_count_formula(model.cfg)["total"]
+
+
+def test_gpt2_small_param_count():
+    """GPT-2 124M: the published 124,439,808 parameters (tied embeddings, learned positions, biases)."""
+    cfg = ModelConfig(vocab_size=50257, max_len=1024, d_model=768, n_layers=12, n_heads=12)
+    assert param_count_formula(cfg)["total"] == 124_439_808
+    # And the formula agrees with an actual (abstract) init of that model.
+    shapes = jax.eval_shape(Transformer(cfg).init, jax.random.PRNGKey(0), jnp.zeros((1, 8), jnp.int32))
+    assert count_params(nn.unbox(shapes["params"])) == 124_439_808
+
+
+def test_every_param_has_logical_axis_names():
+    cfg = ModelConfig(**{**BASE, **VARIANTS["llama"], "scan_layers": True, "qk_norm": True})
+    boxed = jax.eval_shape(Transformer(cfg).init, jax.random.PRNGKey(0), jnp.zeros((1, 8), jnp.int32))["params"]
+    leaves = jax.tree_util.tree_leaves(boxed, is_leaf=lambda x: isinstance(x, nn.Partitioned))
+    assert leaves and all(isinstance(x, nn.LogicallyPartitioned) for x in leaves)
+    for leaf in leaves:
+        assert len(leaf.names) == leaf.value.ndim
+    names = {n for leaf in leaves for n in leaf.names}
+    assert {"vocab", "embed", "heads", "kv_heads", "kv", "mlp", "layers"} <= names
+
+
+def test_bfloat16_compute_is_close_to_float32():
+    f32, params = model_and_params("llama")
+    bf16, _ = model_and_params("llama", dtype="bfloat16")
+    x = tokens(2, 16)
+    a, b = forward(f32)(params, x), forward(bf16)(params, x)
+    assert b.dtype == jnp.float32  # logits are returned in float32
+    np.testing.assert_allclose(a, b, atol=0.1)
+    assert not np.array_equal(a, b)
+
+
+def test_dropout_only_in_training():
+    model, params = model_and_params("gpt2", dropout=0.3)
+    x = tokens(2, 12)
+    apply = jax.jit(lambda p, x, r: model.apply({"params": p}, x, train=True, rngs={"dropout": r}))
+    a = apply(params, x, jax.random.PRNGKey(1))
+    b = apply(params, x, jax.random.PRNGKey(2))
+    assert not np.allclose(a, b)
+    np.testing.assert_array_equal(forward(model)(params, x), forward(model)(params, x))
+
+
+def test_untied_embeddings_have_own_output_matrix():
+    _, tied = model_and_params("gpt2")
+    _, untied = model_and_params("gpt2", tie_embeddings=False)
+    assert "unembed" not in tied and untied["unembed"]["kernel"].shape == (32, 37)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(d_model=30), "not divisible by model.n_heads"),
+    (dict(n_kv_heads=3), "not divisible by model.n_kv_heads"),
+    (dict(window=64), "larger than the context"),
+    (dict(position="spiral"), "model.position='spiral' is not one of: learned, sinusoidal, rope, alibi, none"),
+    (dict(attention_impl="magic"), "reference, xla, cudnn, chunked, flash"),
+    (dict(n_layers=0), "model.n_layers must be positive"),
+    (dict(n_layers=2.5), "model.n_layers must be int"),
+    (dict(dropout=1.5), "dropout must be in"),
+    (dict(attn_softcap=3.0), "no logit soft-cap"),
+    (dict(colour="blue"), "unknown model config key"),
+])
+def test_config_validation(overrides, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        ModelConfig.from_dict({**BASE, **overrides})
+
+
+def test_config_from_dict_roundtrip():
+    cfg = ModelConfig.from_dict({**BASE, **VARIANTS["llama"], "rope_base": 500})
+    assert cfg.rope_base == 500.0 and isinstance(cfg.rope_base, float)
+    assert ModelConfig.from_dict(dataclasses.asdict(cfg)) == cfg
+    assert cfg.hidden_ff == 128  # 8/3 * 32 = 85.3, rounded up to a multiple of 64
