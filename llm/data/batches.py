@@ -1,0 +1,295 @@
+"""Token arrays and batches: a text is tokenised once into a cached .npy file, and batches are windows of it.
+
+    tokens = tokenize_to_memmap(train_text, tokenizer, cache_dir)      # memory-mapped, read-only
+    x, y = sample_batch(tokens, seed=0, step=step, batch_size=12, seq_len=256)
+
+Batches are pure functions of their arguments: `sample_batch` draws its window offsets from (seed, step)
+alone, so there is no iterator state to checkpoint, and a run resumed at step k sees exactly the batches
+an unbroken run would have. Every batch is (inputs, targets), int32 [B, T], with targets = inputs shifted
+left by one token (as in nanoGPT's get_batch).
+
+Multi-process runs: every function that makes batches takes `process_index` and `process_count` and
+returns this process's rows of the global batch, a contiguous block
+`rows[process_index * B/P : (process_index + 1) * B/P]` (B must be divisible by P). The global batch is
+the same for every process count, so concatenating the blocks in process order gives the P=1 batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from llm.data.corpus import DataError, sha256_text
+from llm.tokenizers import Tokenizer
+
+Batch = tuple[np.ndarray, np.ndarray]  # (inputs, targets), int32 [B, T]
+
+# Characters per piece when a chunkable tokenizer encodes a long text: bounds the int32 temporary.
+CHUNK_CHARS = 1 << 22
+# Mixed into the random seed so that training and evaluation windows come from unrelated streams.
+_TRAIN_STREAM, _EVAL_STREAM = 0, 1
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Tokenising once, caching on disk
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    """The smallest unsigned dtype holding ids 0..vocab_size-1: uint16 up to 65,536 ids, else uint32."""
+    return np.dtype(np.uint16 if vocab_size <= 1 << 16 else np.uint32)
+
+
+def tokenize_to_memmap(text: str, tokenizer: Tokenizer, cache_dir: str | os.PathLike) -> np.ndarray:
+    """`tokenizer.encode(text)` as a read-only, memory-mapped array cached under `cache_dir`.
+
+    The file is `tokens-<key>.npy` with key = sha256 of (the text's sha256, the tokenizer's JSON), so a
+    changed text or tokenizer gets a new file and a repeated call loads the old one without tokenising.
+    It is written to a temporary file and renamed, so concurrent or interrupted runs never see half a
+    file. dtype: `token_dtype(tokenizer.vocab_size)`.
+    """
+    cache_dir = Path(cache_dir)
+    key = hashlib.sha256(f"{sha256_text(text)}\n{tokenizer.fingerprint()}".encode()).hexdigest()
+    path = cache_dir / f"tokens-{key[:32]}.npy"
+    if path.is_file():
+        try:
+            return _load(path)
+        except (OSError, ValueError):
+            pass  # unreadable (e.g. a foreign file): tokenise again and replace it
+
+    tokens = _encode(text, tokenizer)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=path.stem, suffix=".npy.tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.save(f, tokens)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return _load(path)
+
+
+def _encode(text: str, tokenizer: Tokenizer) -> np.ndarray:
+    dtype = token_dtype(tokenizer.vocab_size)
+    if not tokenizer.chunkable:
+        # BPE merges may cross any cut we could choose, so only encoding the whole text gives encode(text).
+        return tokenizer.encode(text).astype(dtype)
+    pieces = [
+        tokenizer.encode(text[i : i + CHUNK_CHARS]).astype(dtype) for i in range(0, len(text), CHUNK_CHARS)
+    ]
+    return np.concatenate(pieces) if pieces else np.zeros(0, dtype)
+
+
+def _load(path: Path) -> np.ndarray:
+    tokens = np.load(path, mmap_mode="r")
+    if tokens.ndim != 1 or tokens.dtype not in (np.uint16, np.uint32):
+        raise ValueError(f"{path}: not a 1-D token array")
+    return tokens
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Batches
+
+
+def sample_batch(
+    tokens: np.ndarray,
+    *,
+    seed: int,
+    step: int,
+    batch_size: int,
+    seq_len: int,
+    process_index: int = 0,
+    process_count: int = 1,
+) -> Batch:
+    """Training batch `step`: batch_size windows at random offsets, like nanoGPT's get_batch.
+
+    Offsets are uniform in [0, len(tokens) - seq_len - 1] and depend only on (seed, step). Returns this
+    process's rows (see the module docstring) as (inputs, targets), int32 [batch_size / process_count,
+    seq_len].
+    """
+    tokens = _as_tokens(tokens)
+    _check_window(len(tokens), seq_len)
+    rows = _local_rows(batch_size, process_index, process_count)
+    offsets = _random_offsets(len(tokens), seq_len, batch_size, (seed, _TRAIN_STREAM, step))
+    return _windows(tokens, offsets[rows], seq_len)
+
+
+def eval_batches(
+    tokens: np.ndarray,
+    *,
+    seed: int,
+    n_batches: int,
+    batch_size: int,
+    seq_len: int,
+    process_index: int = 0,
+    process_count: int = 1,
+) -> Iterator[Batch]:
+    """A fixed set of n_batches random batches (the same on every call), for cheap periodic evaluation.
+
+    Drawn like `sample_batch` but from a stream of their own, so they never coincide with training batch
+    numbers of the same seed.
+    """
+    tokens = _as_tokens(tokens)
+    _check_window(len(tokens), seq_len)
+    rows = _local_rows(batch_size, process_index, process_count)
+    if n_batches < 0:
+        raise ValueError(f"n_batches must be >= 0, got {n_batches}")
+
+    def batches() -> Iterator[Batch]:
+        for i in range(n_batches):
+            offsets = _random_offsets(len(tokens), seq_len, batch_size, (seed, _EVAL_STREAM, i))
+            yield _windows(tokens, offsets[rows], seq_len)
+
+    return batches()  # a generator inside, so that bad arguments fail here and not at the first next()
+
+
+def sequential_batches(
+    tokens: np.ndarray,
+    *,
+    batch_size: int,
+    seq_len: int,
+    process_index: int = 0,
+    process_count: int = 1,
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """The whole split once, in order: (inputs, targets, weights), weights float32 [B, T] of 1s and 0s.
+
+    Window j holds tokens [j*T, j*T + T] (non-overlapping: each window starts with an empty context), so
+    every token but the first is a target exactly once. Positions past the end, in the last window and in
+    padding rows of the last batch, have inputs = targets = 0 and weight 0; the weights sum to
+    len(tokens) - 1 over all batches, and sum(loss * weights) / sum(weights) is the exact mean loss.
+    Needs only 2 tokens. `sequential_batch_count` says how many batches come.
+    """
+    tokens = _as_tokens(tokens)
+    if len(tokens) < 2:
+        raise DataError(f"a split of {len(tokens)} token(s) has no next-token targets; use a bigger corpus")
+    rows = _local_rows(batch_size, process_index, process_count)
+    if seq_len < 1:
+        raise ValueError(f"seq_len must be >= 1, got {seq_len}")
+    n_targets = len(tokens) - 1
+    n_batches = sequential_batch_count(len(tokens), batch_size=batch_size, seq_len=seq_len)
+
+    def batches() -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        positions = np.arange(seq_len + 1)
+        for b in range(n_batches):
+            starts = (b * batch_size + np.arange(batch_size))[rows] * seq_len
+            valid = np.clip(n_targets - starts, 0, seq_len)  # targets in each window
+            idx = np.minimum(starts[:, None] + positions, len(tokens) - 1)
+            window = np.asarray(tokens[idx], dtype=np.int32)
+            mask = positions[:-1] < valid[:, None]
+            yield window[:, :-1] * mask, window[:, 1:] * mask, mask.astype(np.float32)
+
+    return batches()
+
+
+def sequential_batch_count(n_tokens: int, *, batch_size: int, seq_len: int) -> int:
+    """How many batches `sequential_batches` yields for n_tokens tokens."""
+    return math.ceil(math.ceil(max(n_tokens - 1, 0) / seq_len) / batch_size)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class TokenDataset:
+    """One split's tokens and context length: the batch functions with those two arguments bound.
+
+    Checks at construction that the split holds at least one window (seq_len + 1 tokens).
+    """
+
+    tokens: np.ndarray
+    seq_len: int
+    name: str = "tokens"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "tokens", _as_tokens(self.tokens))
+        _check_window(len(self.tokens), self.seq_len, self.name)
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def sample_batch(
+        self, *, seed: int, step: int, batch_size: int, process_index: int = 0, process_count: int = 1
+    ) -> Batch:
+        return sample_batch(
+            self.tokens,
+            seed=seed,
+            step=step,
+            batch_size=batch_size,
+            seq_len=self.seq_len,
+            process_index=process_index,
+            process_count=process_count,
+        )
+
+    def eval_batches(
+        self, *, seed: int, n_batches: int, batch_size: int, process_index: int = 0, process_count: int = 1
+    ) -> Iterator[Batch]:
+        return eval_batches(
+            self.tokens,
+            seed=seed,
+            n_batches=n_batches,
+            batch_size=batch_size,
+            seq_len=self.seq_len,
+            process_index=process_index,
+            process_count=process_count,
+        )
+
+    def sequential_batches(
+        self, *, batch_size: int, process_index: int = 0, process_count: int = 1
+    ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        return sequential_batches(
+            self.tokens,
+            batch_size=batch_size,
+            seq_len=self.seq_len,
+            process_index=process_index,
+            process_count=process_count,
+        )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Helpers
+
+
+def _as_tokens(tokens: np.ndarray) -> np.ndarray:
+    tokens = np.asarray(tokens)  # a plain ndarray view of a memmap: indexing it reads only what it needs
+    if tokens.ndim != 1 or not np.issubdtype(tokens.dtype, np.integer):
+        raise ValueError(f"tokens must be a 1-D integer array, got shape {tokens.shape} dtype {tokens.dtype}")
+    return tokens
+
+
+def _check_window(n_tokens: int, seq_len: int, name: str = "the token split") -> None:
+    if seq_len < 1:
+        raise ValueError(f"seq_len must be >= 1, got {seq_len}")
+    if n_tokens < seq_len + 1:
+        raise DataError(
+            f"{name} has {n_tokens} tokens, fewer than the {seq_len + 1} one window of seq_len {seq_len} "
+            f"needs (inputs plus the next-token target); use a shorter context or a bigger corpus"
+        )
+
+
+def _local_rows(batch_size: int, process_index: int, process_count: int) -> slice:
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index {process_index} is not in [0, process_count={process_count})")
+    if batch_size % process_count:
+        raise ValueError(f"batch_size {batch_size} is not divisible by process_count {process_count}")
+    per_process = batch_size // process_count
+    return slice(process_index * per_process, (process_index + 1) * per_process)
+
+
+def _random_offsets(n_tokens: int, seq_len: int, batch_size: int, entropy: tuple[int, ...]) -> np.ndarray:
+    # Always the whole global batch's offsets (cheap), so every process count sees the same batch. Entropy
+    # tuples all have the same length: numpy's SeedSequence pads short entropy with zeros, so [s] == [s, 0].
+    if any(e < 0 for e in entropy):
+        raise ValueError(f"seed and step must be non-negative, got {entropy[0]} and {entropy[2]}")
+    rng = np.random.default_rng(np.random.SeedSequence(list(entropy)))
+    return rng.integers(0, n_tokens - seq_len, size=batch_size)  # high is exclusive
+
+
+def _windows(tokens: np.ndarray, offsets: np.ndarray, seq_len: int) -> Batch:
+    window = np.asarray(tokens[offsets[:, None] + np.arange(seq_len + 1)], dtype=np.int32)
+    return window[:, :-1], window[:, 1:]

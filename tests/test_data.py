@@ -1,0 +1,358 @@
+"""Data pipeline: corpora and their errors, the split, the token cache, and stateless batches."""
+
+import hashlib
+import platform
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from llm.data import (
+    KNOWN_CORPORA,
+    Corpus,
+    DataError,
+    TokenDataset,
+    batches,
+    eval_batches,
+    load_corpus,
+    sample_batch,
+    sequential_batch_count,
+    sequential_batches,
+    split_text,
+    token_dtype,
+    tokenize_to_memmap,
+)
+from llm.data.corpus import KnownCorpus
+from llm.tokenizers import ByteTokenizer, Tokenizer, train_tokenizer
+
+# The shared data folder sits next to the repository (see SOURCES.md there); tests needing it skip without it.
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+needs_shakespeare = pytest.mark.skipif(
+    not (SHARED_DATA / "tinyshakespeare.txt").is_file(), reason=f"{SHARED_DATA} has no tinyshakespeare.txt"
+)
+
+TOKENS = np.arange(1000, dtype=np.uint16)  # distinct values: a window's position is readable from its tokens
+
+
+@pytest.fixture(autouse=True)
+def isolated_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Keep the user's download cache and LLM_DATA_DIR out of these tests.
+    monkeypatch.setenv("LLM_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("LLM_DATA_DIR", raising=False)
+
+
+@pytest.fixture(scope="module")
+def python_docs() -> Corpus:
+    return load_corpus("builtin:python_docs")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Corpora
+
+
+def test_builtin_corpus_loads(python_docs: Corpus) -> None:
+    assert python_docs.name == "python_docs"
+    assert len(python_docs.text) > 300_000
+    assert "assert" in python_docs.text and "#" * 72 in python_docs.text
+    assert python_docs.sha256 == hashlib.sha256(python_docs.text.encode("utf-8")).hexdigest()
+    assert platform.python_version() in python_docs.provenance
+    assert load_corpus() == python_docs  # the default spec, and deterministic
+    assert "text" not in repr(python_docs)  # the repr does not dump half a megabyte
+
+
+@needs_shakespeare
+def test_tiny_shakespeare_nanogpt_split() -> None:
+    corpus = load_corpus("tinyshakespeare", data_dir=SHARED_DATA)
+    assert corpus.sha256 == "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
+    train, val = split_text(corpus.text, 0.1)
+    assert (len(train), len(val)) == (1_003_854, 111_540)
+    assert train + val == corpus.text
+
+
+def test_split_text_rule() -> None:
+    text = "".join(chr(65 + i % 26) for i in range(1001))
+    train, val = split_text(text, 0.25)
+    assert len(train) == int(1001 * 0.75) and train + val == text
+    assert split_text(text, 0.0) == (text, "")
+    for bad in (-0.1, 1.0):
+        with pytest.raises(DataError, match="val_fraction"):
+            split_text(text, bad)
+
+
+def test_file_corpus(tmp_path: Path) -> None:
+    path = tmp_path / "poem.txt"
+    path.write_bytes("Roses are red,\r\nviolets — blue.\n".encode())
+    corpus = load_corpus(str(path))
+    assert corpus.name == "poem" and corpus.text == "Roses are red,\r\nviolets — blue.\n"  # bytes kept as-is
+    assert str(path) in corpus.provenance
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        (None, "no such file"),
+        (b"", "empty"),
+        (b"PK\x03\x04\x00\x00binary", "binary"),
+        (b"caf\xe9 latin-1", "not valid UTF-8"),
+        ("dir", "directory"),
+    ],
+)
+def test_file_corpus_errors(tmp_path: Path, content: bytes | str | None, problem: str) -> None:
+    path = tmp_path / "corpus.txt"
+    if content == "dir":
+        path.mkdir()
+    elif content is not None:
+        path.write_bytes(content)
+    with pytest.raises(DataError, match=problem) as err:
+        load_corpus(str(path))
+    message = str(err.value)
+    assert str(path) in message and "\n" not in message
+
+
+def test_named_corpus_checksum_mismatch(tmp_path: Path) -> None:
+    (tmp_path / "tinyshakespeare.txt").write_text("First Citizen:\nBefore we proceed any further, hear me.\n")
+    with pytest.raises(DataError, match="sha256") as err:
+        load_corpus("tinyshakespeare", data_dir=tmp_path)
+    message = str(err.value)
+    assert "86c4e6aa9db7c042" in message and str(tmp_path) in message and "\n" not in message
+
+
+def test_named_corpus_missing_without_url(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=r"alice\.txt not found") as err:
+        load_corpus("alice", data_dir=tmp_path)
+    assert "LLM_DATA_DIR" in str(err.value)
+
+
+def test_named_corpus_from_env_data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    if not (SHARED_DATA / "alice.txt").is_file():
+        pytest.skip(f"{SHARED_DATA} has no alice.txt")
+    monkeypatch.setenv("LLM_DATA_DIR", str(SHARED_DATA))
+    corpus = load_corpus("alice")
+    assert corpus.sha256 == "70f0b8fb6039ea9255ce17f134272677239fa5e0f5b1c3636f437f723919b3af"
+    assert "alice.txt" in corpus.provenance
+
+
+@pytest.mark.parametrize("tampered", [False, True])
+def test_named_corpus_download(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tampered: bool) -> None:
+    # A file:// URL stands in for the network: same code path as an http download, no network needed.
+    published = tmp_path / "published.txt"
+    published.write_text("Before we proceed any further, hear me speak.\n")
+    pinned = hashlib.sha256(published.read_bytes()).hexdigest()
+    if tampered:
+        published.write_text("Before we proceed any further, hear me speak!\n")
+    known = KnownCorpus("tinyshakespeare.txt", pinned, published.as_uri())
+    monkeypatch.setitem(KNOWN_CORPORA, "tinyshakespeare", known)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    if tampered:
+        with pytest.raises(DataError, match="sha256"):
+            load_corpus("tinyshakespeare", data_dir=empty)
+        assert not (tmp_path / "cache" / "tinyshakespeare.txt").exists()  # nothing unverified is kept
+        return
+    corpus = load_corpus("tinyshakespeare", data_dir=empty)
+    assert corpus.sha256 == pinned and "downloaded" in corpus.provenance
+    published.unlink()  # the second load comes from the cache
+    assert load_corpus("tinyshakespeare", data_dir=empty).text == corpus.text
+
+
+def test_unknown_builtin() -> None:
+    with pytest.raises(DataError, match="builtin:python_docs"):
+        load_corpus("builtin:wikipedia")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Token cache
+
+
+class CountingTokenizer(ByteTokenizer):
+    """A byte tokenizer that counts encode calls."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def encode(self, text: str) -> np.ndarray:
+        self.calls += 1
+        return super().encode(text)
+
+
+def test_memmap_cache_hit(tmp_path: Path) -> None:
+    text = "To be, or not to be — that is the question.\n" * 50
+    tok = CountingTokenizer()
+    first = tokenize_to_memmap(text, tok, tmp_path)
+    calls = tok.calls
+    (path,) = tmp_path.glob("*.npy")
+    mtime = path.stat().st_mtime_ns
+    second = tokenize_to_memmap(text, tok, tmp_path)
+    assert tok.calls == calls  # no re-tokenising
+    assert path.stat().st_mtime_ns == mtime
+    assert isinstance(second, np.memmap) and not second.flags.writeable
+    assert second.dtype == np.uint16
+    np.testing.assert_array_equal(first, second)
+    np.testing.assert_array_equal(second, tok.encode(text))
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary files left behind
+
+
+def test_memmap_key_depends_on_text_and_tokenizer(tmp_path: Path) -> None:
+    tokenize_to_memmap("abcabc", ByteTokenizer(), tmp_path)
+    tokenize_to_memmap("abcabd", ByteTokenizer(), tmp_path)
+    tokenize_to_memmap("abcabc", train_tokenizer("char", "abc"), tmp_path)
+    assert len(list(tmp_path.glob("*.npy"))) == 3
+
+
+def test_memmap_chunks_match_direct_encode(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(batches, "CHUNK_CHARS", 7)  # many cuts, next to multi-byte characters too
+    text = "naïve café 😀 日本語, and plain ascii. " * 20
+    for tok in (ByteTokenizer(), train_tokenizer("char", text)):
+        np.testing.assert_array_equal(tokenize_to_memmap(text, tok, tmp_path / tok.kind), tok.encode(text))
+
+
+def test_memmap_bpe_equals_encode(tmp_path: Path, python_docs: Corpus) -> None:
+    text = python_docs.text[:20_000]
+    tok = train_tokenizer("bpe", text, vocab_size=400)
+    np.testing.assert_array_equal(tokenize_to_memmap(text, tok, tmp_path), tok.encode(text))
+
+
+def test_memmap_empty_text(tmp_path: Path) -> None:
+    assert tokenize_to_memmap("", ByteTokenizer(), tmp_path).shape == (0,)
+
+
+def test_token_dtype() -> None:
+    assert token_dtype(257) == np.uint16 and token_dtype(65_536) == np.uint16
+    assert token_dtype(65_537) == np.uint32 and token_dtype(128_256) == np.uint32
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Random batches
+
+
+def test_sample_batch_shapes_and_shift() -> None:
+    x, y = sample_batch(TOKENS, seed=0, step=3, batch_size=8, seq_len=16)
+    assert x.shape == y.shape == (8, 16) and x.dtype == y.dtype == np.int32
+    np.testing.assert_array_equal(x[:, 1:], y[:, :-1])
+    np.testing.assert_array_equal(y, x + 1)  # each row a contiguous window of TOKENS = arange
+
+
+def test_sample_batch_determinism() -> None:
+    a = sample_batch(TOKENS, seed=1, step=5, batch_size=8, seq_len=16)
+    b = sample_batch(TOKENS, seed=1, step=5, batch_size=8, seq_len=16)
+    np.testing.assert_array_equal(a[0], b[0])
+    assert not np.array_equal(a[0], sample_batch(TOKENS, seed=1, step=6, batch_size=8, seq_len=16)[0])
+    assert not np.array_equal(a[0], sample_batch(TOKENS, seed=2, step=5, batch_size=8, seq_len=16)[0])
+
+
+def test_resume_gives_the_batches_of_an_unbroken_run() -> None:
+    train = TokenDataset(TOKENS, seq_len=16, name="train")
+    unbroken = [train.sample_batch(seed=7, step=s, batch_size=4)[0] for s in range(10)]
+    # "Restart" at step 6: a fresh dataset object; nothing but (seed, step) carries over.
+    resumed = [
+        TokenDataset(TOKENS, seq_len=16).sample_batch(seed=7, step=s, batch_size=4)[0] for s in range(6, 10)
+    ]
+    for a, b in zip(unbroken[6:], resumed, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_offsets_cover_the_nanogpt_range() -> None:
+    tokens = np.arange(20, dtype=np.uint16)  # seq_len 16: offsets 0..3, as torch.randint(len - 16)
+    starts = {
+        int(x[0])
+        for s in range(50)
+        for x in sample_batch(tokens, seed=0, step=s, batch_size=4, seq_len=16)[0]
+    }
+    assert starts == {0, 1, 2, 3}
+
+
+def test_per_process_rows_concatenate_to_the_global_batch() -> None:
+    global_x, global_y = sample_batch(TOKENS, seed=3, step=2, batch_size=8, seq_len=16)
+    for count in (2, 4, 8):
+        parts = [
+            sample_batch(
+                TOKENS, seed=3, step=2, batch_size=8, seq_len=16, process_index=i, process_count=count
+            )
+            for i in range(count)
+        ]
+        assert all(p[0].shape == (8 // count, 16) for p in parts)
+        np.testing.assert_array_equal(np.concatenate([p[0] for p in parts]), global_x)
+        np.testing.assert_array_equal(np.concatenate([p[1] for p in parts]), global_y)
+    with pytest.raises(ValueError, match="not divisible"):
+        sample_batch(TOKENS, seed=0, step=0, batch_size=6, seq_len=16, process_count=4)
+    with pytest.raises(ValueError, match="process_index"):
+        sample_batch(TOKENS, seed=0, step=0, batch_size=8, seq_len=16, process_index=2, process_count=2)
+
+
+def test_eval_batches_fixed_and_separate_from_training() -> None:
+    first = list(eval_batches(TOKENS, seed=0, n_batches=3, batch_size=4, seq_len=16))
+    again = list(eval_batches(TOKENS, seed=0, n_batches=3, batch_size=4, seq_len=16))
+    assert len(first) == 3
+    for (a, _), (b, _) in zip(first, again, strict=True):
+        np.testing.assert_array_equal(a, b)
+    train0 = sample_batch(TOKENS, seed=0, step=0, batch_size=4, seq_len=16)[0]
+    assert not np.array_equal(first[0][0], train0)
+    halves = [
+        list(
+            eval_batches(
+                TOKENS, seed=0, n_batches=3, batch_size=4, seq_len=16, process_index=i, process_count=2
+            )
+        )
+        for i in range(2)
+    ]
+    np.testing.assert_array_equal(np.concatenate([halves[0][2][0], halves[1][2][0]]), first[2][0])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Sequential batches (exact full-split evaluation)
+
+
+@pytest.mark.parametrize(("n", "batch_size", "seq_len"), [(101, 4, 10), (100, 4, 10), (41, 2, 10), (2, 3, 8)])
+def test_sequential_batches_cover_each_target_once(n: int, batch_size: int, seq_len: int) -> None:
+    tokens = np.arange(n, dtype=np.uint16) + 1  # + 1: padding (0) differs from every real token
+    got = list(sequential_batches(tokens, batch_size=batch_size, seq_len=seq_len))
+    assert len(got) == sequential_batch_count(n, batch_size=batch_size, seq_len=seq_len)
+    inputs = np.concatenate([x[w > 0] for x, _, w in got])
+    targets = np.concatenate([y[w > 0] for _, y, w in got])
+    np.testing.assert_array_equal(inputs, tokens[:-1])
+    np.testing.assert_array_equal(targets, tokens[1:])
+    assert sum(float(w.sum()) for *_, w in got) == n - 1
+    for x, y, w in got:
+        assert x.shape == y.shape == w.shape == (batch_size, seq_len) and w.dtype == np.float32
+        assert not x[w == 0].any() and not y[w == 0].any()
+
+
+def test_sequential_batches_per_process() -> None:
+    full = list(sequential_batches(TOKENS, batch_size=4, seq_len=30))
+    halves = [
+        list(sequential_batches(TOKENS, batch_size=4, seq_len=30, process_index=i, process_count=2))
+        for i in (0, 1)
+    ]
+    for b, (x, y, w) in enumerate(full):
+        for part, whole in enumerate((x, y, w)):
+            np.testing.assert_array_equal(np.concatenate([halves[0][b][part], halves[1][b][part]]), whole)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Splits too short for a window
+
+
+def test_too_short_split_errors() -> None:
+    short = np.arange(16, dtype=np.uint16)
+    with pytest.raises(DataError, match="16 tokens") as err:
+        sample_batch(short, seed=0, step=0, batch_size=2, seq_len=16)
+    assert "17" in str(err.value) and "shorter context" in str(err.value)
+    with pytest.raises(DataError, match="val has 16 tokens"):
+        TokenDataset(short, seq_len=16, name="val")
+    with pytest.raises(DataError):
+        eval_batches(short, seed=0, n_batches=1, batch_size=2, seq_len=16)  # fails at the call, not later
+    assert TokenDataset(short, seq_len=15).sample_batch(seed=0, step=0, batch_size=2)[0].shape == (2, 15)
+    assert len(list(sequential_batches(short, batch_size=2, seq_len=64))) == 1  # a partial window is fine
+    with pytest.raises(DataError, match="no next-token targets"):
+        sequential_batches(short[:1], batch_size=2, seq_len=64)
+
+
+def test_end_to_end_char_pipeline(tmp_path: Path, python_docs: Corpus) -> None:
+    train_text, val_text = split_text(python_docs.text, 0.1)
+    tok: Tokenizer = train_tokenizer("char", python_docs.text)
+    train = TokenDataset(tokenize_to_memmap(train_text, tok, tmp_path), seq_len=64, name="train")
+    x, y = train.sample_batch(seed=0, step=0, batch_size=4)
+    assert tok.decode(x[0])[1:] == tok.decode(y[0])[:-1]
+    assert tok.decode(x[0]) in train_text
+    val = TokenDataset(tokenize_to_memmap(val_text, tok, tmp_path), seq_len=64, name="val")
+    assert sum(float(w.sum()) for *_, w in val.sequential_batches(batch_size=8)) == len(val_text) - 1
