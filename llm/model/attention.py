@@ -9,7 +9,7 @@ import jax.numpy as jnp
 from llm.model.config import ModelConfig
 from llm.model.norms import RMSNorm
 from llm.model.positions import alibi_slopes, apply_rope
-from llm.ops import attention as attention_ops
+from llm.ops.attention import attention
 
 
 def decode_impl(impl: str, softcap: float | None) -> str:
@@ -61,7 +61,7 @@ class SelfAttention(nn.Module):
         if self.decode:
             out_BTHD = self._attend_cached(q_BTHD, k_BTKD, v_BTKD, segment_ids_BT, decode_index, kw)
         else:
-            out_BTHD = attention_ops.attention(q_BTHD, k_BTKD, v_BTKD, impl=cfg.attention_impl,
+            out_BTHD = attention(q_BTHD, k_BTKD, v_BTKD, impl=cfg.attention_impl,
                                                segment_ids=segment_ids_BT, **kw)
         out_BTHD = nn.with_logical_constraint(out_BTHD, ("batch", "length", "heads", "kv"))
         return nn.DenseGeneral(cfg.d_model, axis=(-2, -1), use_bias=cfg.use_bias, dtype=dtype,
@@ -85,6 +85,6 @@ class SelfAttention(nn.Module):
         key.value = jax.lax.dynamic_update_slice(key.value, k_BTKD.astype(key.value.dtype), (0, index, 0, 0))
         value.value = jax.lax.dynamic_update_slice(value.value, v_BTKD.astype(value.value.dtype), (0, index, 0, 0))
         segments.value = jax.lax.dynamic_update_slice(segments.value, segment_ids_BT.astype(jnp.int32), (0, index))
-        return attention_ops.attention(
+        return attention(
             q_BTHD, key.value, value.value, impl=decode_impl(cfg.attention_impl, cfg.attn_softcap),
             segment_ids=segment_ids_BT, kv_segment_ids=segments.value, q_offset=index, **kw)

@@ -1,0 +1,104 @@
+"""Autoregressive generation with the KV cache: prefill the prompts, then one token per step, all in one jit.
+
+Prompts of different lengths are left-padded to a common length; padding gets segment id 0 (real tokens 1), so
+no real token ever attends to it, and positions count from each prompt's first real token.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+class PromptError(ValueError):
+    """A prompt the model cannot take (too long for the context, empty, ...)."""
+
+
+def filter_logits(logits_BV, *, top_k: int | None = None, top_p: float | None = None):
+    """Set excluded tokens' logits to -inf: keep the top_k largest, then the smallest set with mass >= top_p."""
+    if top_k is not None and top_k < logits_BV.shape[-1]:
+        kth = jax.lax.top_k(logits_BV, top_k)[0][..., -1:]
+        logits_BV = jnp.where(logits_BV < kth, -jnp.inf, logits_BV)
+    if top_p is not None and top_p < 1.0:
+        sorted_BV = jnp.sort(logits_BV, axis=-1)[..., ::-1]
+        probs = jax.nn.softmax(sorted_BV, axis=-1)
+        mass_before = jnp.cumsum(probs, axis=-1) - probs  # probability of strictly more likely tokens
+        # The cut-off logit: the smallest one still needed to reach top_p (the top token always stays).
+        keep = mass_before < top_p
+        cutoff = jnp.min(jnp.where(keep, sorted_BV, jnp.inf), axis=-1, keepdims=True)
+        logits_BV = jnp.where(logits_BV < cutoff, -jnp.inf, logits_BV)
+    return logits_BV
+
+
+def sample_logits(logits_BV, rng, *, temperature: float, top_k: int | None, top_p: float | None):
+    """Next tokens [B]: argmax when temperature == 0, else a draw from the filtered, tempered distribution."""
+    if temperature == 0:
+        return jnp.argmax(logits_BV, axis=-1).astype(jnp.int32)
+    logits_BV = filter_logits(logits_BV / temperature, top_k=top_k, top_p=top_p)
+    return jax.random.categorical(rng, logits_BV, axis=-1).astype(jnp.int32)
+
+
+def left_pad(prompts: Sequence[np.ndarray], pad_id: int = 0):
+    """(tokens, segment_ids, positions), each [B, T_max], for prompts of different lengths."""
+    t = max(len(p) for p in prompts)
+    tokens = np.full((len(prompts), t), pad_id, np.int32)
+    segments = np.zeros((len(prompts), t), np.int32)
+    for i, p in enumerate(prompts):
+        tokens[i, t - len(p):] = p
+        segments[i, t - len(p):] = 1
+    positions = np.maximum(np.cumsum(segments, axis=1) - 1, 0).astype(np.int32)
+    return tokens, segments, positions
+
+
+def generate(model: nn.Module, params, prompts: Sequence[np.ndarray], *, max_new_tokens: int,
+             temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None, seed: int = 0,
+             eos_id: int | None = None) -> list[np.ndarray]:
+    """New tokens for each prompt (token id arrays), cut after the first eos_id when there is one."""
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise PromptError("every prompt needs at least one token (use the tokenizer's eos or a newline)")
+    tokens, segments, positions = left_pad(prompts)
+    max_len = model.cfg.max_len
+    if tokens.shape[1] + max_new_tokens > max_len:
+        raise PromptError(f"prompt of {tokens.shape[1]} tokens + {max_new_tokens} new tokens exceeds the model's "
+                          f"context of {max_len}; shorten the prompt or ask for fewer tokens")
+    out = _generate(model, params, jnp.asarray(tokens), jnp.asarray(segments), jnp.asarray(positions),
+                    jax.random.PRNGKey(seed), steps=max_new_tokens, temperature=float(temperature),
+                    top_k=top_k, top_p=top_p, eos_id=eos_id)
+    results = []
+    for row in np.asarray(out):
+        if eos_id is not None and (hits := np.flatnonzero(row == eos_id)).size:
+            row = row[: hits[0] + 1]
+        results.append(row)
+    return results
+
+
+@functools.partial(jax.jit, static_argnames=("model", "steps", "temperature", "top_k", "top_p", "eos_id"))
+def _generate(model, params, tokens_BT, segments_BT, positions_BT, rng, *, steps, temperature, top_k, top_p,
+              eos_id):
+    b = tokens_BT.shape[0]
+    cache_shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), tokens_BT[:, :1], decode=True))["cache"]
+    cache = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), cache_shapes)
+    logits, state = model.apply({"params": params, "cache": cache}, tokens_BT, positions_BT=positions_BT,
+                                segment_ids_BT=segments_BT, decode=True, mutable=["cache"])
+    ones = jnp.ones((b, 1), jnp.int32)
+
+    def step(i, carry):
+        cache, last_BV, pos_B, rng, out_BS, done_B = carry
+        rng, sub = jax.random.split(rng)
+        tok_B = sample_logits(last_BV, sub, temperature=temperature, top_k=top_k, top_p=top_p)
+        if eos_id is not None:
+            tok_B = jnp.where(done_B, eos_id, tok_B)
+            done_B = done_B | (tok_B == eos_id)
+        out_BS = out_BS.at[:, i].set(tok_B)
+        logits, state = model.apply({"params": params, "cache": cache}, tok_B[:, None], positions_BT=pos_B[:, None],
+                                    segment_ids_BT=ones, decode=True, mutable=["cache"])
+        return state["cache"], logits[:, -1], pos_B + 1, rng, out_BS, done_B
+
+    carry = (state["cache"], logits[:, -1], positions_BT[:, -1] + 1, rng, jnp.zeros((b, steps), jnp.int32),
+             jnp.zeros((b,), bool))
+    return jax.lax.fori_loop(0, steps, step, carry)[4]
