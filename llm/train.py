@@ -43,8 +43,11 @@ class TrainResult:
     wall_time: float
 
 
-def make_train_step(model: Transformer, tx: optax.GradientTransformation, lr_schedule, grad_accum: int):
-    """(state, inputs, targets, dropout_key) -> (state, metrics); one optimizer update per call.
+def make_train_step(model: Transformer, tx: optax.GradientTransformation, lr_schedule, grad_accum: int,
+                    dropout_root: jax.Array):
+    """(state, inputs, targets) -> (state, metrics); one optimizer update per call.
+
+    The dropout key of step s is fold_in(dropout_root, s), derived inside the compiled step.
 
     With grad_accum > 1 the batch is split into micro-batches whose gradients are summed in a lax.scan, so
     memory holds one micro-batch of activations and the update equals that of the whole batch.
@@ -55,7 +58,8 @@ def make_train_step(model: Transformer, tx: optax.GradientTransformation, lr_sch
         loss_sum, count = cross_entropy(logits, targets)
         return loss_sum / count
 
-    def step(state: TrainState, inputs, targets, key):
+    def step(state: TrainState, inputs, targets):
+        key = jax.random.fold_in(dropout_root, state.step)
         if grad_accum == 1:
             loss, grads = jax.value_and_grad(loss_fn)(state.params, inputs, targets, key)
         else:
@@ -163,10 +167,9 @@ def train(config: ConfigDict, workdir: str | Path, *, log=print, stop_after: int
         f"corpus {data.corpus.name}: {len(data.train_tokens):,} train / {len(data.val_tokens):,} val tokens "
         f"({data.tokenizer.kind} tokenizer, vocab {data.tokenizer.vocab_size}); device {jax.devices()[0].device_kind}")
 
-    train_step = make_train_step(model, tx, lr_schedule, t.grad_accum)
+    train_step = make_train_step(model, tx, lr_schedule, t.grad_accum, jax.random.fold_in(root_key, 1))
     eval_step = make_eval_step(model)
     metrics_log = MetricsLog(workdir)
-    dropout_root = jax.random.fold_in(root_key, 1)
     eval_kw = dict(seed=config.seed, n_batches=t.eval_batches, batch_size=t.batch_size, seq_len=seq_len)
 
     def run_eval(params):
@@ -182,7 +185,7 @@ def train(config: ConfigDict, workdir: str | Path, *, log=print, stop_after: int
         for step in range(start, end):
             x, y = sample_batch(data.train_tokens, seed=config.seed, step=step, batch_size=t.batch_size,
                                 seq_len=seq_len)
-            state, metrics = train_step(state, x, y, jax.random.fold_in(dropout_root, step))
+            state, metrics = train_step(state, x, y)
             pending.append(metrics)
             steps_since_log += 1
             done = step + 1

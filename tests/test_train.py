@@ -104,18 +104,17 @@ def _step_fn_and_state(grad_accum, optim_name="adamw"):
     o.lr = 1e-2 if optim_name == "adafactor" else 2e-3  # adafactor scales steps by the parameters' RMS
     tx, lr = make_optimizer(o, 10)
     state = jax.jit(create_train_state, static_argnums=(0, 1, 3))(model, tx, jax.random.PRNGKey(0), 8)
-    return make_train_step(model, tx, lr, grad_accum), state
+    return make_train_step(model, tx, lr, grad_accum, jax.random.PRNGKey(3)), state
 
 
 def test_gradient_accumulation_equals_full_batch():
     rng = np.random.default_rng(0)
     x = rng.integers(0, 16, (8, 8)).astype(np.int32)
     y = np.roll(x, -1, axis=1)
-    key = jax.random.PRNGKey(3)
     step1, s1 = _step_fn_and_state(1)
     step4, s4 = _step_fn_and_state(4)
-    s1, m1 = step1(s1, x, y, key)
-    s4, m4 = step4(s4, x, y, key)
+    s1, m1 = step1(s1, x, y)
+    s4, m4 = step4(s4, x, y)
     np.testing.assert_allclose(m1["loss"], m4["loss"], rtol=1e-5)
     np.testing.assert_allclose(m1["grad_norm"], m4["grad_norm"], rtol=1e-4)
     for a, b in zip(jax.tree_util.tree_leaves(s1.params), jax.tree_util.tree_leaves(s4.params)):
@@ -129,7 +128,7 @@ def test_each_optimizer_lowers_the_loss(name):
     y = np.roll(x, -1, axis=1)
     losses = []
     for i in range(30):
-        state, m = step(state, x, y, jax.random.PRNGKey(i))
+        state, m = step(state, x, y)
         losses.append(float(m["loss"]))
     assert losses[-1] < losses[0] - 0.1, (name, losses[0], losses[-1])
 

@@ -1,0 +1,245 @@
+"""Flash attention: the public entry point, its autodiff rule and per-backend tuning defaults.
+
+`flash_attention(q, k, v, ...)` computes exactly what `llm.ops.attention.attention` defines (layout
+[B, T, heads, D], K/V heads dividing query heads, causal / sliding-window / segment masking, zeros for rows
+that see no key, optional logit soft-cap) with Pallas kernels for the forward pass and both halves of the
+backward pass (dq; dk and dv), tied together by `jax.custom_vjp`.
+
+Lowerings (`backend`):
+  'triton'     GPU: Pallas' Triton path (`flash_triton`); knobs block_*, num_warps, num_stages.
+  'interpret'  the same kernels run by Pallas' interpreter (plain XLA on CPU; the default there).
+  'tpu'        Mosaic kernels (`flash_tpu`); with interpret=True they run in the TPU interpreter on CPU.
+Lengths need not be block multiples: the wrapper pads (and the kernels mask) keys, and slices the padding off.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from llm.kernels import flash_common as fc
+from llm.kernels import flash_triton
+from llm.kernels.flash_common import BlockSizes, FlashStatic
+
+BACKENDS = ("triton", "interpret", "tpu")
+_ALIASES = {"gpu": "triton", "cuda": "triton", "rocm": "triton", "cpu": "interpret"}
+
+# Knobs accepted by `flash_attention` beside the attention options; `None` means the backend's default.
+TUNING_KEYS = ("block_q", "block_k", "block_q_dq", "block_k_dq", "block_q_dkv", "block_k_dkv",
+               "num_warps", "num_stages", "num_warps_bwd", "num_stages_bwd")
+
+
+def default_tuning(backend: str, head_dim: int, dtype: Any) -> dict[str, int | None]:
+    """Per-backend defaults for the tuning knobs (see TUNING_KEYS).
+
+    GPU: Hopper-sized tiles for 2-byte inputs: 128 x 128 forward tiles, 8 warps at head_dim 128 (two
+    warpgroups share the 128 query rows) with a 2-stage K/V pipeline (160 KiB of shared memory, no register
+    spills when compiled for sm_90 with Triton 3.6), 4 warps and 3 stages at head_dim 64. The backward
+    kernels keep the long side on their resident operand (dq: 128 query rows; dk/dv: 128 keys) and stream
+    short blocks of the other (64 keys; 32 queries), which keeps 8 warps spill-free. float32 halves the
+    tiles. `python -m benchmarks.attention --gpu-suite` autotunes the forward and reports the best setting.
+    """
+    backend = _ALIASES.get(backend, backend)
+    if backend == "triton":
+        if jnp.dtype(dtype).itemsize > 2:  # float32: full-precision (IEEE) dots, twice the bytes per tile
+            return dict(block_q=64, block_k=64, num_warps=4, num_stages=2, block_q_dq=64, block_k_dq=32,
+                        block_q_dkv=32, block_k_dkv=64, num_warps_bwd=4, num_stages_bwd=2)
+        if head_dim <= 64:
+            fwd = dict(block_q=128, block_k=128, num_warps=4, num_stages=3)
+        elif head_dim <= 128:
+            fwd = dict(block_q=128, block_k=128, num_warps=8, num_stages=2)
+        else:
+            fwd = dict(block_q=64, block_k=64, num_warps=4, num_stages=2)
+        big = head_dim > 128
+        return dict(fwd, block_q_dq=64 if big else 128, block_k_dq=32 if big else 64, block_q_dkv=32,
+                    block_k_dkv=64 if big else 128, num_warps_bwd=8, num_stages_bwd=2)
+    if backend == "tpu":
+        # VMEM-sized tiles: the (8, 128) layout wants >= 128 rows; 512 x 512 bf16 stays well inside VMEM.
+        b = 512 if jnp.dtype(dtype).itemsize <= 2 else 256
+        return dict(block_q=b, block_k=b, block_q_dq=b, block_k_dq=b, block_q_dkv=b, block_k_dkv=b,
+                    num_warps=None, num_stages=None, num_warps_bwd=None, num_stages_bwd=None)
+    # Interpreter: each block is one XLA loop step, so fewer, larger blocks are faster.
+    return dict(block_q=128, block_k=128, block_q_dq=128, block_k_dq=128, block_q_dkv=128, block_k_dkv=128,
+                num_warps=None, num_stages=None, num_warps_bwd=None, num_stages_bwd=None)
+
+
+def resolve_backend(backend: str | None, interpret: bool | None) -> tuple[str, bool]:
+    """(lowering, interpret) from the user's choice and the default JAX platform."""
+    if backend is None:
+        backend = {"gpu": "triton", "tpu": "tpu"}.get(jax.default_backend(), "interpret")
+    backend = _ALIASES.get(backend, backend)
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown flash-attention backend {backend!r}; choose one of {BACKENDS}")
+    if interpret is None:
+        interpret = backend == "interpret" or jax.default_backend() == "cpu"
+    if backend == "triton" and interpret:
+        backend = "interpret"
+    return backend, bool(interpret or backend == "interpret")
+
+
+def flash_attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    *,
+    causal: bool = True,
+    window: int | None = None,
+    segment_ids: jax.Array | None = None,
+    kv_segment_ids: jax.Array | None = None,
+    scale: float | None = None,
+    softcap: float | None = None,
+    block_q: int | None = None,
+    block_k: int | None = None,
+    interpret: bool | None = None,
+    backend: str | None = None,
+    **tuning: int | None,
+) -> jax.Array:
+    """Attention of q [B, Tq, H, D] over k, v [B, Tk, K, D] (K divides H); returns [B, Tq, H, D] in q's dtype.
+
+    Args:
+      causal, window, segment_ids, kv_segment_ids, scale, softcap: as in `llm.ops.attention.attention`.
+      block_q, block_k: forward tile sizes (queries x keys); None picks the backend default.
+      interpret: run the kernels in Pallas' interpreter (default: on CPU).
+      backend: 'triton' (GPU), 'tpu', 'interpret' (or 'gpu', 'cpu'); default from jax.default_backend().
+      tuning: the other knobs of TUNING_KEYS (backward tiles block_q_dq, block_k_dq, block_q_dkv,
+        block_k_dkv; GPU num_warps, num_stages, num_warps_bwd, num_stages_bwd).
+    """
+    unknown = set(tuning) - set(TUNING_KEYS)
+    if unknown:
+        raise TypeError(f"unknown flash_attention options {sorted(unknown)}; tuning knobs are {TUNING_KEYS}")
+    if q.ndim != 4 or k.ndim != 4 or v.shape != k.shape:
+        raise ValueError(f"want q [B, Tq, H, D] and k, v [B, Tk, K, D]; got {q.shape}, {k.shape}, {v.shape}")
+    b, tq, h, d = q.shape
+    tk, kh = k.shape[1], k.shape[2]
+    if k.shape[0] != b or k.shape[3] != d or h % kh:
+        raise ValueError(f"q {q.shape} and k {k.shape}: batch and head_dim must match, K must divide H")
+    if window is not None and window < 1:
+        raise ValueError(f"window must be a positive int or None, got {window}")
+    if segment_ids is not None and kv_segment_ids is None:
+        if tq != tk:
+            raise ValueError("segment_ids alone needs Tq == Tk; pass kv_segment_ids for the keys")
+        kv_segment_ids = segment_ids
+    if (segment_ids is None) != (kv_segment_ids is None):
+        raise ValueError("pass both segment_ids and kv_segment_ids, or neither")
+    scale = d ** -0.5 if scale is None else float(scale)
+    softcap = None if softcap is None else float(softcap)
+
+    backend, interpret = resolve_backend(backend, interpret)
+    knobs = default_tuning(backend, d, q.dtype)
+    knobs.update({key: val for key, val in dict(tuning, block_q=block_q, block_k=block_k).items()
+                  if val is not None})
+    blocks = _fit_blocks(knobs, tq, tk, backend)
+    st = FlashStatic(causal=bool(causal), window=window, scale=scale, softcap=softcap, q_len=tq, kv_len=tk,
+                     blocks=blocks, backend=backend, interpret=interpret,
+                     num_warps=knobs["num_warps"], num_stages=knobs["num_stages"],
+                     num_warps_bwd=knobs["num_warps_bwd"], num_stages_bwd=knobs["num_stages_bwd"])
+
+    # Pad lengths to block multiples (keys past kv_len are masked in the kernels, padded query rows are
+    # sliced off) and, for Triton, head_dim to a power of two (zero columns change no dot product).
+    tq_pad = _round_up(tq, blocks.q_multiple)
+    tk_pad = _round_up(tk, blocks.k_multiple)
+    d_pad = _head_dim_padded(d, backend)
+    q_p = _pad(q, tq_pad, d_pad)
+    k_p = _pad(k, tk_pad, d_pad)
+    v_p = _pad(v, tk_pad, d_pad)
+    q_seg = kv_seg = None
+    if segment_ids is not None:
+        q_seg = _pad_ids(segment_ids, b, tq, tq_pad)
+        kv_seg = _pad_ids(kv_segment_ids, b, tk, tk_pad)
+    out = _flash(st, q_p, k_p, v_p, q_seg, kv_seg)
+    return out[:, :tq, :, :d]
+
+
+def _round_up(n: int, m: int) -> int:
+    return -(-n // m) * m
+
+
+def _next_pow2(n: int) -> int:
+    return 1 << max(0, (n - 1).bit_length())
+
+
+def _fit_blocks(knobs: dict, tq: int, tk: int, backend: str) -> BlockSizes:
+    """Clamp tiles to the (power-of-two rounded) lengths so short inputs are not padded to a huge tile."""
+    # Triton's dot wants >= 16 on each side; TPU tiles are (8, 128) and scores put keys on the 128 lanes.
+    floor = {"triton": 16, "tpu": 128}.get(backend, 8)
+    sizes = {}
+    for key in ("block_q", "block_k", "block_q_dq", "block_k_dq", "block_q_dkv", "block_k_dkv"):
+        val = int(knobs[key])
+        if val < 1 or val & (val - 1):
+            raise ValueError(f"{key} must be a power of two, got {val}")
+        n = tq if key.startswith("block_q") else tk
+        sizes[key] = max(min(val, _next_pow2(n)), min(floor, val))
+    return BlockSizes(**sizes)
+
+
+def _head_dim_padded(d: int, backend: str) -> int:
+    if backend == "triton":
+        return max(16, _next_pow2(d))
+    if backend == "tpu":
+        return _round_up(d, 128)
+    return d
+
+
+def _pad(x: jax.Array, t: int, d: int) -> jax.Array:
+    pads = ((0, 0), (0, t - x.shape[1]), (0, 0), (0, d - x.shape[3]))
+    return x if not any(p for _, p in pads) else jnp.pad(x, pads)
+
+
+def _pad_ids(ids: jax.Array, b: int, t: int, t_pad: int) -> jax.Array:
+    ids = jnp.asarray(ids, jnp.int32)
+    if ids.shape != (b, t):
+        raise ValueError(f"segment ids must be [batch, length] = {(b, t)}, got {ids.shape}")
+    return jnp.pad(ids, ((0, 0), (0, t_pad - t))) if t_pad != t else ids
+
+
+def _lowering(st: FlashStatic):
+    if st.backend == "tpu":
+        from llm.kernels import flash_tpu  # Mosaic imports only when asked for
+
+        return flash_tpu
+    return flash_triton
+
+
+# --------------------------------------------------------------------------------------------------------
+# Autodiff: the forward saves (inputs, output, lse); the backward recomputes probabilities block by block.
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _flash(st: FlashStatic, q, k, v, q_seg, kv_seg):
+    return _lowering(st).forward(st, q, k, v, q_seg, kv_seg)[0]
+
+
+def _flash_fwd(st: FlashStatic, q, k, v, q_seg, kv_seg):
+    out, lse = _lowering(st).forward(st, q, k, v, q_seg, kv_seg)
+    return out, (q, k, v, q_seg, kv_seg, out, lse)
+
+
+def _flash_bwd(st: FlashStatic, res, do):
+    q, k, v, q_seg, kv_seg, out, lse = res
+    # delta_i = sum_d dO_id * O_id = sum_j P_ij dP_ij: the softmax-Jacobian term, one number per row.
+    delta = jnp.einsum("bqhd,bqhd->bhq", out.astype(jnp.float32), do.astype(jnp.float32))
+    # Padded query rows: lse = +inf makes their probabilities 0, so they add nothing to dk or dv.
+    valid = jnp.arange(q.shape[1]) < st.q_len
+    lse = jnp.where(valid, lse, jnp.inf)
+    delta = jnp.where(valid, delta, 0.0)
+    dq, dk, dv = _lowering(st).backward(st, q, k, v, q_seg, kv_seg, do.astype(q.dtype), lse, delta)
+    return dq, dk, dv, None, None
+
+
+_flash.defvjp(_flash_fwd, _flash_bwd)
+
+
+def flops(batch: int, q_len: int, kv_len: int, heads: int, head_dim: int, *, causal: bool,
+          mode: str = "fwd") -> float:
+    """FlashAttention FLOP convention: forward 4*B*H*Tq*Tk*D (halved when causal), backward 2.5x, both 3.5x."""
+    f = 4.0 * batch * heads * q_len * kv_len * head_dim * (0.5 if causal else 1.0)
+    return f * {"fwd": 1.0, "bwd": 2.5, "fwd_bwd": 3.5}[mode]
+
+
+__all__ = ["BACKENDS", "TUNING_KEYS", "default_tuning", "flash_attention", "flops", "resolve_backend",
+           "visited_blocks"]
+
+visited_blocks = fc.visited_blocks

@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# GPU check for the Pallas flash-attention kernel (one H200, jax 0.11 + CUDA, no network).
+#
+#   OUT=/some/dir bash tools/gpu_check.sh      # from the repo root
+#
+# Steps, each time-boxed and each run even if an earlier one failed; the whole script stays under
+# DEADLINE_S (default 450 s):
+#   1. nvidia-smi and jax.devices()
+#   2. pytest -m gpu tests/test_flash_attention.py   (compiled Triton kernels vs the reference)
+#   3. pytest -m gpu on the other test files          (whatever else is marked gpu)
+#   4. python3 -m benchmarks.attention --gpu-suite    (forward autotune, then flash vs cuDNN vs XLA)
+#   5. copy benchmarks/results/*gpu* to $OUT
+# Everything printed is also in $OUT/gpu_check.log. The benchmark writes its JSON/markdown after every case,
+# so a step cut short by its time box still leaves the cases it finished.
+set -u
+export PYTHONUNBUFFERED=1
+OUT=${OUT:-$PWD/gpu_check_out}
+mkdir -p "$OUT"
+LOG="$OUT/gpu_check.log"
+: >"$LOG"
+exec > >(tee -a "$LOG") 2>&1
+
+START=$(date +%s)
+DEADLINE_S=${DEADLINE_S:-450}
+PY=python3
+FAILED=()
+
+# step NAME LIMIT_S CMD...: run CMD under `timeout`, capped by what is left of the deadline.
+# (pytest's rc 5, "no tests collected", counts as success: other files may have no gpu tests.)
+step() {
+  local name=$1 limit=$2
+  shift 2
+  local left=$((DEADLINE_S - ($(date +%s) - START)))
+  if ((left < 15)); then
+    echo "=== [$name] skipped: ${left}s left of the ${DEADLINE_S}s deadline"
+    FAILED+=("$name(skipped)")
+    return 0
+  fi
+  ((limit > left)) && limit=$left
+  echo
+  echo "=== [$name] start at +$(($(date +%s) - START))s, limit ${limit}s: $*"
+  timeout --kill-after=10 "$limit" "$@"
+  local rc=$?
+  ((rc == 124 || rc == 137)) && echo "=== [$name] TIMED OUT after ${limit}s"
+  echo "=== [$name] rc=$rc at +$(($(date +%s) - START))s"
+  ((rc != 0 && rc != 5)) && FAILED+=("$name(rc=$rc)")
+  return 0
+}
+
+# Carried wheels (e.g. ml_collections) install into /tmp/site; without them, just the repo on the path.
+if compgen -G ".whl/*.whl" >/dev/null; then
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH=/tmp/site:$PWD \
+    || { echo "wheel install failed; continuing with the image's packages"; export PYTHONPATH=$PWD; }
+else
+  export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+fi
+
+step nvidia-smi 20 nvidia-smi
+step jax-devices 60 $PY -c "import jax, jaxlib; print('jax', jax.__version__, 'jaxlib', jaxlib.__version__); \
+print(jax.devices()); d = jax.devices()[0]; print(d.device_kind, getattr(d, 'compute_capability', '?'))"
+step pytest-flash 120 $PY -m pytest -x -q -m gpu -p no:cacheprovider -rs tests/test_flash_attention.py
+step pytest-gpu-other 45 $PY -m pytest -q -m gpu -p no:cacheprovider --continue-on-collection-errors \
+  --ignore=tests/test_flash_attention.py tests/
+step benchmark 230 $PY -m benchmarks.attention --gpu-suite
+
+cp -v benchmarks/results/*gpu* "$OUT"/ 2>/dev/null || echo "no benchmarks/results/*gpu* files to copy"
+echo
+echo "=== done in $(($(date +%s) - START))s; failed or cut short: ${FAILED[*]:-none}"
