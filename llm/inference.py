@@ -58,15 +58,21 @@ def load_run(workdir: str | Path, checkpoint: str = "latest") -> LoadedRun:
     return LoadedRun(config, model, state.params, tokenizer, step)
 
 
-def sample(run: LoadedRun, prompts: list[str], *, max_new_tokens: int, temperature: float = 0.8,
-           top_k: int | None = None, top_p: float | None = None, seed: int = 0) -> list[str]:
+def sample(run: LoadedRun, prompts: list[str], **kwargs) -> list[str]:
+    """Continuations of each prompt from a loaded run (see `sample_texts`)."""
+    return sample_texts(run.model, run.params, run.tokenizer, prompts, **kwargs)
+
+
+def sample_texts(model: Transformer, params, tokenizer: Tokenizer, prompts: list[str], *, max_new_tokens: int,
+                 temperature: float = 0.8, top_k: int | None = None, top_p: float | None = None,
+                 seed: int = 0) -> list[str]:
     """Continuations (prompt included) of each prompt, sampled as one batch with the KV cache."""
     encoded = []
     for p in prompts:
         try:
-            encoded.append(run.tokenizer.encode(p))
+            encoded.append(tokenizer.encode(p))
         except ValueError as e:
             raise PromptError(f"prompt {p[:40]!r}: {e}") from None
-    outs = generate(run.model, run.params, encoded, max_new_tokens=max_new_tokens, temperature=temperature,
-                    top_k=top_k, top_p=top_p, seed=seed, eos_id=run.tokenizer.eos_id)
-    return [p + run.tokenizer.decode(o) for p, o in zip(prompts, outs)]
+    outs = generate(model, params, encoded, max_new_tokens=max_new_tokens, temperature=temperature,
+                    top_k=top_k, top_p=top_p, seed=seed, eos_id=tokenizer.eos_id)
+    return [p + tokenizer.decode(o) for p, o in zip(prompts, outs)]

@@ -58,19 +58,42 @@ def left_pad(prompts: Sequence[np.ndarray], pad_id: int = 0):
 def generate(model: nn.Module, params, prompts: Sequence[np.ndarray], *, max_new_tokens: int,
              temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None, seed: int = 0,
              eos_id: int | None = None) -> list[np.ndarray]:
-    """New tokens for each prompt (token id arrays), cut after the first eos_id when there is one."""
+    """New tokens for each prompt (token id arrays), cut after the first eos_id when there is one.
+
+    Generation may run past the model's context: when the cache is full, the last half-context of each row is
+    prefilled into a fresh cache and decoding continues (the model then sees a sliding window of its text, as
+    nanoGPT's sampler does). Every prompt must itself fit in the context.
+    """
     if not prompts or any(len(p) == 0 for p in prompts):
         raise PromptError("every prompt needs at least one token (use the tokenizer's eos or a newline)")
-    tokens, segments, positions = left_pad(prompts)
     max_len = model.cfg.max_len
-    if tokens.shape[1] + max_new_tokens > max_len:
-        raise PromptError(f"prompt of {tokens.shape[1]} tokens + {max_new_tokens} new tokens exceeds the model's "
-                          f"context of {max_len}; shorten the prompt or ask for fewer tokens")
-    out = _generate(model, params, jnp.asarray(tokens), jnp.asarray(segments), jnp.asarray(positions),
-                    jax.random.PRNGKey(seed), steps=max_new_tokens, temperature=float(temperature),
-                    top_k=top_k, top_p=top_p, eos_id=eos_id)
+    longest = max(len(p) for p in prompts)
+    if longest >= max_len:
+        raise PromptError(f"a prompt of {longest} tokens does not fit the model's context of {max_len} "
+                          f"(at most {max_len - 1} tokens, leaving room to generate); shorten the prompt")
+    if max_new_tokens < 1:
+        raise PromptError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    rows = [np.asarray(p, np.int32) for p in prompts]
+    new: list[list[np.ndarray]] = [[] for _ in rows]
+    remaining, chunk = max_new_tokens, 0
+    keep = max(1, max_len // 2)
+    while remaining > 0:
+        tokens, segments, positions = left_pad(rows)
+        steps = min(remaining, max_len - tokens.shape[1])
+        out = _generate(model, params, jnp.asarray(tokens), jnp.asarray(segments), jnp.asarray(positions),
+                        jax.random.fold_in(jax.random.PRNGKey(seed), chunk), steps=steps,
+                        temperature=float(temperature), top_k=top_k, top_p=top_p, eos_id=eos_id)
+        out = np.asarray(out)
+        for i, row in enumerate(out):
+            new[i].append(row)
+            rows[i] = np.concatenate([rows[i], row])[-keep:]
+        remaining -= steps
+        chunk += 1
+        if eos_id is not None and all((np.concatenate(n) == eos_id).any() for n in new):
+            break
     results = []
-    for row in np.asarray(out):
+    for parts in new:
+        row = np.concatenate(parts)
         if eos_id is not None and (hits := np.flatnonzero(row == eos_id)).size:
             row = row[: hits[0] + 1]
         results.append(row)

@@ -24,12 +24,12 @@ from llm.checkpoint import Checkpointer
 from llm.config import validate_config
 from llm.data import eval_batches, sample_batch
 from llm.hardware import peak_flops
+from llm.inference import sample_texts
 from llm.model import Transformer
 from llm.model.config import ConfigError
 from llm.model.params import count_params, train_flops_per_token
 from llm.ops import cross_entropy
 from llm.optim import make_optimizer
-from llm.sampling import generate
 from llm.train_state import TrainState, abstract_train_state, create_train_state
 
 
@@ -221,24 +221,16 @@ def train(config: ConfigDict, workdir: str | Path, *, log=print, stop_after: int
 
     samples = []
     if config.sample.num_samples and end == t.steps:
-        samples = sample_texts(model, state.params, data.tokenizer, config.sample)
+        sc = config.sample
+        samples = sample_texts(model, state.params, data.tokenizer, [sc.prompt] * sc.num_samples,
+                               max_new_tokens=sc.max_new_tokens, temperature=sc.temperature, top_k=sc.top_k,
+                               top_p=sc.top_p, seed=sc.seed)
         for i, text in enumerate(samples):
             log(f"--- sample {i + 1} ---\n{text}")
     if not last_eval and start >= t.steps:
         log(f"{workdir} already holds a finished run of {t.steps} steps")
     return TrainResult(workdir, int(state.step), last_eval.get("train_loss"), last_eval.get("val_loss"),
                        samples, time.time() - t_start)
-
-
-def sample_texts(model, params, tokenizer, s: ConfigDict, prompts: list[str] | None = None) -> list[str]:
-    """Decoded continuations of `prompts` (default: sample.num_samples copies of sample.prompt)."""
-    prompts = prompts if prompts is not None else [s.prompt] * s.num_samples
-    encoded = [tokenizer.encode(p) for p in prompts]
-    max_new = min(s.max_new_tokens, model.cfg.max_len - max(len(e) for e in encoded))
-    # Rows of one batch draw from one key: give each prompt copy its own stream by batching them together.
-    outs = generate(model, params, encoded, max_new_tokens=max_new, temperature=s.temperature, top_k=s.top_k,
-                    top_p=s.top_p, seed=s.seed, eos_id=tokenizer.eos_id)
-    return [p + tokenizer.decode(o) for p, o in zip(prompts, outs)]
 
 
 def _progress(enabled: bool, start: int, total: int):

@@ -70,7 +70,7 @@ def test_help():
     (["train", "--config.data.corpus=/no/such/file.txt"], "/no/such/file.txt"),
     (["sample", "--workdir", "/no/such/run"], "does not exist"),
     (["sample", "--workdir", "{run}", "--max-new-tokens", "0"], "--max-new-tokens must be >= 1"),
-    (["sample", "--workdir", "{run}", "--prompt", "the cat " * 5], "exceeds the model's context"),
+    (["sample", "--workdir", "{run}", "--prompt", "the cat " * 5], "does not fit the model's context of 32"),
     (["sample", "--workdir", "{run}", "--prompt", "Zebra ☃"], "not in this char tokenizer's vocabulary: 'Z', '☃'"),
     (["sample", "--workdir", "{run}", "--checkpoint", "77"], "checkpoint '77' not found"),
     (["sample", "--workdir", "{run}", "--top-p", "1.5"], "--top-p must be in"),

@@ -90,9 +90,22 @@ def test_left_pad():
     np.testing.assert_array_equal(positions, [[0, 1, 2], [0, 0, 0]])
 
 
+def test_generation_runs_past_the_context():
+    """Past max_len the sampler slides: later tokens are greedy continuations of the last half-context."""
+    model, params = model_and_params()
+    prompt = np.arange(10) % 23
+    out = generate(model, params, [prompt], max_new_tokens=50, temperature=0.0)[0]
+    assert len(out) == 50
+    first = generate(model, params, [prompt], max_new_tokens=30, temperature=0.0)[0]
+    np.testing.assert_array_equal(out[:30], first)  # the first chunk fills the 40-token context
+    # The next chunk continues from the last 20 tokens of prompt + generated text.
+    context = np.concatenate([prompt, out[:30]])[-20:]
+    np.testing.assert_array_equal(out[30:], generate(model, params, [context], max_new_tokens=20, temperature=0.0)[0])
+
+
 def test_prompt_errors():
     model, params = model_and_params()
-    with pytest.raises(PromptError, match="exceeds the model's context of 40"):
-        generate(model, params, [np.arange(30) % 23], max_new_tokens=20)
+    with pytest.raises(PromptError, match="does not fit the model's context of 40"):
+        generate(model, params, [np.arange(40) % 23], max_new_tokens=2)
     with pytest.raises(PromptError, match="at least one token"):
         generate(model, params, [np.array([], np.int32)], max_new_tokens=2)

@@ -127,7 +127,7 @@ def test_each_optimizer_lowers_the_loss(name):
     x = np.tile(np.arange(8, dtype=np.int32), (4, 1))
     y = np.roll(x, -1, axis=1)
     losses = []
-    for i in range(30):
+    for _ in range(30):
         state, m = step(state, x, y)
         losses.append(float(m["loss"]))
     assert losses[-1] < losses[0] - 0.1, (name, losses[0], losses[-1])
