@@ -43,7 +43,7 @@ def get_base_config() -> ConfigDict:
     c.seed = 0
 
     c.model = _model_section()
-    c.model.max_len = 128
+    c.model.max_len = 64
     c.model.d_model = 128
     c.model.n_layers = 4
     c.model.n_heads = 4
@@ -57,7 +57,7 @@ def get_base_config() -> ConfigDict:
     c.data.cache_dir = config_dict.placeholder(str)  # tokenised corpora; default ~/.cache/llm/tokens
 
     c.train = ConfigDict()
-    c.train.steps = 2500
+    c.train.steps = 2000
     c.train.batch_size = 16
     c.train.seq_len = config_dict.placeholder(int)  # None: model.max_len
     c.train.grad_accum = 1  # micro-batches per step (batch_size must divide by it)
@@ -86,7 +86,7 @@ def get_base_config() -> ConfigDict:
     c.sample = ConfigDict()
     c.sample.prompt = "\n"
     c.sample.num_samples = 2
-    c.sample.max_new_tokens = 200
+    c.sample.max_new_tokens = 300
     c.sample.temperature = 0.8
     c.sample.top_k = config_dict.placeholder(int)
     c.sample.top_p = config_dict.placeholder(float)
