@@ -30,6 +30,7 @@ def get_config(arg=None):
     c.optim.name = "adamw"
     c.optim.b1, c.optim.b2 = 0.9, 0.99
     c.optim.weight_decay = 0.1
+    c.optim.decay_embeddings = True  # nanoGPT decays every 2-D weight, the embedding tables included
     c.optim.clip_norm = 1.0
     c.optim.schedule = "cosine"
     c.optim.min_lr_ratio = 0.1
