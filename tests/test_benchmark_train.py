@@ -1,0 +1,40 @@
+"""The training-throughput benchmark's core, in-process, on the cpu-quick preset (nanoGPT's baby shape)."""
+
+import json
+
+from benchmarks import train as bench
+
+
+def test_cpu_quick_preset_writes_sane_rows(tmp_path):
+    meta, rows, (json_path, md_path) = bench.run_benchmark("cpu-quick", out_dir=tmp_path, steps=2, warmup=1,
+                                                           log=lambda *a: None)
+    assert json_path == tmp_path / "train_cpu-quick.json" and md_path.exists()
+    data = json.loads(json_path.read_text())
+    assert data["meta"]["preset"] == "cpu-quick" and "12*L*H*Q*T" in data["meta"]["flop_convention"]
+    assert data["meta"]["peak_flops"] > 0
+    assert [r["name"] for r in data["rows"]] == ["baby"]
+    for row in data["rows"]:
+        assert row["status"] == "ok", row.get("error")
+        assert row["ms_per_step"] > 0 and row["tokens_per_s"] > 0
+        assert 0 < row["mfu"] < 1
+        assert row["compile_s"] > 0 and row["first_step_s"] > 0 and row["steps"] == 2
+        assert row["params"] == row["params_formula"]  # the closed form matches the built model
+        assert row["tokens_per_step"] == 12 * 64
+    assert "| baby |" in md_path.read_text()
+    assert rows == data["rows"] and meta["summary"][0].startswith("best MFU: baby")
+
+
+def test_failures_become_rows_not_crashes():
+    bad = bench.Spec("bad", "shakespeare_char", "baby", (("model.vocab_size", 65), ("model.n_heads", 3)))
+    row = bench.run_spec(bad, steps=1, warmup=1)
+    assert row["status"] == "error" and "n_heads" in row["error"]
+
+
+def test_presets_and_specs_round_trip():
+    gpu = bench.preset_specs("gpu")
+    assert 6 <= len(gpu) <= 8 and len({s.name for s in gpu}) == len(gpu)
+    assert {s.name.split("-")[1] for s in gpu} == {"cudnn", "flash", "xla"}
+    for s in gpu:
+        assert bench.Spec.from_json(s.to_json()) == s
+        config = bench.build_config(s)  # every GPU configuration is a valid experiment config
+        assert config.model.dtype == "bfloat16" and config.model.scan_layers and config.model.max_len == 2048
