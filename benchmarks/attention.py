@@ -10,6 +10,10 @@ recorded with its error, never a crash. Results go to benchmarks/results/attenti
 
   python -m benchmarks.attention --quick        # CPU: a few minutes, shows the memory story at 16k-32k tokens
   python -m benchmarks.attention --gpu-suite    # H200: flash vs cuDNN vs XLA, bf16, plus a forward autotune
+  python -m benchmarks.attention --mgpu-suite   # H200: Mosaic GPU forward vs Triton vs cuDNN (~2 min)
+
+Implementations: those of `llm.ops.attention` plus 'flash_mgpu' / 'flash_triton' (impl='flash' with the
+backend pinned to 'mosaic_gpu' / 'triton'; a call outside mgpu's scope is recorded as an error, not timed).
   python -m benchmarks.attention --impls flash,xla --seq-lens 4096 --head-dims 128 --flash block_k=64
 """
 
@@ -65,7 +69,17 @@ class Case:
                 f"{self.mode:7s} B={self.batch} H={self.heads}/{self.kv_heads}")
 
 
+# Benchmark-only names: the flash kernel with its lowering pinned.
+FLASH_VARIANTS = {"flash_mgpu": "mosaic_gpu", "flash_triton": "triton"}
+
+
+def is_flash(impl: str) -> bool:
+    return impl == "flash" or impl in FLASH_VARIANTS
+
+
 def impl_kwargs(case: Case) -> dict[str, Any]:
+    if case.impl in FLASH_VARIANTS:
+        return dict(case.tuning, backend=FLASH_VARIANTS[case.impl])
     if case.impl == "flash":
         return dict(case.tuning)
     if case.impl == "chunked":
@@ -87,7 +101,8 @@ def make_inputs(case: Case, seq: int | None = None, batch: int | None = None, se
 
 def make_fn(case: Case, impl: str | None = None):
     """The jitted function a case times: attention, or attention's VJP (forward + backward)."""
-    f = functools.partial(attention, impl=impl or case.impl, causal=case.causal,
+    name = impl or case.impl
+    f = functools.partial(attention, impl="flash" if is_flash(name) else name, causal=case.causal,
                           **(impl_kwargs(case) if impl is None else {}))
     if case.mode == "fwd":
         return jax.jit(f)
@@ -158,6 +173,10 @@ def verify(case: Case, seq: int) -> str:
 
 def run_case(case: Case, *, warmup: int, iters: int, verify_len: int) -> dict[str, Any]:
     rec: dict[str, Any] = dict(dataclasses.asdict(case), tuning=dict(case.tuning), flops=case.flops)
+    why = mgpu_fallback(case)
+    if why:  # would silently time the Triton forward instead
+        rec.update(verified="not run", error=f"outside the mgpu kernel's scope (Triton would run): {why}")
+        return rec
     rec["verified"] = verify(case, min(verify_len, case.seq))
     try:
         fn = make_fn(case)
@@ -188,6 +207,22 @@ def run_case(case: Case, *, warmup: int, iters: int, verify_len: int) -> dict[st
     return rec
 
 
+def mgpu_fallback(case: Case) -> str | None:
+    """For a flash_mgpu case: why the call would fall back to Triton (None when mgpu runs it)."""
+    if case.impl != "flash_mgpu":
+        return None
+    from llm.kernels import flash_common as fc
+
+    dt = DTYPES[case.dtype]
+    q = jax.ShapeDtypeStruct((case.batch, case.seq, case.heads, case.head_dim), dt)
+    k = jax.ShapeDtypeStruct((case.batch, case.seq, case.kv_heads, case.head_dim), dt)
+    knobs = dict(fa.default_tuning("mosaic_gpu", case.head_dim, dt), **dict(case.tuning))
+    st = fc.FlashStatic(causal=case.causal, window=None, scale=case.head_dim ** -0.5, softcap=None,
+                        q_len=case.seq, kv_len=case.seq, blocks=fa._fit_blocks(knobs, case.seq, case.seq, "mosaic_gpu"),
+                        backend="mosaic_gpu", num_stages=knobs["num_stages"])
+    return fa.mgpu_fallback_reason(st, q, k, False)
+
+
 def _device_memory_stats():
     try:
         return jax.devices()[0].memory_stats()
@@ -200,14 +235,14 @@ def _device_memory_stats():
 
 
 def autotune(base: Case, grid: list[dict[str, int]], *, warmup: int, iters: int,
-             on_result=None) -> dict[str, Any]:
+             on_result=None, impl: str = "flash") -> dict[str, Any]:
     """Time the flash kernel at `base` for each knob setting; the best verified one is `best`.
 
     `on_result(partial)` is called after every setting (the benchmark saves partial results with it)."""
     results = []
     tune = {"case": dataclasses.asdict(base), "results": results, "best": None}
     for knobs in grid:
-        case = dataclasses.replace(base, impl="flash", tuning=tuple(sorted(knobs.items())))
+        case = dataclasses.replace(base, impl=impl, tuning=tuple(sorted(knobs.items())))
         rec = run_case(case, warmup=warmup, iters=iters, verify_len=512)
         results.append({"tuning": knobs, "time_s": rec.get("time_s"), "tflops": rec.get("tflops"),
                         "verified": rec["verified"], "error": rec.get("error")})
@@ -234,6 +269,16 @@ def fwd_tune_grid(head_dim: int) -> list[dict[str, int]]:
     return [dict(block_q=bq, block_k=bk, num_warps=w, num_stages=s) for bq, bk, w, s in points]
 
 
+def mgpu_tune_grid(head_dim: int) -> list[dict[str, int]]:
+    """Mosaic GPU forward: block_q is the CTA tile (two consumer warpgroups of block_q / 2 rows), block_k
+    the key block of one TMA step, num_stages the K/V ring depth. Five settings that fit Hopper's 227 KiB
+    of shared memory at head_dim 128 (3 stages of 128 keys is the tightest: ~226 KiB)."""
+    points = [(128, 128, 2), (128, 128, 3), (128, 64, 2), (128, 64, 3), (128, 64, 4)]
+    if head_dim <= 64:
+        points += [(128, 256, 2)]
+    return [dict(block_q=bq, block_k=bk, num_stages=s) for bq, bk, s in points]
+
+
 def bwd_tune_grid() -> list[dict[str, int]]:
     """Backward tiles (dq: query rows x key block; dk/dv: key rows x query block), 8 warps (4 spill)."""
     grid = []
@@ -257,7 +302,7 @@ def sweep(impls, seq_lens, head_dims, causals, dtypes, modes, *, tokens, heads_x
         heads = max(1, heads_x_dim // d)
         cases.append(Case(impl=impl, seq=seq, head_dim=d, causal=causal, dtype=dtype, mode=mode,
                           batch=max(1, tokens // seq), heads=heads, kv_heads=max(1, heads // kv_ratio),
-                          tuning=tuple(sorted(tuning)) if impl == "flash" else (),
+                          tuning=tuple(sorted(tuning)) if is_flash(impl) else (),
                           timed=timed_max_len is None or seq <= timed_max_len, untimed_why=untimed_why))
     return cases
 
@@ -285,7 +330,7 @@ def to_markdown(meta: dict, records: list[dict], tunes: list[dict]) -> str:
     for r in records:
         t = r.get("time_s")
         note = r.get("error") or r.get("note") or ""
-        if r["impl"] == "flash":
+        if is_flash(r["impl"]):
             knobs = ",".join(f"{k}={v}" for k, v in r["tuning"].items()) or "default tiles"
             note = f"{note} {knobs}".strip()
         lines.append(
@@ -295,7 +340,7 @@ def to_markdown(meta: dict, records: list[dict], tunes: list[dict]) -> str:
             f"{fmt_bytes(r.get('device_peak_bytes'))} | {r['verified']} | {note.replace('|', '/')} |")
     for tune in tunes:
         c = tune["case"]
-        lines += ["", f"## Autotune: flash {c['mode']} S={c['seq']} D={c['head_dim']} "
+        lines += ["", f"## Autotune: {c['impl']} {c['mode']} S={c['seq']} D={c['head_dim']} "
                       f"{'causal' if c['causal'] else 'full'} {c['dtype']} B={c['batch']} H={c['heads']}", "",
                   "| config | time ms | TFLOP/s | verified |", "|---|---|---|---|"]
         for r in sorted(tune["results"], key=lambda r: -(r["tflops"] or 0)):
@@ -354,6 +399,38 @@ def gpu_summary(records: list[dict]) -> list[str]:
     return lines
 
 
+# The Triton forward's best H200 setting at bf16/hd128/causal/8192 (benchmarks/results/attention_gpu.md).
+TRITON_BEST_FWD = dict(block_q=128, block_k=64, num_warps=8, num_stages=3)
+
+
+def mgpu_summary(records: list[dict]) -> list[str]:
+    """Mosaic GPU forward vs the Triton forward and cuDNN at each point, and the H200 target check."""
+    by = {}
+    for r in records:
+        if r.get("tflops") and r.get("verified", "").startswith("ok"):
+            key = (r["impl"], r["seq"], r["head_dim"], r["causal"], r["dtype"], r["mode"])
+            by[key] = max(by.get(key, 0.0), r["tflops"])
+    lines = []
+    for (impl, seq, d, causal, dtype, mode), tf in sorted(by.items()):
+        if impl != "flash_mgpu":
+            continue
+        rest = (seq, d, causal, dtype, mode)
+        tri, cud = by.get(("flash_triton", *rest)), by.get(("cudnn", *rest))
+        ratio = f", {tf / tri:.2f}x Triton ({tri:.0f})" if tri else ""
+        ratio += f", {tf / cud:.2f}x cuDNN ({cud:.0f})" if cud else ""
+        lines.append(f"flash_mgpu {mode} S={seq} D={d} {'causal' if causal else 'full'} {dtype}: {tf:.0f} TFLOP/s"
+                     f"{ratio}")
+    point = (8192, 128, True, "bfloat16", "fwd")
+    tgt, cud = by.get(("flash_mgpu", *point)), by.get(("cudnn", *point))
+    if tgt:
+        ok = tgt >= 450 and (cud is None or tgt >= 0.9 * cud)
+        lines.append(f"TARGET bf16/hd128/causal/8192 forward (mgpu): {tgt:.0f} TFLOP/s (need >= 450 and >= 0.9x "
+                     f"cuDNN{f' = {0.9 * cud:.0f}' if cud else ''}): {'MET' if ok else 'NOT MET'}")
+    else:
+        lines.append("TARGET bf16/hd128/causal/8192 forward (mgpu): no verified mgpu timing: NOT MET")
+    return lines
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--impls", default="reference,xla,cudnn,chunked,flash")
@@ -374,12 +451,15 @@ def main(argv=None) -> int:
     p.add_argument("--autotune-bwd", action="store_true", help="also tune the flash backward knobs")
     p.add_argument("--quick", action="store_true", help="CPU preset: a few minutes")
     p.add_argument("--gpu-suite", action="store_true", help="H200 preset: flash vs cuDNN vs XLA + autotune")
+    p.add_argument("--mgpu-suite", action="store_true",
+                   help="H200 preset: Mosaic GPU forward (small autotune) vs Triton vs cuDNN; tag gpu_mgpu")
     p.add_argument("--out-dir", default=RESULTS_DIR)
     p.add_argument("--tag", default=None, help="file name tag (default: the platform, e.g. cpu or gpu)")
     a = p.parse_args(argv)
 
     platform = jax.default_backend()
-    tag = a.tag or platform
+    tag = a.tag or (f"{platform}_mgpu" if a.mgpu_suite else platform)
+    summarize = mgpu_summary if a.mgpu_suite else (gpu_summary if platform == "gpu" else cpu_summary)
     flash_knobs = parse_tuning(a.flash)
     tunes: list[dict] = []
     cases: list[Case] = []
@@ -396,7 +476,7 @@ def main(argv=None) -> int:
                      else f"{'':31s}")
             print(f"{c.label()} {shown} mem {fmt_bytes(rec.get('mem_bytes')):>10s} MiB  {rec['verified']}  "
                   f"{rec.get('error', '')}", flush=True)
-            meta["summary"] = gpu_summary(records) if platform == "gpu" else cpu_summary(records)
+            meta["summary"] = summarize(records)
             write_results(meta, records, tunes, a.out_dir, tag)
 
     def save_tune(slot: int):
@@ -444,6 +524,29 @@ def main(argv=None) -> int:
         cases += sweep(impls, [2048, 4096, 16384], [128], [True], modes=["fwd", "fwd_bwd"], **common)
         cases += sweep(impls, [8192], [64], [True], modes=["fwd", "fwd_bwd"], **common)
         cases += sweep(impls, [8192], [128], [False], modes=["fwd", "fwd_bwd"], **common)
+    elif a.mgpu_suite:
+        # Budget ~2 minutes on an H200: a 5-setting mgpu forward autotune at the target point, then mgpu
+        # (best setting) vs Triton (its best known setting) vs cuDNN, forward and forward + backward, causal
+        # and not. The target point first, so it lands even if the step's time box cuts the rest.
+        a.warmup, a.iters = 2, 7
+        a.verify_len = min(a.verify_len, 1024)
+        base = Case(impl="flash_mgpu", seq=8192, head_dim=128, causal=True, dtype="bfloat16", mode="fwd",
+                    batch=2, heads=16, kv_heads=16)
+        print("autotune: mgpu forward at bf16/hd128/causal/8192", flush=True)
+        tune = autotune(base, mgpu_tune_grid(128), warmup=2, iters=5, on_result=save_tune(len(tunes)),
+                        impl="flash_mgpu")
+        best = dict(tune["best"]["tuning"]) if tune["best"] else {}
+        best.update(flash_knobs)
+        common = dict(dtypes=["bfloat16"], tokens=16384, heads_x_dim=2048, kv_ratio=1)
+        for causal in (True, False):
+            for mode in ("fwd", "fwd_bwd"):
+                cases += sweep(["flash_mgpu"], [8192], [128], [causal], modes=[mode], tuning=tuple(best.items()),
+                               **common)
+                cases += sweep(["flash_triton"], [8192], [128], [causal], modes=[mode],
+                               tuning=tuple(TRITON_BEST_FWD.items()), **common)
+                cases += sweep(["cudnn"], [8192], [128], [causal], modes=[mode], **common)
+        cases += sweep(["flash_mgpu", "flash_triton", "cudnn"], [8192], [64], [True], modes=["fwd"],
+                       **dict(common, kv_ratio=4))
     else:
         causals = {"both": [True, False], "true": [True], "false": [False]}[a.causal]
         impls = [i for i in a.impls.split(",") if available(i)]
@@ -459,7 +562,7 @@ def main(argv=None) -> int:
                       timed_max_len=a.time_max_len)
     cases = [c for c in cases if available(c.impl)]
     run_all(cases)
-    meta["summary"] = gpu_summary(records) if platform == "gpu" else cpu_summary(records)
+    meta["summary"] = summarize(records)
     base = write_results(meta, records, tunes, a.out_dir, tag)
     for line in meta["summary"]:
         print(line)

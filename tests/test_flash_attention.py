@@ -5,6 +5,7 @@ several blocks, padded tails included). `@pytest.mark.gpu` tests compile the Tri
 sizes; they run only where jax's default backend is a GPU (tools/gpu_check.sh).
 """
 
+import dataclasses
 import functools
 
 import jax
@@ -275,7 +276,8 @@ def _export(fn, args, platform, device_kind):
     from jax import export
     from jax._src import mesh as mesh_lib
 
-    disabled = [export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")] if platform == "cuda" else []
+    disabled = ([export.DisabledSafetyCheck.custom_call(name) for name in ("__gpu$xla.gpu.triton", "mosaic_gpu_v2")]
+                if platform == "cuda" else [])
     exp = functools.partial(export.export, jax.jit(fn), platforms=[platform], disabled_checks=disabled)
     try:
         device = mesh_lib.AbstractDevice(device_kind=device_kind, num_cores=1,
@@ -304,6 +306,122 @@ def test_kernels_lower_for_device(backend, platform, device_kind, marker):
 
     text = _export(jax.grad(loss, argnums=(0, 1, 2)), (q, k, k, seg), platform, device_kind)
     assert text.count(marker) == 3  # forward, dq, dk/dv
+
+
+# --------------------------------------------------------------------------------------------------------
+# The Mosaic GPU (Hopper) forward: backend choice and fallback everywhere, CUDA lowering on CPU; the
+# numerics need a compute-capability-9 GPU (test_gpu_mgpu_* below). Its kernel uses wgmma, which Pallas'
+# GPU interpreter does not run, so there is no CPU numerics test.
+
+
+def test_mgpu_backend_resolution_and_fallback(monkeypatch):
+    assert fa.resolve_backend("mgpu", False) == ("mosaic_gpu", False)
+    assert fa.resolve_backend("mosaic_gpu", True) == ("interpret", True)  # CPU: the interpreted Triton kernels
+    monkeypatch.delenv(fa.MGPU_ENV, raising=False)
+    if not ON_GPU:
+        assert not fa.mgpu_opted_in()  # the mgpu default only applies on a Hopper GPU
+        assert fa.resolve_backend(None, None)[0] == "interpret"
+    monkeypatch.setenv(fa.MGPU_ENV, "0")
+    assert not fa.mgpu_opted_in()
+    if ON_GPU:
+        assert fa.resolve_backend(None, None)[0] == "triton"  # LLM_FLASH_MGPU=0 keeps Triton
+
+    def reason(dtype=jnp.bfloat16, d=128, t=1024, **opts):
+        q = jax.ShapeDtypeStruct((2, t, 8, d), dtype)
+        k = jax.ShapeDtypeStruct((2, t, 2, d), dtype)
+        knobs = fa.default_tuning("mgpu", d, dtype)
+        st = fc.FlashStatic(causal=opts.get("causal", True), window=opts.get("window"), scale=d ** -0.5,
+                            softcap=opts.get("softcap"), q_len=t, kv_len=t, backend="mosaic_gpu",
+                            blocks=fa._fit_blocks(knobs, t, t, "mosaic_gpu"), num_stages=knobs["num_stages"])
+        return fa.mgpu_fallback_reason(st, q, k, opts.get("segments", False))
+
+    assert reason() is None and reason(jnp.float16, 64, causal=False) is None
+    for bad in (dict(dtype=jnp.float32), dict(d=96), dict(t=1000), dict(window=64), dict(softcap=5.0),
+                dict(segments=True)):
+        assert reason(**bad) is not None, bad
+
+
+@pytest.mark.skipif(ON_GPU, reason="the GPU tests compile and run this kernel for real")
+@pytest.mark.parametrize("causal,d,kh", [(True, 128, 8), (False, 128, 8), (True, 64, 2)])
+def test_mgpu_forward_lowers_for_cuda(causal, d, kh):
+    """The Mosaic GPU forward lowers for CUDA on CPU (Pallas -> Mosaic GPU MLIR; ptxas runs on the device),
+    and under jax.grad the backward is still the two Triton kernels reading its residuals."""
+    q = jax.ShapeDtypeStruct((2, 1024, 8, d), jnp.bfloat16)
+    k = jax.ShapeDtypeStruct((2, 1024, kh, d), jnp.bfloat16)
+
+    def loss(q, k, v):
+        return fa.flash_attention(q, k, v, causal=causal, backend="mgpu", interpret=False).astype(jnp.float32).sum()
+
+    text = _export(jax.grad(loss, argnums=(0, 1, 2)), (q, k, k), "cuda", "NVIDIA H200")
+    assert text.count("mosaic_gpu_v2") == 1 and text.count("xla.gpu.triton") == 2
+    # Outside its scope (a window here) the whole call falls back to Triton.
+    fallback = _export(jax.grad(lambda q, k, v: fa.flash_attention(
+        q, k, v, causal=True, window=128, backend="mgpu", interpret=False).astype(jnp.float32).sum(),
+        argnums=(0, 1, 2)), (q, k, k), "cuda", "NVIDIA H200")
+    assert "mosaic_gpu" not in fallback and fallback.count("xla.gpu.triton") == 3
+
+
+ON_HOPPER = ON_GPU and str(getattr(jax.devices()[0], "compute_capability", "")).startswith("9")
+
+MGPU_CASES = [
+    ("causal_bf16_d128", 2, 2048, 16, 16, 128, dict(causal=True)),
+    ("noncausal_bf16_d128", 2, 2048, 16, 16, 128, dict(causal=False)),
+    ("causal_gqa_bf16_d64", 2, 2048, 16, 4, 64, dict(causal=True)),
+    ("noncausal_gqa_bf16_d64", 1, 1024, 8, 2, 64, dict(causal=False)),
+]
+
+
+def mgpu_test(f):
+    return pytest.mark.gpu(pytest.mark.skipif(not ON_HOPPER, reason="needs a compute-capability-9 GPU")(f))
+
+
+@pytest.mark.parametrize("case", MGPU_CASES, ids=[c[0] for c in MGPU_CASES])
+@mgpu_test
+def test_gpu_mgpu_forward_matches_reference(case):
+    """The Mosaic GPU forward's output and saved lse against the reference and the Triton forward."""
+    from llm.kernels import flash_mgpu, flash_triton
+
+    _, b, t, h, kh, d, opts = case
+    q, k, v, _ = make_inputs(b, t, t, h, kh, d, jnp.bfloat16)
+    out = jax.jit(functools.partial(fa.flash_attention, backend="mgpu", **opts))(q, k, v)
+    ref = jax.jit(functools.partial(attention, impl="reference", **opts))(q, k, v)
+    assert out.dtype == q.dtype
+    assert_close_to_scale(out, ref, 2e-2)
+    knobs = fa.default_tuning("mgpu", d, q.dtype)
+    st = fc.FlashStatic(causal=opts["causal"], window=None, scale=d ** -0.5, softcap=None, q_len=t, kv_len=t,
+                        blocks=fa._fit_blocks(knobs, t, t, "mosaic_gpu"), backend="mosaic_gpu",
+                        num_warps=knobs["num_warps"], num_stages=knobs["num_stages"])
+    _, lse = jax.jit(functools.partial(flash_mgpu.forward, st))(q, k, v)
+    tri = dataclasses.replace(st, backend="triton")
+    _, lse_tri = jax.jit(functools.partial(flash_triton.forward, tri))(q, k, v, None, None)
+    assert lse.shape == (b, h, t) and lse.dtype == jnp.float32
+    np.testing.assert_allclose(np.asarray(lse), np.asarray(lse_tri), atol=2e-2, rtol=1e-3)
+
+
+@pytest.mark.parametrize("case", MGPU_CASES, ids=[c[0] for c in MGPU_CASES])
+@mgpu_test
+def test_gpu_mgpu_grads_through_public_entry(case):
+    """mgpu forward + Triton backward (through attention(impl='flash', backend='mgpu')) vs the reference."""
+    _, b, t, h, kh, d, opts = case
+    q, k, v, _ = make_inputs(b, t, t, h, kh, d, jnp.bfloat16)
+    out, grads = out_and_grads("flash", q, k, v, opts, dict(backend="mgpu"))
+    ref_out, ref_grads = out_and_grads("reference", q, k, v, opts)
+    for got, want in zip((out, *grads), (ref_out, *ref_grads)):
+        assert got.dtype == want.dtype
+        assert_close_to_scale(got, want, 2e-2)
+
+
+@mgpu_test
+def test_gpu_mgpu_default_and_fallback(monkeypatch):
+    """On Hopper the default is mgpu; an out-of-scope call (window, odd length) still works."""
+    monkeypatch.delenv(fa.MGPU_ENV, raising=False)
+    assert fa.resolve_backend(None, None)[0] == "mosaic_gpu"
+    q, k, v, _ = make_inputs(1, 1000, 1000, 8, 2, 128, jnp.bfloat16)
+    for opts in (dict(causal=True), dict(causal=True, window=256)):
+        out, grads = out_and_grads("flash", q, k, v, opts)
+        ref_out, ref_grads = out_and_grads("reference", q, k, v, opts)
+        for got, want in zip((out, *grads), (ref_out, *ref_grads)):
+            assert_close_to_scale(got, want, 2e-2)
 
 
 # --------------------------------------------------------------------------------------------------------

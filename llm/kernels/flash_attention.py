@@ -9,12 +9,19 @@ Lowerings (`backend`):
   'triton'     GPU: Pallas' Triton path (`flash_triton`); knobs block_*, num_warps, num_stages.
   'interpret'  the same kernels run by Pallas' interpreter (plain XLA on CPU; the default there).
   'tpu'        Mosaic kernels (`flash_tpu`); with interpret=True they run in the TPU interpreter on CPU.
+  'mosaic_gpu' (alias 'mgpu') Hopper: the forward is Pallas' Mosaic GPU kernel (`flash_mgpu`: wgmma, TMA,
+               warp specialisation), the backward the Triton kernels. Calls outside its scope (windows,
+               segment ids, soft-cap, float32, head_dim not 64/128, lengths off the tile) fall back to
+               'triton' entirely. It is the default on compute-capability-9 GPUs (measured on an H200:
+               452 TFLOP/s forward at bf16/hd128/causal/8192, 1.01x cuDNN, 1.32x Triton; see
+               benchmarks/results/attention_gpu_mgpu.md); LLM_FLASH_MGPU=0 keeps Triton there.
 Lengths need not be block multiples: the wrapper pads (and the kernels mask) keys, and slices the padding off.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 from typing import Any
 
 import jax
@@ -24,8 +31,9 @@ from llm.kernels import flash_common as fc
 from llm.kernels import flash_triton
 from llm.kernels.flash_common import BlockSizes, FlashStatic
 
-BACKENDS = ("triton", "interpret", "tpu")
-_ALIASES = {"gpu": "triton", "cuda": "triton", "rocm": "triton", "cpu": "interpret"}
+BACKENDS = ("triton", "interpret", "tpu", "mosaic_gpu")
+_ALIASES = {"gpu": "triton", "cuda": "triton", "rocm": "triton", "cpu": "interpret", "mgpu": "mosaic_gpu"}
+MGPU_ENV = "LLM_FLASH_MGPU"  # "0": keep Triton as the default GPU lowering on Hopper
 
 # Knobs accepted by `flash_attention` beside the attention options; `None` means the backend's default.
 TUNING_KEYS = ("block_q", "block_k", "block_q_dq", "block_k_dq", "block_q_dkv", "block_k_dkv",
@@ -43,6 +51,13 @@ def default_tuning(backend: str, head_dim: int, dtype: Any) -> dict[str, int | N
     tiles. `python -m benchmarks.attention --gpu-suite` autotunes the forward and reports the best setting.
     """
     backend = _ALIASES.get(backend, backend)
+    if backend == "mosaic_gpu":
+        # Forward: a 128-row CTA tile (two consumer warpgroups of 64 rows), 64-key blocks, a 2-slot TMA ring:
+        # the best of the H200 autotune at bf16/hd128/causal/8192 (435 vs 411 TFLOP/s for 128-key blocks;
+        # 3 slots of 128 keys exceed shared memory). num_warps is unused by it. The backward knobs are
+        # Triton's; outside the kernel's scope the call falls back to Triton's defaults entirely.
+        tri = default_tuning("triton", head_dim, dtype)
+        return dict(tri, block_q=128, block_k=64, num_stages=2)
     if backend == "triton":
         if jnp.dtype(dtype).itemsize > 2:  # float32: full-precision (IEEE) dots, twice the bytes per tile
             return dict(block_q=64, block_k=64, num_warps=4, num_stages=2, block_q_dq=64, block_k_dq=32,
@@ -70,14 +85,27 @@ def resolve_backend(backend: str | None, interpret: bool | None) -> tuple[str, b
     """(lowering, interpret) from the user's choice and the default JAX platform."""
     if backend is None:
         backend = {"gpu": "triton", "tpu": "tpu"}.get(jax.default_backend(), "interpret")
+        if backend == "triton" and mgpu_opted_in():
+            backend = "mosaic_gpu"
     backend = _ALIASES.get(backend, backend)
     if backend not in BACKENDS:
         raise ValueError(f"unknown flash-attention backend {backend!r}; choose one of {BACKENDS}")
     if interpret is None:
         interpret = backend == "interpret" or jax.default_backend() == "cpu"
-    if backend == "triton" and interpret:
+    if backend in ("triton", "mosaic_gpu") and interpret:
         backend = "interpret"
     return backend, bool(interpret or backend == "interpret")
+
+
+def mgpu_opted_in() -> bool:
+    """The default device is a compute-capability-9 (Hopper) GPU and LLM_FLASH_MGPU is not set to 0."""
+    if os.environ.get(MGPU_ENV, "").strip().lower() in ("0", "false", "no", "off"):
+        return False
+    try:
+        cc = str(getattr(jax.devices()[0], "compute_capability", ""))
+    except Exception:
+        return False
+    return cc.split(".")[0] == "9"
 
 
 def flash_attention(
@@ -103,7 +131,8 @@ def flash_attention(
       causal, window, segment_ids, kv_segment_ids, scale, softcap: as in `llm.ops.attention.attention`.
       block_q, block_k: forward tile sizes (queries x keys); None picks the backend default.
       interpret: run the kernels in Pallas' interpreter (default: on CPU).
-      backend: 'triton' (GPU), 'tpu', 'interpret' (or 'gpu', 'cpu'); default from jax.default_backend().
+      backend: 'triton' (GPU), 'mosaic_gpu' / 'mgpu' (Hopper forward, Triton backward), 'tpu', 'interpret'
+        (or 'gpu', 'cpu'); default from jax.default_backend() (and LLM_FLASH_MGPU, see module doc).
       tuning: the other knobs of TUNING_KEYS (backward tiles block_q_dq, block_k_dq, block_q_dkv,
         block_k_dkv; GPU num_warps, num_stages, num_warps_bwd, num_stages_bwd).
     """
@@ -128,20 +157,25 @@ def flash_attention(
     softcap = None if softcap is None else float(softcap)
 
     backend, interpret = resolve_backend(backend, interpret)
-    knobs = default_tuning(backend, d, q.dtype)
-    knobs.update({key: val for key, val in dict(tuning, block_q=block_q, block_k=block_k).items()
-                  if val is not None})
-    blocks = _fit_blocks(knobs, tq, tk, backend)
-    st = FlashStatic(causal=bool(causal), window=window, scale=scale, softcap=softcap, q_len=tq, kv_len=tk,
-                     blocks=blocks, backend=backend, interpret=interpret,
-                     num_warps=knobs["num_warps"], num_stages=knobs["num_stages"],
-                     num_warps_bwd=knobs["num_warps_bwd"], num_stages_bwd=knobs["num_stages_bwd"])
+    user = {key: val for key, val in dict(tuning, block_q=block_q, block_k=block_k).items() if val is not None}
+
+    def static(backend: str) -> FlashStatic:
+        knobs = dict(default_tuning(backend, d, q.dtype), **user)
+        return FlashStatic(causal=bool(causal), window=window, scale=scale, softcap=softcap, q_len=tq,
+                           kv_len=tk, blocks=_fit_blocks(knobs, tq, tk, backend), backend=backend,
+                           interpret=interpret, num_warps=knobs["num_warps"], num_stages=knobs["num_stages"],
+                           num_warps_bwd=knobs["num_warps_bwd"], num_stages_bwd=knobs["num_stages_bwd"])
+
+    st = static(backend)
+    if backend == "mosaic_gpu" and mgpu_fallback_reason(st, q, k, segment_ids is not None) is not None:
+        st = static("triton")  # outside the Mosaic GPU kernel's scope: Triton forward and backward
+    blocks = st.blocks
 
     # Pad lengths to block multiples (keys past kv_len are masked in the kernels, padded query rows are
     # sliced off) and, for Triton, head_dim to a power of two (zero columns change no dot product).
     tq_pad = _round_up(tq, blocks.q_multiple)
     tk_pad = _round_up(tk, blocks.k_multiple)
-    d_pad = _head_dim_padded(d, backend)
+    d_pad = _head_dim_padded(d, st.backend)
     q_p = _pad(q, tq_pad, d_pad)
     k_p = _pad(k, tk_pad, d_pad)
     v_p = _pad(v, tk_pad, d_pad)
@@ -164,7 +198,7 @@ def _next_pow2(n: int) -> int:
 def _fit_blocks(knobs: dict, tq: int, tk: int, backend: str) -> BlockSizes:
     """Clamp tiles to the (power-of-two rounded) lengths so short inputs are not padded to a huge tile."""
     # Triton's dot wants >= 16 on each side; TPU tiles are (8, 128) and scores put keys on the 128 lanes.
-    floor = {"triton": 16, "tpu": 128}.get(backend, 8)
+    floor = {"triton": 16, "mosaic_gpu": 16, "tpu": 128}.get(backend, 8)
     sizes = {}
     for key in ("block_q", "block_k", "block_q_dq", "block_k_dq", "block_q_dkv", "block_k_dkv"):
         val = int(knobs[key])
@@ -175,8 +209,15 @@ def _fit_blocks(knobs: dict, tq: int, tk: int, backend: str) -> BlockSizes:
     return BlockSizes(**sizes)
 
 
+def mgpu_fallback_reason(st: FlashStatic, q, k, segments: bool) -> str | None:
+    """None when the Mosaic GPU forward takes this call (unpadded shapes), else why Triton does."""
+    from llm.kernels import flash_mgpu
+
+    return flash_mgpu.unsupported_reason(st, q.shape, k.shape, q.dtype, segments)
+
+
 def _head_dim_padded(d: int, backend: str) -> int:
-    if backend == "triton":
+    if backend in ("triton", "mosaic_gpu"):
         return max(16, _next_pow2(d))
     if backend == "tpu":
         return _round_up(d, 128)
@@ -200,6 +241,10 @@ def _lowering(st: FlashStatic):
         from llm.kernels import flash_tpu  # Mosaic imports only when asked for
 
         return flash_tpu
+    if st.backend == "mosaic_gpu":
+        from llm.kernels import flash_mgpu  # forward only; its backward is flash_triton's
+
+        return flash_mgpu
     return flash_triton
 
 
@@ -239,7 +284,7 @@ def flops(batch: int, q_len: int, kv_len: int, heads: int, head_dim: int, *, cau
     return f * {"fwd": 1.0, "bwd": 2.5, "fwd_bwd": 3.5}[mode]
 
 
-__all__ = ["BACKENDS", "TUNING_KEYS", "default_tuning", "flash_attention", "flops", "resolve_backend",
-           "visited_blocks"]
+__all__ = ["BACKENDS", "TUNING_KEYS", "default_tuning", "flash_attention", "flops", "mgpu_fallback_reason",
+           "mgpu_opted_in", "resolve_backend", "visited_blocks"]
 
 visited_blocks = fc.visited_blocks

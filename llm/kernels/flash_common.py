@@ -59,7 +59,8 @@ class FlashStatic:
 
     Lengths are the true (unpadded) ones; the arrays the kernels see are padded to block multiples.
     `backend` is 'triton' (compiled GPU kernel), 'interpret' (the same kernel run by Pallas' interpreter) or
-    'tpu' (Mosaic kernel; `interpret` then selects the TPU interpreter).
+    'tpu' (Mosaic kernel; `interpret` then selects the TPU interpreter) or 'mosaic_gpu' (Hopper forward in
+    Mosaic GPU, Triton backward).
     """
 
     causal: bool
