@@ -77,6 +77,10 @@ def cmd_train(argv: list[str]) -> int:
     from llm.train import train
 
     result = train(config, workdir)
+    import jax
+
+    if jax.process_index() != 0:
+        return 0
     val = "n/a" if result.val_loss is None else f"{result.val_loss:.4f}"
     print(f"done: step {result.step}, val loss {val}, {result.wall_time:.0f} s; workdir {Path(workdir).absolute()}")
     return 0

@@ -83,6 +83,32 @@ def get_base_config() -> ConfigDict:
     c.optim.clip_norm = 1.0  # global-norm clipping; 0 disables it
     c.optim.decay_embeddings = False  # weight decay on embedding tables (never on norms or biases)
 
+    # Devices: a (data, fsdp, tensor) mesh; -1 takes the devices the other axes leave. The rules map the
+    # model's logical axis names to mesh axes (comma-separated; '' = replicated). See llm/parallel/.
+    c.mesh = ConfigDict()
+    c.mesh.data = -1
+    c.mesh.fsdp = 1
+    c.mesh.tensor = 1
+    c.mesh.rules = ConfigDict({
+        "batch": "data,fsdp",  # activations and token batches
+        "length": "",
+        "embed": "fsdp",  # parameters (and their optimizer state) are split here under FSDP
+        "vocab": "tensor",
+        "heads": "tensor",
+        "kv_heads": "tensor",
+        "kv": "",
+        "mlp": "tensor",
+        "layers": "",
+    })
+
+    # Several processes (hosts): JAX's distributed runtime; see llm/parallel/distributed.py.
+    c.distributed = ConfigDict()
+    c.distributed.enabled = False
+    c.distributed.coordinator_address = config_dict.placeholder(str)  # host:port of process 0
+    c.distributed.num_processes = config_dict.placeholder(int)
+    c.distributed.process_id = config_dict.placeholder(int)
+    c.distributed.local_device_ids = config_dict.placeholder(str)  # e.g. "0,1": the devices this process uses
+
     c.sample = ConfigDict()
     c.sample.prompt = "\n"
     c.sample.num_samples = 2
@@ -129,7 +155,9 @@ def validate_config(config: ConfigDict) -> None:
         positive(f"optim.{name}", o[name])
     positive("data.vocab_size", d.vocab_size)
     positive("sample.max_new_tokens", config.sample.max_new_tokens)
-    positive("sample.num_samples", config.sample.num_samples)
+    if config.sample.num_samples < 0:
+        raise ConfigError(f"sample.num_samples must be >= 0 (0: no samples after training), got "
+                          f"{config.sample.num_samples}")
     positive("sample.top_k", config.sample.top_k)
     if not 0.0 < d.val_fraction < 1.0:
         raise ConfigError(f"data.val_fraction must be in (0, 1), got {d.val_fraction}")
@@ -140,6 +168,12 @@ def validate_config(config: ConfigDict) -> None:
     if o.warmup_steps < 0 or not 0.0 <= o.min_lr_ratio <= 1.0 or o.weight_decay < 0 or o.clip_norm < 0:
         raise ConfigError("optim.warmup_steps, weight_decay and clip_norm must be >= 0 and optim.min_lr_ratio "
                           "in [0, 1]")
+    for axis in ("data", "fsdp", "tensor"):
+        if config.mesh[axis] == 0 or config.mesh[axis] < -1:
+            raise ConfigError(f"mesh.{axis} must be a positive device count or -1 (fill), got {config.mesh[axis]}")
+    from llm.parallel.sharding import logical_rules
+
+    logical_rules(config.mesh.rules)
     if config.sample.temperature < 0:
         raise ConfigError(f"sample.temperature must be >= 0 (0 is greedy), got {config.sample.temperature}")
     if config.sample.top_p is not None and not 0.0 < config.sample.top_p <= 1.0:

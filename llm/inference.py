@@ -6,6 +6,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+import jax
 from ml_collections import ConfigDict
 
 from llm import run as run_lib
@@ -53,7 +54,11 @@ def load_run(workdir: str | Path, checkpoint: str = "latest") -> LoadedRun:
         raise ConfigError(f"checkpoint {checkpoint!r} not found; choose latest, best or one of the steps {steps}")
     tx, _ = make_optimizer(config.optim, config.train.steps)
     seq_len = config.train.seq_len or model.cfg.max_len
-    state, _ = ckpt.restore(step, abstract_train_state(model, tx, seq_len))
+    # Laid out on one device, whatever mesh the run was trained on (Orbax reshards as it reads).
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    target = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device),
+                                    abstract_train_state(model, tx, seq_len))
+    state, _ = ckpt.restore(step, target)
     ckpt.close()
     return LoadedRun(config, model, state.params, tokenizer, step)
 

@@ -31,7 +31,8 @@ def decay_mask(params, decay_embeddings: bool):
     """True for weights that get weight decay: matrices, not norms, biases or (by default) embedding tables."""
 
     def wants_decay(path, _):
-        names = [str(getattr(p, "key", p)) for p in path]
+        # Dict keys only: boxed (LogicallyPartitioned) leaves add an attribute step ('.value') to the path.
+        names = [str(p.key) for p in path if isinstance(p, jax.tree_util.DictKey)]
         if names[-1] in _NO_DECAY:
             return False
         return decay_embeddings or not any(n in _EMBEDDINGS for n in names)

@@ -35,9 +35,11 @@ CONFIG_FILE = "config.json"
 TOKENIZER_FILE = "tokenizer.json"
 MANIFEST_FILE = "manifest.json"
 CHECKPOINT_DIR = "checkpoints"
-# Keys that may differ when a run is resumed: they change what is shown, not what is computed.
+# Keys that may differ when a run is resumed: they change what is shown, or where the work runs (devices,
+# processes: the global batch and the math are the same on any mesh), not what is computed.
 RESUMABLE_KEYS = ("train.progress", "train.log_every", "sample.prompt", "sample.num_samples",
                   "sample.max_new_tokens", "sample.temperature", "sample.top_k", "sample.top_p", "sample.seed")
+RESUMABLE_SECTIONS = ("mesh.", "distributed.")
 
 
 @dataclasses.dataclass
@@ -49,8 +51,12 @@ class RunData:
     model: ModelConfig
 
 
-def prepare_data(config: ConfigDict, workdir: Path) -> RunData:
-    """Corpus -> split -> tokenizer (trained once, then reloaded from the workdir) -> cached token arrays."""
+def prepare_data(config: ConfigDict, workdir: Path, *, write: bool = True) -> RunData:
+    """Corpus -> split -> tokenizer (trained once, then reloaded from the workdir) -> cached token arrays.
+
+    write: save the tokenizer into the workdir (in multi-process runs only process 0 writes; the others train
+      the same deterministic tokenizer themselves).
+    """
     d = config.data
     corpus = load_corpus(d.corpus, data_dir=d.data_dir)
     train_text, val_text = split_text(corpus.text, d.val_fraction)
@@ -62,7 +68,8 @@ def prepare_data(config: ConfigDict, workdir: Path) -> RunData:
         # holds an unknown character; BPE merges are learned from the training split only.
         source = corpus.text if d.tokenizer == "char" else train_text
         tokenizer = train_tokenizer(d.tokenizer, source, vocab_size=d.vocab_size if d.tokenizer == "bpe" else None)
-        tokenizer.save(tok_path)
+        if write:
+            tokenizer.save(tok_path)
     cache = Path(d.cache_dir) if d.cache_dir else cache_dir() / "tokens"
     train_tokens = tokenize_to_memmap(train_text, tokenizer, cache)
     val_tokens = tokenize_to_memmap(val_text, tokenizer, cache)
@@ -103,7 +110,7 @@ def config_differences(config: ConfigDict, workdir: Path) -> list[str]:
     now = _flatten(json.loads(config.to_json_best_effort()))
     keys = sorted(set(saved) | set(now))
     return [f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in keys
-            if saved.get(k) != now.get(k) and k not in RESUMABLE_KEYS]
+            if saved.get(k) != now.get(k) and k not in RESUMABLE_KEYS and not k.startswith(RESUMABLE_SECTIONS)]
 
 
 def write_manifest(workdir: Path, data: RunData, config: ConfigDict) -> None:

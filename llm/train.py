@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -30,7 +31,18 @@ from llm.model.config import ConfigError
 from llm.model.params import count_params, train_flops_per_token
 from llm.ops import cross_entropy
 from llm.optim import make_optimizer
-from llm.train_state import TrainState, abstract_train_state, create_train_state
+from llm.parallel import (
+    MESH_AXES,
+    Shardings,
+    format_memory_report,
+    global_batch,
+    initialize_distributed,
+    logical_rules,
+    make_mesh,
+    make_shardings,
+    memory_report,
+)
+from llm.train_state import TrainState, abstract_train_state, boxed_abstract_train_state, create_train_state
 
 
 @dataclasses.dataclass
@@ -44,10 +56,11 @@ class TrainResult:
 
 
 def make_train_step(model: Transformer, tx: optax.GradientTransformation, lr_schedule, grad_accum: int,
-                    dropout_root: jax.Array):
-    """(state, inputs, targets) -> (state, metrics); one optimizer update per call.
+                    dropout_root: jax.Array, shardings: Shardings | None = None):
+    """(state, inputs, targets) -> (state, metrics); one optimizer update per call, the state donated.
 
-    The dropout key of step s is fold_in(dropout_root, s), derived inside the compiled step.
+    The dropout key of step s is fold_in(dropout_root, s), derived inside the compiled step. With
+    `shardings`, the step is jitted with the state's and batches' shardings (the state stays where it is).
 
     With grad_accum > 1 the batch is split into micro-batches whose gradients are summed in a lax.scan, so
     memory holds one micro-batch of activations and the update equals that of the whole batch.
@@ -81,20 +94,26 @@ def make_train_step(model: Transformer, tx: optax.GradientTransformation, lr_sch
         metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "lr": lr_schedule(state.step)}
         return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
-    return jax.jit(step, donate_argnums=(0,))
+    if shardings is None:
+        return jax.jit(step, donate_argnums=(0,))
+    return jax.jit(step, donate_argnums=(0,), in_shardings=(shardings.state, shardings.batch, shardings.batch),
+                   out_shardings=(shardings.state, shardings.replicated))
 
 
-def make_eval_step(model: Transformer):
+def make_eval_step(model: Transformer, shardings: Shardings | None = None):
     """(params, inputs, targets) -> (sum of token losses, token count)."""
-    return jax.jit(lambda params, x, y: cross_entropy(model.apply({"params": params}, x), y))
+    f = lambda params, x, y: cross_entropy(model.apply({"params": params}, x), y)
+    if shardings is None:
+        return jax.jit(f)
+    return jax.jit(f, in_shardings=(shardings.state.params, shardings.batch, shardings.batch),
+                   out_shardings=shardings.replicated)
 
 
-def evaluate(eval_step, params, tokens: np.ndarray, *, seed: int, n_batches: int, batch_size: int,
-             seq_len: int) -> float:
-    """Mean token loss over a fixed set of random windows of a split (the same windows at every eval)."""
+def evaluate(eval_step, params, batches, put=lambda x: x) -> float:
+    """Mean token loss over (inputs, targets) batches; `put` makes device arrays from host rows."""
     total, count = 0.0, 0.0
-    for x, y in eval_batches(tokens, seed=seed, n_batches=n_batches, batch_size=batch_size, seq_len=seq_len):
-        s, c = eval_step(params, x, y)
+    for x, y in batches:
+        s, c = eval_step(params, put(x), put(y))
         total, count = total + float(s), count + float(c)
     return total / count
 
@@ -102,9 +121,12 @@ def evaluate(eval_step, params, tokens: np.ndarray, *, seed: int, n_batches: int
 class MetricsLog:
     """metrics.jsonl in the workdir, plus TensorBoard scalars."""
 
-    def __init__(self, workdir: Path):
+    def __init__(self, workdir: Path, enabled: bool = True):
         self.path = workdir / "metrics.jsonl"
+        self.enabled = enabled
         self.tb = None
+        if not enabled:
+            return
         try:
             from tensorboardX import SummaryWriter
 
@@ -113,6 +135,8 @@ class MetricsLog:
             self.tb = None
 
     def write(self, step: int, metrics: dict[str, float]) -> None:
+        if not self.enabled:
+            return
         with self.path.open("a") as f:
             f.write(json.dumps({"step": step, **metrics}) + "\n")
         if self.tb is not None:
@@ -132,6 +156,10 @@ def train(config: ConfigDict, workdir: str | Path, *, log=print, stop_after: int
     """
     t_start = time.time()
     validate_config(config)
+    initialize_distributed(config.distributed)  # before any other JAX call
+    primary = jax.process_index() == 0  # the one process that logs and writes the run's files
+    if not primary:
+        log = lambda *_: None
     workdir = Path(workdir)
     if (workdir / run_lib.CONFIG_FILE).exists():
         diff = run_lib.config_differences(config, workdir)
@@ -139,9 +167,10 @@ def train(config: ConfigDict, workdir: str | Path, *, log=print, stop_after: int
             raise ConfigError(f"{workdir} holds a run with a different config ({'; '.join(diff[:6])}"
                               f"{'; ...' if len(diff) > 6 else ''}); use another --workdir to start a new run")
     workdir.mkdir(parents=True, exist_ok=True)
-    data = run_lib.prepare_data(config, workdir)
-    run_lib.save_config(config, workdir)
-    run_lib.write_manifest(workdir, data, config)
+    data = run_lib.prepare_data(config, workdir, write=primary)
+    if primary:
+        run_lib.save_config(config, workdir)
+        run_lib.write_manifest(workdir, data, config)
 
     t, cfg = config.train, data.model
     seq_len = t.seq_len or cfg.max_len
@@ -149,78 +178,102 @@ def train(config: ConfigDict, workdir: str | Path, *, log=print, stop_after: int
     tx, lr_schedule = make_optimizer(config.optim, t.steps)
     ckpt = Checkpointer(workdir / run_lib.CHECKPOINT_DIR, keep=t.keep_checkpoints)
 
-    root_key = jax.random.PRNGKey(config.seed)
-    latest = ckpt.latest_step()
-    if latest is None:
-        state = jax.jit(create_train_state, static_argnums=(0, 1, 3))(model, tx, root_key, seq_len)
-        best_val = None
-    else:
-        state, meta = ckpt.restore(latest, abstract_train_state(model, tx, seq_len))
-        best_val = meta.get("best_val_loss")
-        log(f"resumed from {workdir / run_lib.CHECKPOINT_DIR} at step {latest}")
-    start = int(state.step)
+    mesh = make_mesh({axis: config.mesh[axis] for axis in MESH_AXES})
+    rules = logical_rules(config.mesh.rules)
+    rows = mesh.shape["data"] * mesh.shape["fsdp"]
+    if t.batch_size % max(rows, jax.process_count()):
+        raise ConfigError(f"train.batch_size={t.batch_size} does not split over the mesh's {rows} data-parallel "
+                          f"devices and {jax.process_count()} processes; make it a multiple of both")
+    # Everything traces under the mesh and the rules, which turn the model's logical names into shardings.
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        shardings = make_shardings(boxed_abstract_train_state(model, tx, seq_len), mesh, rules)
+        abstract = abstract_train_state(model, tx, seq_len)
+        root_key = jax.random.PRNGKey(config.seed)
+        latest = ckpt.latest_step()
+        if latest is None:
+            state = jax.jit(create_train_state, static_argnums=(0, 1, 3), out_shardings=shardings.state)(
+                model, tx, root_key, seq_len)
+            best_val = None
+        else:
+            target = jax.tree_util.tree_map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                                            abstract, shardings.state)
+            state, meta = ckpt.restore(latest, target)
+            best_val = meta.get("best_val_loss")
+            log(f"resumed from {workdir / run_lib.CHECKPOINT_DIR} at step {latest}")
+        start = int(state.step)
 
-    n_params = count_params(state.params)
-    flops_per_token = train_flops_per_token(cfg, seq_len)
-    peak = peak_flops()
-    log(f"model: {n_params:,} parameters, {cfg.n_layers} layers x {cfg.d_model} wide, context {cfg.max_len}; "
-        f"corpus {data.corpus.name}: {len(data.train_tokens):,} train / {len(data.val_tokens):,} val tokens "
-        f"({data.tokenizer.kind} tokenizer, vocab {data.tokenizer.vocab_size}); device {jax.devices()[0].device_kind}")
+        n_params = count_params(state.params)
+        flops_per_token = train_flops_per_token(cfg, seq_len)
+        peak = peak_flops()
+        log(f"model: {n_params:,} parameters, {cfg.n_layers} layers x {cfg.d_model} wide, context {cfg.max_len}; "
+            f"corpus {data.corpus.name}: {len(data.train_tokens):,} train / {len(data.val_tokens):,} val tokens "
+            f"({data.tokenizer.kind} tokenizer, vocab {data.tokenizer.vocab_size}); "
+            f"{jax.device_count()} x {jax.devices()[0].device_kind} in {jax.process_count()} process(es)")
 
-    train_step = make_train_step(model, tx, lr_schedule, t.grad_accum, jax.random.fold_in(root_key, 1))
-    eval_step = make_eval_step(model)
-    metrics_log = MetricsLog(workdir)
-    eval_kw = dict(seed=config.seed, n_batches=t.eval_batches, batch_size=t.batch_size, seq_len=seq_len)
+        procs = dict(process_index=jax.process_index(), process_count=jax.process_count())
+        put = lambda rows_np: global_batch(rows_np, shardings.batch, t.batch_size)
+        # Compiled once, ahead of the loop, so its memory is known before the first step runs.
+        x0, y0 = sample_batch(data.train_tokens, seed=config.seed, step=start, batch_size=t.batch_size,
+                              seq_len=seq_len, **procs)
+        train_step = make_train_step(model, tx, lr_schedule, t.grad_accum, jax.random.fold_in(root_key, 1),
+                                     shardings).lower(state, put(x0), put(y0)).compile()
+        log(format_memory_report(memory_report(abstract, shardings, train_step), mesh))
+        eval_step = make_eval_step(model, shardings)
+        metrics_log = MetricsLog(workdir, enabled=primary)
+        eval_kw = dict(seed=config.seed, n_batches=t.eval_batches, batch_size=t.batch_size, seq_len=seq_len,
+                       **procs)
 
-    def run_eval(params):
-        return {"train_loss": evaluate(eval_step, params, data.train_tokens, **eval_kw),
-                "val_loss": evaluate(eval_step, params, data.val_tokens, **eval_kw)}
+        def run_eval(params):
+            return {split: evaluate(eval_step, params, eval_batches(tokens, **eval_kw), put)
+                    for split, tokens in (("train_loss", data.train_tokens), ("val_loss", data.val_tokens))}
 
-    progress = _progress(t.progress, start, t.steps)
-    pending: list[dict[str, Any]] = []
-    last_eval: dict[str, float] = {}
-    t_log, steps_since_log = time.perf_counter(), 0
-    end = t.steps if stop_after is None else min(t.steps, start + stop_after)
-    try:
-        for step in range(start, end):
-            x, y = sample_batch(data.train_tokens, seed=config.seed, step=step, batch_size=t.batch_size,
-                                seq_len=seq_len)
-            state, metrics = train_step(state, x, y)
-            pending.append(metrics)
-            steps_since_log += 1
-            done = step + 1
-            if done % t.log_every == 0 or done == t.steps:
-                host = {k: float(np.mean([m[k] for m in jax.device_get(pending)])) for k in pending[0]}
-                elapsed = time.perf_counter() - t_log
-                tokens_per_s = steps_since_log * t.batch_size * seq_len / elapsed
-                host.update(step_time_ms=1000 * elapsed / steps_since_log, tokens_per_s=tokens_per_s,
-                            mfu=tokens_per_s * flops_per_token / peak)
-                metrics_log.write(done, host)
+        progress = _progress(t.progress and primary, start, t.steps)
+        pending: list[dict[str, Any]] = []
+        last_eval: dict[str, float] = {}
+        t_log, steps_since_log = time.perf_counter(), 0
+        end = t.steps if stop_after is None else min(t.steps, start + stop_after)
+        try:
+            for step in range(start, end):
+                x, y = sample_batch(data.train_tokens, seed=config.seed, step=step, batch_size=t.batch_size,
+                                    seq_len=seq_len, **procs)
+                state, metrics = train_step(state, put(x), put(y))
+                pending.append(metrics)
+                steps_since_log += 1
+                done = step + 1
+                if done % t.log_every == 0 or done == t.steps:
+                    host = {k: float(np.mean([m[k] for m in jax.device_get(pending)])) for k in pending[0]}
+                    elapsed = time.perf_counter() - t_log
+                    tokens_per_s = steps_since_log * t.batch_size * seq_len / elapsed
+                    host.update(step_time_ms=1000 * elapsed / steps_since_log, tokens_per_s=tokens_per_s,
+                                mfu=tokens_per_s * flops_per_token / peak)
+                    metrics_log.write(done, host)
+                    if progress is not None:
+                        progress.set_postfix(loss=f"{host['loss']:.3f}", ms=f"{host['step_time_ms']:.1f}")
+                    pending, steps_since_log = [], 0
+                    t_log = time.perf_counter()
+                val_now = None
+                if done % t.eval_every == 0 or done == t.steps:
+                    last_eval = run_eval(state.params)
+                    val_now = last_eval["val_loss"]
+                    best_val = val_now if best_val is None else min(best_val, val_now)
+                    metrics_log.write(done, last_eval)
+                    _emit(progress, log,
+                          f"step {done}: train loss {last_eval['train_loss']:.4f}, val loss {val_now:.4f}")
+                    t_log = time.perf_counter()  # evaluation time is not step time
+                if done % t.checkpoint_every == 0 or done in (t.steps, end):
+                    meta = {"step": done, "val_loss": val_now, "best_val_loss": best_val, "wall_time": time.time()}
+                    ckpt.save(done, state, meta=meta, val_loss=val_now)
                 if progress is not None:
-                    progress.set_postfix(loss=f"{host['loss']:.3f}", ms=f"{host['step_time_ms']:.1f}")
-                pending, steps_since_log = [], 0
-                t_log = time.perf_counter()
-            val_now = None
-            if done % t.eval_every == 0 or done == t.steps:
-                last_eval = run_eval(state.params)
-                val_now = last_eval["val_loss"]
-                best_val = val_now if best_val is None else min(best_val, val_now)
-                metrics_log.write(done, last_eval)
-                _emit(progress, log, f"step {done}: train loss {last_eval['train_loss']:.4f}, val loss {val_now:.4f}")
-                t_log = time.perf_counter()  # evaluation time is not step time
-            if done % t.checkpoint_every == 0 or done in (t.steps, end):
-                meta = {"step": done, "val_loss": val_now, "best_val_loss": best_val, "wall_time": time.time()}
-                ckpt.save(done, state, meta=meta, val_loss=val_now)
+                    progress.update(1)
+        finally:
             if progress is not None:
-                progress.update(1)
-    finally:
-        if progress is not None:
-            progress.close()
-        ckpt.close()
-        metrics_log.close()
+                progress.close()
+            ckpt.close()
+            metrics_log.close()
 
     samples = []
-    if config.sample.num_samples and end == t.steps:
+    # Sampling gathers the tokens on one host: only in single-process runs (use `llm sample` afterwards).
+    if config.sample.num_samples and end == t.steps and jax.process_count() == 1:
         sc = config.sample
         samples = sample_texts(model, state.params, data.tokenizer, [sc.prompt] * sc.num_samples,
                                max_new_tokens=sc.max_new_tokens, temperature=sc.temperature, top_k=sc.top_k,

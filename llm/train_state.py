@@ -29,3 +29,14 @@ def create_train_state(model: nn.Module, tx: optax.GradientTransformation, rng: 
 def abstract_train_state(model: nn.Module, tx: optax.GradientTransformation, seq_len: int) -> TrainState:
     """Shapes and dtypes of the train state, without computing it (a restore target)."""
     return jax.eval_shape(lambda: create_train_state(model, tx, jax.random.PRNGKey(0), seq_len))
+
+
+def boxed_abstract_train_state(model: nn.Module, tx: optax.GradientTransformation, seq_len: int) -> TrainState:
+    """Like `abstract_train_state`, with parameters and optimizer state still in their LogicallyPartitioned
+    boxes, whose axis names give the shardings (llm/parallel/sharding.py)."""
+
+    def make():
+        params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, seq_len), jnp.int32))["params"]
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+
+    return jax.eval_shape(make)

@@ -5,10 +5,13 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
 
 from llm.model.config import ModelConfig
+from llm.model.linear import Projection
 from llm.model.norms import RMSNorm
 from llm.model.positions import alibi_slopes, apply_rope
+from llm.model.spmd import fit_spec
 from llm.ops.attention import attention
 
 
@@ -39,13 +42,12 @@ class SelfAttention(nn.Module):
         out_init = nn.initializers.normal(cfg.init_std / (2 * cfg.n_layers) ** 0.5)
 
         def proj(heads, names, name):
-            return nn.DenseGeneral((heads, d), use_bias=cfg.use_bias, dtype=dtype, param_dtype=param_dtype,
-                                   name=name, kernel_init=nn.with_logical_partitioning(init, names),
-                                   bias_init=nn.with_logical_partitioning(nn.initializers.zeros, names[1:]))
+            return Projection((heads, d), ("embed",), names, use_bias=cfg.use_bias, kernel_init=init, dtype=dtype,
+                              param_dtype=param_dtype, name=name)
 
-        q_BTHD = proj(h, ("embed", "heads", "kv"), "query")(x_BTE)
-        k_BTKD = proj(kv, ("embed", "kv_heads", "kv"), "key")(x_BTE)
-        v_BTKD = proj(kv, ("embed", "kv_heads", "kv"), "value")(x_BTE)
+        q_BTHD = proj(h, ("heads", "kv"), "query")(x_BTE)
+        k_BTKD = proj(kv, ("kv_heads", "kv"), "key")(x_BTE)
+        v_BTKD = proj(kv, ("kv_heads", "kv"), "value")(x_BTE)
         if cfg.qk_norm:
             q_BTHD = RMSNorm(cfg.norm_eps, dtype, param_dtype, axis_name="kv", name="query_norm")(q_BTHD)
             k_BTKD = RMSNorm(cfg.norm_eps, dtype, param_dtype, axis_name="kv", name="key_norm")(k_BTKD)
@@ -61,14 +63,36 @@ class SelfAttention(nn.Module):
         if self.decode:
             out_BTHD = self._attend_cached(q_BTHD, k_BTKD, v_BTKD, segment_ids_BT, decode_index, kw)
         else:
-            out_BTHD = attention(q_BTHD, k_BTKD, v_BTKD, impl=cfg.attention_impl,
-                                               segment_ids=segment_ids_BT, **kw)
+            out_BTHD = self._attend(q_BTHD, k_BTKD, v_BTKD, segment_ids_BT, kw)
         out_BTHD = nn.with_logical_constraint(out_BTHD, ("batch", "length", "heads", "kv"))
-        return nn.DenseGeneral(cfg.d_model, axis=(-2, -1), use_bias=cfg.use_bias, dtype=dtype,
-                               param_dtype=param_dtype, name="out",
-                               kernel_init=nn.with_logical_partitioning(out_init, ("heads", "kv", "embed")),
-                               bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
-                               )(out_BTHD)
+        return Projection((cfg.d_model,), ("heads", "kv"), ("embed",), use_bias=cfg.use_bias, kernel_init=out_init,
+                          dtype=dtype, param_dtype=param_dtype, name="out")(out_BTHD)
+
+    def _attend(self, q_BTHD, k_BTKD, v_BTKD, segment_ids_BT, kw):
+        """The attention op; a Pallas kernel (a per-device program) runs under shard_map on a mesh."""
+        impl = self.cfg.attention_impl
+        mesh = jax.sharding.get_abstract_mesh()
+        if impl != "flash" or mesh.empty or mesh.size == 1:
+            return attention(q_BTHD, k_BTKD, v_BTKD, impl=impl, segment_ids=segment_ids_BT, **kw)
+        q_spec = fit_spec(nn.logical_to_mesh_axes(("batch", "length", "heads", "kv")), q_BTHD.shape, mesh.shape)
+        kv_spec = fit_spec(nn.logical_to_mesh_axes(("batch", "length", "kv_heads", "kv")), k_BTKD.shape,
+                           mesh.shape)
+        if q_spec[1] is not None or q_spec[3] is not None or q_spec[0] != kv_spec[0]:
+            raise ValueError(f"impl='flash' under a mesh needs length and head_dim unsplit and batch split alike for "
+                             f"queries and keys; the rules give {q_spec} and {kv_spec}")
+        if kv_spec[2] != q_spec[2]:
+            # Local query head i reads local KV head i // group only if both are split the same way.
+            q_spec = P(q_spec[0], None, kv_spec[2], None)
+            kv_spec = P(kv_spec[0], None, kv_spec[2], None)
+        kw = {k: v for k, v in kw.items() if k != "alibi_slopes" or v is not None}
+
+        def per_device(q, k, v, *seg):
+            return attention(q, k, v, impl=impl, segment_ids=seg[0] if seg else None, **kw)
+
+        args, specs = (q_BTHD, k_BTKD, v_BTKD), (q_spec, kv_spec, kv_spec)
+        if segment_ids_BT is not None:
+            args, specs = (*args, segment_ids_BT), (*specs, P(q_spec[0], None))
+        return jax.shard_map(per_device, in_specs=specs, out_specs=q_spec, check_vma=False)(*args)
 
     def _attend_cached(self, q_BTHD, k_BTKD, v_BTKD, segment_ids_BT, index, kw):
         cfg = self.cfg

@@ -1,0 +1,84 @@
+"""Per-device memory of a training step under several device meshes (parameters, optimizer state, activations).
+
+    python -m benchmarks.memory [--config experiments/gpt2.py:124m] [--batch 8] [--devices 8]
+
+Runs on simulated CPU devices (XLA_FLAGS=--xla_force_host_platform_device_count=N is set here before JAX
+starts), so it needs no accelerator: parameter and optimizer bytes come from the shardings, activations and
+temporaries from XLA's compiled memory analysis of the real train step (compiled, not run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import sys
+from pathlib import Path
+
+MESHES = [("1 device", (1, 1, 1), 1), ("8-way FSDP", (1, 8, 1), 8), ("2 data x 2 fsdp x 2 tensor", (2, 2, 2), 8)]
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--config", default="experiments/gpt2.py:124m")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--vocab", type=int, default=50257)
+    p.add_argument("--devices", type=int, default=8)
+    p.add_argument("--out", default="benchmarks/results")
+    a = p.parse_args(argv)
+    os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={a.devices}"
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+    import flax.linen as nn
+    import jax
+    import numpy as np
+
+    from llm.config import model_config
+    from llm.model import Transformer
+    from llm.optim import make_optimizer
+    from llm.parallel import logical_rules, make_mesh, make_shardings, memory_report
+    from llm.train import make_train_step
+    from llm.train_state import abstract_train_state, boxed_abstract_train_state
+
+    path, _, preset = a.config.partition(":")
+    sys.path.insert(0, str(Path(path).parent))
+    config = __import__(Path(path).stem).get_config(preset or None)
+    model = Transformer(model_config(config, vocab_size=a.vocab))
+    seq = config.train.seq_len or model.cfg.max_len
+    tx, lr = make_optimizer(config.optim, config.train.steps)
+    rules = logical_rules(config.mesh.rules)
+    rows = []
+    for name, (d, f, t), n in MESHES:
+        mesh = make_mesh({"data": d, "fsdp": f, "tensor": t}, devices=jax.devices()[:n])
+        with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+            sh = make_shardings(boxed_abstract_train_state(model, tx, seq), mesh, rules)
+            abstract = abstract_train_state(model, tx, seq)
+            state = jax.tree_util.tree_map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                                           abstract, sh.state)
+            batch = jax.ShapeDtypeStruct((a.batch, seq), np.int32, sharding=sh.batch)
+            step = make_train_step(model, tx, lr, 1, jax.random.PRNGKey(0), sh)
+            compiled = step.lower(state, batch, batch).compile()
+            report = memory_report(abstract, sh, compiled)
+        rows.append({"mesh": name, "shape": [d, f, t], **{k: v / 2**20 for k, v in report.items()}})
+        print(rows[-1], flush=True)
+
+    lines = [f"# Per-device training memory: {a.config}, batch {a.batch} x {seq}, vocab {a.vocab}", "",
+             f"jax {jax.__version__}, {datetime.date.today()}, simulated CPU devices, "
+             f"`python -m benchmarks.memory --config {a.config} --batch {a.batch}`", "",
+             "MiB per device: parameters and AdamW state from the shardings; activations and temporaries from "
+             "XLA's compiled memory analysis of the train step (CPU compiler; a GPU's differs somewhat).", "",
+             "| mesh (data, fsdp, tensor) | params | optimizer state | activations + temps |", "|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['mesh']} {tuple(r['shape'])} | {r['params']:,.1f} | {r['opt_state']:,.1f} | "
+                     f"{r['activations_and_temps']:,.1f} |")
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = f"memory_{Path(path).stem}_{preset or 'default'}"
+    (out / f"{stem}.json").write_text(json.dumps({"config": a.config, "batch": a.batch, "rows": rows}, indent=2))
+    (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,143 @@
+"""Sharding: meshes of 8 simulated CPU devices and two processes on localhost train like one device does."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from conftest import make_corpus, tiny_config
+
+from llm.inference import load_run
+from llm.model import ConfigError
+from llm.parallel import logical_rules, mesh_shape
+from llm.parallel.distributed import initialize_distributed
+
+HERE = Path(__file__).parent
+MESHES = ["8,1,1", "1,8,1", "2,2,2", "1,2,4", "2,2,2,flash"]
+
+
+def run_worker(corpus, out, meshes, devices):
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+    proc = subprocess.run([sys.executable, str(HERE / "sharding_worker.py"), str(corpus), str(out), *meshes],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return {r["mesh"]: r for r in (json.loads(line[7:]) for line in proc.stdout.splitlines()
+                                   if line.startswith("RESULT "))}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("sharding")
+    corpus = make_corpus(tmp / "corpus.txt")
+    single = run_worker(corpus, tmp / "one", ["1,1,1"], devices=1)
+    return single, run_worker(corpus, tmp / "eight", MESHES, devices=8)
+
+
+@pytest.mark.parametrize("mesh", MESHES)
+def test_mesh_trains_like_one_device(runs, mesh):
+    single, eight = runs
+    assert eight[mesh]["devices"] == 8
+    np.testing.assert_allclose(eight[mesh]["losses"], single["1,1,1"]["losses"], rtol=2e-5)
+
+
+def test_parameters_are_sharded_as_the_rules_say(runs):
+    _, eight = runs
+    shards = {m: eight[m]["shards"] for m in MESHES}
+    # data parallel: everything replicated.
+    assert shards["8,1,1"]["query/kernel"]["shard"] == shards["8,1,1"]["query/kernel"]["global"] == [2, 64, 8, 8]
+    # FSDP: split along `embed` (64 / 8), the stacked-layers and head axes whole.
+    assert shards["1,8,1"]["query/kernel"]["shard"] == [2, 8, 8, 8]
+    assert shards["1,8,1"]["up/kernel"]["shard"] == [2, 8, 256]
+    assert shards["1,8,1"]["embed/embedding"]["shard"] == [19, 8]  # vocab 19 is not split, embed is
+    # FSDP x tensor: embed over fsdp=2, heads (8) and mlp (256) over tensor=4.
+    assert shards["1,2,4"]["query/kernel"]["shard"] == [2, 32, 2, 8]
+    assert shards["1,2,4"]["up/kernel"]["shard"] == [2, 32, 64]
+    assert shards["1,2,4"]["query/kernel"]["spec"] == "P(None, 'fsdp', 'tensor', None)"
+
+
+def test_fsdp_divides_parameter_and_optimizer_memory(runs):
+    single, eight = runs
+    one = single["1,1,1"]["shards"]["bytes_per_device"]
+    fsdp = eight["1,8,1"]["shards"]["bytes_per_device"]
+    for part in ("params", "opt_state"):
+        # Every matrix has an `embed` axis (64 = 8 x 8); only norm scales and scalars stay whole.
+        assert one[part] / fsdp[part] > 6.5, (part, one[part], fsdp[part])
+
+
+def test_checkpoint_from_8_way_fsdp_restores_on_one_device(runs):
+    single, eight = runs
+    a = load_run(single["1,1,1"]["workdir"]).params
+    b = load_run(eight["1,8,1"]["workdir"]).params
+    assert len(jax.devices()) == 1
+    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True):
+        assert x.sharding.device_set == y.sharding.device_set == {jax.devices()[0]}
+        np.testing.assert_allclose(x, y, rtol=1e-3, atol=2e-5)  # Adam steps of 3e-3; sums reorder
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_train_like_one(runs, tmp_path):
+    """jax.distributed over two local processes (2 CPU devices each): same losses, a checkpoint one process reads."""
+    single, _ = runs
+    config = tiny_config(tmp_path)
+    corpus = Path(single["1,1,1"]["workdir"]).parent / "corpus.txt"
+    flags = [f"--config.data.corpus={corpus}", f"--config.data.cache_dir={tmp_path / 'cache'}",
+             "--config.model.d_model=64", "--config.model.n_heads=8", "--config.model.n_kv_heads=4",
+             "--config.model.n_layers=2", "--config.model.scan_layers=True", "--config.model.max_len=32",
+             "--config.train.steps=4", "--config.train.log_every=1", "--config.train.eval_every=4",
+             "--config.train.checkpoint_every=4", "--config.train.batch_size=8", "--config.train.eval_batches=2",
+             "--config.train.progress=False", "--config.optim.warmup_steps=5", "--config.optim.lr=0.003",
+             "--config.sample.num_samples=0", "--config.mesh.fsdp=2", "--config.distributed.enabled=True",
+             f"--config.distributed.coordinator_address=127.0.0.1:{_free_port()}",
+             "--config.distributed.num_processes=2"]
+    assert config.optim.lr == 3e-3 and config.optim.warmup_steps == 5  # the flags above mirror tiny_config
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    procs = [subprocess.Popen([sys.executable, "-m", "llm.cli", "train", "--workdir", str(tmp_path / "run"), *flags,
+                               f"--config.distributed.process_id={i}"], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for i in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    for p, (_, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-3000:]
+    assert "4 x cpu in 2 process(es)" in outs[0][0] and "done: step 4" in outs[0][0]
+    assert "model:" not in outs[1][0] and "done:" not in outs[1][0]  # only process 0 logs
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    np.testing.assert_allclose([r["loss"] for r in rows if "loss" in r], single["1,1,1"]["losses"], rtol=2e-5)
+    restored = load_run(tmp_path / "run").params
+    for x, y in zip(jax.tree_util.tree_leaves(restored),
+                    jax.tree_util.tree_leaves(load_run(single["1,1,1"]["workdir"]).params), strict=True):
+        np.testing.assert_allclose(x, y, rtol=1e-3, atol=2e-5)  # Adam steps of 3e-3; sums reorder
+
+
+def test_mesh_shape_rules():
+    assert mesh_shape({"data": -1, "fsdp": 2, "tensor": 1}, 8) == (4, 2, 1)
+    assert mesh_shape({"data": 2, "fsdp": 2, "tensor": 2}, 8) == (2, 2, 2)
+    with pytest.raises(ConfigError, match="needs 4 devices but 8 are available"):
+        mesh_shape({"data": 2, "fsdp": 2, "tensor": 1}, 8)
+    with pytest.raises(ConfigError, match="do not divide the 8 devices"):
+        mesh_shape({"data": -1, "fsdp": 3, "tensor": 1}, 8)
+    with pytest.raises(ConfigError, match="at most one -1"):
+        mesh_shape({"data": -1, "fsdp": -1, "tensor": 1}, 8)
+
+
+def test_rules_are_validated():
+    assert logical_rules({"batch": "data,fsdp", "embed": "fsdp", "kv": ""}) == (
+        ("batch", ("data", "fsdp")), ("embed", "fsdp"), ("kv", None))
+    with pytest.raises(ConfigError, match="unknown mesh axes"):
+        logical_rules({"embed": "model"})
+
+
+def test_distributed_needs_all_explicit_fields():
+    d = tiny_config(Path("/tmp")).distributed
+    d.enabled = True
+    d.coordinator_address = "127.0.0.1:1234"
+    with pytest.raises(ConfigError, match=r"missing distributed\.num_processes, distributed\.process_id"):
+        initialize_distributed(d)
