@@ -4,13 +4,16 @@
 #   OUT=/some/dir bash tools/gpu_check.sh      # from the repo root
 #
 # Steps, each time-boxed and each run even if an earlier one failed; the whole script stays under
-# DEADLINE_S (default 540 s):
-#   1. nvidia-smi and jax.devices()
-#   2. pytest -m gpu tests/test_flash_attention.py   (compiled Triton kernels vs the reference)
+# DEADLINE_S (default 560 s):
+#   1. nvidia-smi, jax.devices(), the CUDA runtime
+#   2. pytest -m gpu tests/test_flash_attention.py   (compiled Triton and Mosaic-GPU kernels vs the reference)
 #   3. pytest -m gpu on the other test files          (whatever else is marked gpu)
-#   4. python3 -m benchmarks.attention --gpu-suite    (forward autotune, then flash vs cuDNN vs XLA)
-#   5. python3 -m benchmarks.train --preset gpu       (Llama-style training steps: ms/step, MFU)
-#   6. copy benchmarks/results/*gpu* to $OUT
+#   4. python3 -m benchmarks.attention --gpu-suite    (the Triton path: autotune, then vs cuDNN and XLA over
+#                                                      lengths, head dims, causal / not)
+#   5. python3 -m benchmarks.attention --mgpu-suite   (the Hopper forward: autotune, vs Triton and cuDNN; the
+#                                                      TARGET line of the bf16/hd128/causal/8192 point)
+#   6. python3 -m benchmarks.train --preset gpu       (Llama-style training steps: ms/step, MFU)
+#   7. copy benchmarks/results/*gpu* to $OUT
 # Everything printed is also in $OUT/gpu_check.log. The benchmark writes its JSON/markdown after every case,
 # so a step cut short by its time box still leaves the cases it finished.
 set -u
@@ -22,7 +25,7 @@ LOG="$OUT/gpu_check.log"
 exec > >(tee -a "$LOG") 2>&1
 
 START=$(date +%s)
-DEADLINE_S=${DEADLINE_S:-540}
+DEADLINE_S=${DEADLINE_S:-560}
 PY=python3
 FAILED=()
 
@@ -59,13 +62,16 @@ fi
 
 step nvidia-smi 20 nvidia-smi
 step jax-devices 60 $PY -c "import jax, jaxlib; print('jax', jax.__version__, 'jaxlib', jaxlib.__version__); \
-print(jax.devices()); d = jax.devices()[0]; print(d.device_kind, getattr(d, 'compute_capability', '?'))"
-step pytest-flash 100 $PY -m pytest -x -q -m gpu -p no:cacheprovider -rs tests/test_flash_attention.py
+print(jax.devices()); d = jax.devices()[0]; print(d.device_kind, getattr(d, 'compute_capability', '?')); \
+from jax._src.lib import cuda_versions as c; print('cuda runtime', c and c.cuda_runtime_get_version())"
+step pytest-flash 130 $PY -m pytest -x -q -m gpu -p no:cacheprovider -rs tests/test_flash_attention.py
 step pytest-gpu-other 40 $PY -m pytest -q -m gpu -p no:cacheprovider --continue-on-collection-errors \
   --ignore=tests/test_flash_attention.py tests/
-step benchmark 200 $PY -m benchmarks.attention --gpu-suite
-step train-benchmark 175 $PY -m benchmarks.train --preset gpu --budget-s "${TRAIN_BUDGET_S:-150}"
+step benchmark-triton 170 env LLM_FLASH_MGPU=0 $PY -m benchmarks.attention --gpu-suite
+step benchmark-mgpu 100 $PY -m benchmarks.attention --mgpu-suite
+step train-benchmark 135 $PY -m benchmarks.train --preset gpu --budget-s "${TRAIN_BUDGET_S:-110}"
 
 cp -v benchmarks/results/*gpu* "$OUT"/ 2>/dev/null || echo "no benchmarks/results/*gpu* files to copy"
+grep -h "TARGET" "$OUT"/attention_gpu*.md 2>/dev/null
 echo
 echo "=== done in $(($(date +%s) - START))s; failed or cut short: ${FAILED[*]:-none}"
