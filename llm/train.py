@@ -160,6 +160,13 @@ def train(config: ConfigDict, workdir: str | Path, *, log=print, stop_after: int
     primary = jax.process_index() == 0  # the one process that logs and writes the run's files
     if not primary:
         log = lambda *_: None
+    t = config.train
+    mesh = make_mesh({axis: config.mesh[axis] for axis in MESH_AXES})
+    rules = logical_rules(config.mesh.rules)
+    rows = mesh.shape["data"] * mesh.shape["fsdp"]
+    if t.batch_size % rows or t.batch_size % jax.process_count():
+        raise ConfigError(f"train.batch_size={t.batch_size} does not split over the mesh's {rows} data-parallel "
+                          f"devices and {jax.process_count()} processes; make it a multiple of both")
     workdir = Path(workdir)
     if (workdir / run_lib.CONFIG_FILE).exists():
         diff = run_lib.config_differences(config, workdir)
@@ -172,18 +179,12 @@ def train(config: ConfigDict, workdir: str | Path, *, log=print, stop_after: int
         run_lib.save_config(config, workdir)
         run_lib.write_manifest(workdir, data, config)
 
-    t, cfg = config.train, data.model
+    cfg = data.model
     seq_len = t.seq_len or cfg.max_len
     model = Transformer(cfg)
     tx, lr_schedule = make_optimizer(config.optim, t.steps)
     ckpt = Checkpointer(workdir / run_lib.CHECKPOINT_DIR, keep=t.keep_checkpoints)
 
-    mesh = make_mesh({axis: config.mesh[axis] for axis in MESH_AXES})
-    rules = logical_rules(config.mesh.rules)
-    rows = mesh.shape["data"] * mesh.shape["fsdp"]
-    if t.batch_size % max(rows, jax.process_count()):
-        raise ConfigError(f"train.batch_size={t.batch_size} does not split over the mesh's {rows} data-parallel "
-                          f"devices and {jax.process_count()} processes; make it a multiple of both")
     # Everything traces under the mesh and the rules, which turn the model's logical names into shardings.
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
         shardings = make_shardings(boxed_abstract_train_state(model, tx, seq_len), mesh, rules)
