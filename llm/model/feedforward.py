@@ -6,6 +6,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from llm.model.config import ModelConfig
+from llm.model.linear import Projection
 
 ACTIVATIONS = {"gelu": nn.gelu, "relu": nn.relu, "silu": nn.silu}
 GATED_ACTIVATION = {"swiglu": "silu", "geglu": "gelu"}
@@ -25,9 +26,8 @@ class FeedForward(nn.Module):
         out_init = nn.initializers.normal(cfg.init_std / (2 * cfg.n_layers) ** 0.5)
 
         def dense(features, names, name, kernel_init=init):
-            return nn.Dense(features, use_bias=cfg.use_bias, dtype=dtype, param_dtype=param_dtype, name=name,
-                            kernel_init=nn.with_logical_partitioning(kernel_init, names),
-                            bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (names[-1],)))
+            return Projection((features,), names[:1], names[1:], use_bias=cfg.use_bias, kernel_init=kernel_init,
+                              dtype=dtype, param_dtype=param_dtype, name=name)
 
         hidden = cfg.hidden_ff
         if cfg.gated:

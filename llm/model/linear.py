@@ -1,13 +1,15 @@
 """A linear layer over several input and output axes, with logically named parameters.
 
 flax's DenseGeneral initialises its kernel flattened to 2-D and reshapes it afterwards, which clashes with
-logical-axis constraints under a mesh; this layer creates the kernel in its final shape and applies it with
-one einsum.
+logical-axis constraints under a mesh; this layer creates the kernel in its final shape. It multiplies as one
+2-D matmul, [tokens, in] x [in, out]: XLA's CPU backend turns the weight gradient of a [batch, length, in]
+einsum (two contracting axes) into a slow generic loop, 2-3x slower than the same gradient of a 2-D matmul
+(measured here: benchmarks/results/train_cpu.md).
 """
 
 from __future__ import annotations
 
-import string
+import math
 from collections.abc import Sequence
 
 import flax.linen as nn
@@ -30,18 +32,22 @@ class Projection(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        n_in, n_out = len(self.in_names), len(self.out_shape)
+        n_in = len(self.in_names)
         in_shape = x.shape[x.ndim - n_in:]
         kernel = self.param("kernel", nn.with_logical_partitioning(self.kernel_init, (*self.in_names, *self.out_names)),
                             (*in_shape, *self.out_shape), self.param_dtype)
-        letters = string.ascii_letters
-        batch = letters[: x.ndim - n_in]
-        contract = letters[x.ndim - n_in: x.ndim]
-        out = letters[x.ndim: x.ndim + n_out]
-        y = jnp.einsum(f"{batch}{contract},{contract}{out}->{batch}{out}", x.astype(self.dtype),
-                       kernel.astype(self.dtype))
+        y = matmul_2d(x, kernel, n_in, dtype=self.dtype)
         if self.use_bias:
             bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, tuple(self.out_names)),
                               tuple(self.out_shape), self.param_dtype)
             y = y + bias.astype(self.dtype)
         return y
+
+
+def matmul_2d(x: jnp.ndarray, kernel: jnp.ndarray, n_in: int, *, dtype) -> jnp.ndarray:
+    """x [..., *in] . kernel [*in, *out] -> [..., *out], computed as one [tokens, in] x [in, out] matmul."""
+    lead, in_shape = x.shape[: x.ndim - n_in], x.shape[x.ndim - n_in:]
+    out_shape = kernel.shape[n_in:]
+    y = jnp.dot(x.reshape(math.prod(lead), math.prod(in_shape)).astype(dtype),
+                kernel.reshape(math.prod(in_shape), math.prod(out_shape)).astype(dtype))
+    return y.reshape(*lead, *out_shape)

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 from llm.model.attention import SelfAttention
 from llm.model.config import ModelConfig
 from llm.model.feedforward import FeedForward
+from llm.model.linear import Projection, matmul_2d
 from llm.model.norms import make_norm
 from llm.model.positions import LearnedPositions, sinusoidal
 
@@ -109,11 +110,10 @@ class Transformer(nn.Module):
             x_BTE = make_norm(cfg.norm, eps=cfg.norm_eps, use_bias=cfg.use_bias, dtype=dtype,
                               param_dtype=param_dtype, name="final_norm")(x_BTE)
         if cfg.tie_embeddings:
-            logits_BTV = embed.attend(x_BTE)
+            logits_BTV = matmul_2d(x_BTE, jnp.asarray(embed.embedding).T, 1, dtype=dtype)
         else:
-            logits_BTV = nn.Dense(cfg.vocab_size, use_bias=False, dtype=dtype, param_dtype=param_dtype,
-                                  name="unembed",
-                                  kernel_init=nn.with_logical_partitioning(nn.initializers.normal(cfg.init_std),
-                                                                           ("embed", "vocab")))(x_BTE)
+            logits_BTV = Projection((cfg.vocab_size,), ("embed",), ("vocab",), use_bias=False,
+                                    kernel_init=nn.initializers.normal(cfg.init_std), dtype=dtype,
+                                    param_dtype=param_dtype, name="unembed")(x_BTE)
         logits_BTV = nn.with_logical_constraint(logits_BTV, ("batch", "length", "vocab"))
         return logits_BTV.astype(jnp.float32)
