@@ -84,7 +84,6 @@ class SelfAttention(nn.Module):
             # Local query head i reads local KV head i // group only if both are split the same way.
             q_spec = P(q_spec[0], None, kv_spec[2], None)
             kv_spec = P(kv_spec[0], None, kv_spec[2], None)
-        kw = {k: v for k, v in kw.items() if k != "alibi_slopes" or v is not None}
 
         def per_device(q, k, v, *seg):
             return attention(q, k, v, impl=impl, segment_ids=seg[0] if seg else None, **kw)
