@@ -241,7 +241,7 @@ def train(config: ConfigDict, workdir: str | Path, *, log=print, stop_after: int
                 pending.append(metrics)
                 steps_since_log += 1
                 done = step + 1
-                if done % t.log_every == 0 or done == t.steps:
+                if done % t.log_every == 0 or done in (t.steps, end):  # flush before stopping early
                     host = {k: float(np.mean([m[k] for m in jax.device_get(pending)])) for k in pending[0]}
                     elapsed = time.perf_counter() - t_log
                     tokens_per_s = steps_since_log * t.batch_size * seq_len / elapsed

@@ -174,3 +174,11 @@ def test_data_too_short_for_context(tmp_path):
     with pytest.raises(DataError, match="fewer than the context"):
         train(config, tmp_path / "run", log=lambda *_: None)
     assert not (tmp_path / "run" / run_lib.CONFIG_FILE).exists()
+
+
+def test_stopping_early_flushes_pending_metrics(tmp_path):
+    config = tiny_config(tmp_path, **{"train.steps": 12, "train.log_every": 5, "train.checkpoint_every": 10})
+    train(config, tmp_path / "run", stop_after=7, log=lambda *_: None)
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "loss" in r] == [5, 7]
+    assert Checkpointer(tmp_path / "run" / "checkpoints").latest_step() == 7
