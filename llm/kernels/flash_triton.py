@@ -63,6 +63,21 @@ def _split_refs(refs, segments: bool, n_in: int):
     return ins, (None, None), rest
 
 
+def _kv_block_logits(st: FlashStatic, q_QD, q_slot, q_seg, k_ref, v_ref, kseg_ref, j, bk: int, masked: bool):
+    """Key block j's logits against the resident queries ([bq, bk], masked on boundary blocks), and its K, V."""
+    start = pl.multiple_of(j * bk, bk)
+    k_KD = k_ref[pl.ds(start, bk), :]
+    v_KD = v_ref[pl.ds(start, bk), :]
+    lg = fc.logits(st, fc.dot_nt(q_QD, k_KD))
+    if masked:
+        k_slot = start + jnp.arange(bk, dtype=jnp.int32)
+        segments = q_seg is not None
+        k_seg = kseg_ref[pl.ds(start, bk)][None, :] if segments else None
+        ok = fc.block_mask(st, q_slot[:, None], k_slot[None, :], q_seg[:, None] if segments else None, k_seg)
+        lg = fc.masked_logits(lg, ok)
+    return lg, k_KD, v_KD
+
+
 # --------------------------------------------------------------------------------------------------------
 # Forward.
 
@@ -77,16 +92,7 @@ def _fwd_kernel(*refs, st: FlashStatic, n_q_blocks: int, segments: bool):
 
     def body(j, carry, masked):
         acc_QD, m_Q, l_Q = carry
-        start = pl.multiple_of(j * bk, bk)
-        k_KD = k_ref[pl.ds(start, bk), :]
-        v_KD = v_ref[pl.ds(start, bk), :]
-        lg = fc.logits(st, fc.dot_nt(q_QD, k_KD))  # [bq, bk]
-        if masked:
-            k_slot = start + jnp.arange(bk, dtype=jnp.int32)
-            k_seg = kseg_ref[pl.ds(start, bk)][None, :] if segments else None
-            ok = fc.block_mask(st, q_slot[:, None], k_slot[None, :],
-                               q_seg[:, None] if segments else None, k_seg)
-            lg = fc.masked_logits(lg, ok)
+        lg, _, v_KD = _kv_block_logits(st, q_QD, q_slot, q_seg, k_ref, v_ref, kseg_ref, j, bk, masked)
         m_new = jnp.maximum(m_Q, lg.row_max(axis=1))
         corr = jnp.exp2(m_Q - m_new)
         p_QK = jnp.exp2(lg.scaled() - m_new[:, None])
@@ -158,16 +164,7 @@ def _dq_kernel(*refs, st: FlashStatic, n_q_blocks: int, segments: bool):
     q_seg = qseg_ref[...] if segments else None
 
     def body(j, dq_QD, masked):
-        start = pl.multiple_of(j * bk, bk)
-        k_KD = k_ref[pl.ds(start, bk), :]
-        v_KD = v_ref[pl.ds(start, bk), :]
-        lg = fc.logits(st, fc.dot_nt(q_QD, k_KD))
-        if masked:
-            k_slot = start + jnp.arange(bk, dtype=jnp.int32)
-            k_seg = kseg_ref[pl.ds(start, bk)][None, :] if segments else None
-            ok = fc.block_mask(st, q_slot[:, None], k_slot[None, :],
-                               q_seg[:, None] if segments else None, k_seg)
-            lg = fc.masked_logits(lg, ok)
+        lg, k_KD, v_KD = _kv_block_logits(st, q_QD, q_slot, q_seg, k_ref, v_ref, kseg_ref, j, bk, masked)
         p_QK = jnp.exp2(lg.scaled() - lse_Q[:, None])
         dp_QK = fc.dot_nt(do_QD, v_KD)
         ds_QK = fc.softcap_grad(lg, p_QK * (dp_QK - delta_Q[:, None]))
