@@ -324,16 +324,34 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
     """Load a tokenizer saved with `Tokenizer.save`.
 
     A Hugging Face tokenizer.json (no "kind" field, but a "model") is accepted too, via `from_hf_file`.
+    Every failure (missing, unreadable, damaged or foreign file) is a `llm.data.DataError` (a ValueError)
+    whose one-line message names the file.
     """
+    from llm.data.corpus import DataError  # lazy: llm.data imports this module
+
+    what = "it should be the tokenizer.json `llm train` wrote (Tokenizer.save) or a Hugging Face tokenizer.json"
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path}: cannot read tokenizer JSON ({e})") from e
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else _one_line(e)
+        raise DataError(f"{path}: cannot read tokenizer JSON ({reason}); {what}") from e
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: tokenizer JSON must be an object")
+        raise DataError(f"{path}: tokenizer JSON must be an object, got {type(data).__name__}; {what}")
     if "kind" not in data and "model" in data:
-        return from_hf_file(path)
-    return tokenizer_from_json(data)
+        try:
+            return from_hf_file(path)
+        except ValueError as e:  # its message names the file already
+            raise DataError(f"{_one_line(e)}; {what}") from e
+    try:
+        return tokenizer_from_json(data)
+    except Exception as e:  # KeyError, TypeError, ValueError, and HF's bare Exception for a bad "hf_tokenizer"
+        reason = f"missing field {e}" if isinstance(e, KeyError) else _one_line(e)
+        raise DataError(f"{path}: not a usable tokenizer ({reason}); {what}") from e
+
+
+def _one_line(e: BaseException, limit: int = 200) -> str:
+    text = " ".join(str(e).split())
+    return text[:limit] + ("..." if len(text) > limit else "")
 
 
 def train_tokenizer(kind: str, text: str, *, vocab_size: int | None = None, unk: bool = False) -> Tokenizer:

@@ -64,16 +64,26 @@ def tokenize_to_memmap(text: str, tokenizer: Tokenizer, cache_dir: str | os.Path
             pass  # unreadable (e.g. a foreign file): tokenise again and replace it
 
     tokens = _encode(text, tokenizer)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=path.stem, suffix=".npy.tmp")
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=path.stem, suffix=".npy.tmp")
+    except OSError as e:  # e.g. a file in the way, no permission
+        raise _cache_error(cache_dir, e) from e
     try:
         with os.fdopen(fd, "wb") as f:
             np.save(f, tokens)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError):  # e.g. the disk is full
+            raise _cache_error(cache_dir, e) from e
         raise
     return _load(path)
+
+
+def _cache_error(cache_dir: Path, e: OSError) -> DataError:
+    return DataError(f"{cache_dir}: cannot write the token cache there ({e.strerror or e}); set data.cache_dir "
+                     "(or LLM_CACHE_DIR) to a writable directory")
 
 
 def _encode(text: str, tokenizer: Tokenizer) -> np.ndarray:
@@ -88,7 +98,7 @@ def _encode(text: str, tokenizer: Tokenizer) -> np.ndarray:
 
 
 def _load(path: Path) -> np.ndarray:
-    tokens = np.load(path, mmap_mode="r")
+    tokens = np.load(path, mmap_mode="r", allow_pickle=False)  # never unpickle: a cache file is not trusted
     if tokens.ndim != 1 or tokens.dtype not in (np.uint16, np.uint32):
         raise ValueError(f"{path}: not a 1-D token array")
     return tokens

@@ -100,6 +100,9 @@ def load_corpus(spec: str = DEFAULT_CORPUS, *, data_dir: str | os.PathLike | Non
     else `default_data_dirs()`; then from the download cache (`cache_dir()`); then, if it has a URL,
     downloaded into that cache. A file whose sha256 differs from the pinned one is an error, not skipped.
     """
+    if not spec or not spec.strip():
+        known = ", ".join([*BUILTIN_CORPORA, *KNOWN_CORPORA])
+        raise DataError(f"the corpus spec is empty; give a text file's path or one of: {known}")
     if spec.startswith("builtin:"):
         if spec != "builtin:python_docs":
             raise DataError(f"unknown builtin corpus {spec!r}; available: {', '.join(BUILTIN_CORPORA)}")
@@ -185,15 +188,19 @@ def _read_utf8(path: Path) -> str:
     except OSError as e:
         raise DataError(f"{path}: cannot read ({e.strerror})") from e
     if not data:
-        raise DataError(f"{path}: file is empty")
+        raise DataError(f"{path}: file is empty; a corpus needs text to train on")
     if b"\x00" in data:
         raise DataError(f"{path}: looks binary (contains NUL bytes), expected a UTF-8 text file")
     try:
-        return data.decode("utf-8")
+        text = data.decode("utf-8")
     except UnicodeDecodeError as e:
         raise DataError(
-            f"{path}: not valid UTF-8 (byte 0x{data[e.start]:02x} at offset {e.start}); convert it to UTF-8"
+            f"{path}: not valid UTF-8 (byte 0x{data[e.start]:02x} at offset {e.start}); if it is text in another "
+            f"encoding, convert it to UTF-8 (e.g. iconv -f latin1 -t utf-8)"
         ) from e
+    if not text.strip():
+        raise DataError(f"{path}: holds only whitespace ({len(text)} characters); a corpus needs text to train on")
+    return text
 
 
 def split_text(text: str, val_fraction: float) -> tuple[str, str]:
