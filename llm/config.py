@@ -65,8 +65,16 @@ def get_base_config() -> ConfigDict:
     c.train.eval_batches = 20
     c.train.log_every = 50
     c.train.checkpoint_every = 500
-    c.train.keep_checkpoints = 2  # the latest N, plus the best by validation loss
+    c.train.keep_checkpoints = 2  # the latest N (>= 2: the previous one is the fallback), plus the best by val loss
     c.train.progress = True  # a tqdm progress bar on the terminal
+    # Numerical faults: a step with a non-finite loss or gradient is skipped (no update); this many in a row, or a
+    # loss above spike_factor x the mean of the last spike_window losses (0: off), rolls the run back to its last
+    # good checkpoint with the learning rate multiplied by rollback_lr_factor; after max_rollbacks it stops.
+    c.train.max_bad_steps = 10
+    c.train.spike_factor = 0.0
+    c.train.spike_window = 50
+    c.train.max_rollbacks = 3
+    c.train.rollback_lr_factor = 1.0
 
     c.optim = ConfigDict()
     c.optim.name = "adamw"
@@ -149,7 +157,7 @@ def validate_config(config: ConfigDict) -> None:
     choice("optim.schedule", o.schedule, SCHEDULES)
     choice("data.tokenizer", d.tokenizer, TOKENIZERS)
     for name in ("steps", "batch_size", "seq_len", "grad_accum", "eval_every", "eval_batches", "log_every",
-                 "checkpoint_every", "keep_checkpoints"):
+                 "checkpoint_every", "keep_checkpoints", "max_bad_steps", "spike_window"):
         positive(f"train.{name}", t[name])
     for name in ("lr", "decay_steps", "eps"):
         positive(f"optim.{name}", o[name])
@@ -159,6 +167,26 @@ def validate_config(config: ConfigDict) -> None:
         raise ConfigError(f"sample.num_samples must be >= 0 (0: no samples after training), got "
                           f"{config.sample.num_samples}")
     positive("sample.top_k", config.sample.top_k)
+    for name, seed in (("seed", config.seed), ("sample.seed", config.sample.seed)):
+        if not 0 <= seed < 2**63:
+            raise ConfigError(f"{name} must be in [0, 2**63), got {seed}")
+    if config.sample.num_samples and not config.sample.prompt:
+        raise ConfigError("sample.prompt is empty; the samples after training need at least one character to "
+                          "continue from (e.g. '\\n'), or set sample.num_samples=0")
+    ids = config.distributed.local_device_ids
+    if ids is not None and not all(x.strip().isdigit() for x in ids.split(",")):
+        raise ConfigError(f"distributed.local_device_ids={ids!r} must be comma-separated device numbers, e.g. '0,1'")
+    if t.keep_checkpoints < 2:
+        raise ConfigError(f"train.keep_checkpoints must be >= 2 (the previous checkpoint is the fallback when the "
+                          f"latest one is damaged), got {t.keep_checkpoints}")
+    if t.spike_factor != 0 and t.spike_factor <= 1:
+        raise ConfigError(f"train.spike_factor must be > 1 (a loss this many times the recent mean is a spike) or 0 "
+                          f"(off), got {t.spike_factor}")
+    if t.max_rollbacks < 0:
+        raise ConfigError(f"train.max_rollbacks must be >= 0, got {t.max_rollbacks}")
+    if not 0.0 < t.rollback_lr_factor <= 1.0:
+        raise ConfigError(f"train.rollback_lr_factor must be in (0, 1] (1: no learning-rate cut), got "
+                          f"{t.rollback_lr_factor}")
     if not 0.0 < d.val_fraction < 1.0:
         raise ConfigError(f"data.val_fraction must be in (0, 1), got {d.val_fraction}")
     if (t.seq_len or model.max_len) > model.max_len:

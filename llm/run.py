@@ -7,16 +7,24 @@
       checkpoints/      Orbax checkpoints (llm/checkpoint.py)
       metrics.jsonl     one JSON object per logged step
       tensorboard/      the same metrics for TensorBoard
+      damaged-checkpoints/  checkpoints that failed their checksums (moved here, never deleted)
+      .lock             held (flock) by the `llm train` process working in the workdir
+
+Nothing in an existing run is overwritten unless asked: a workdir holding a run with another config is refused
+(`--resume_anyway` continues it with the new config, the old config kept as config.json.<time>.bak;
+`--overwrite` deletes the run's files and starts again).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime
+import fcntl
 import importlib.metadata
 import json
 import os
 import platform
+import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -35,10 +43,19 @@ CONFIG_FILE = "config.json"
 TOKENIZER_FILE = "tokenizer.json"
 MANIFEST_FILE = "manifest.json"
 CHECKPOINT_DIR = "checkpoints"
-# Keys that may differ when a run is resumed: they change what is shown, or where the work runs (devices,
-# processes: the global batch and the math are the same on any mesh), not what is computed.
-RESUMABLE_KEYS = ("train.progress", "train.log_every", "sample.prompt", "sample.num_samples",
-                  "sample.max_new_tokens", "sample.temperature", "sample.top_k", "sample.top_p", "sample.seed")
+METRICS_FILE = "metrics.jsonl"
+LOCK_FILE = ".lock"
+# What a run writes into its workdir (config backups are config.json.<time>.bak).
+RUN_FILES = (CONFIG_FILE, TOKENIZER_FILE, MANIFEST_FILE, CHECKPOINT_DIR, METRICS_FILE, "tensorboard",
+             "damaged-checkpoints", LOCK_FILE)
+# Keys that may differ when a run is resumed: they change what is shown, measured or kept, how faults are
+# handled, or where the work runs (devices, processes: the global batch and the math are the same on any mesh),
+# not what a step computes.
+RESUMABLE_KEYS = ("train.progress", "train.log_every", "train.eval_every", "train.eval_batches",
+                  "train.checkpoint_every", "train.keep_checkpoints", "train.max_bad_steps", "train.spike_factor",
+                  "train.spike_window", "train.max_rollbacks", "train.rollback_lr_factor", "sample.prompt",
+                  "sample.num_samples", "sample.max_new_tokens", "sample.temperature", "sample.top_k",
+                  "sample.top_p", "sample.seed")
 RESUMABLE_SECTIONS = ("mesh.", "distributed.")
 
 
@@ -51,25 +68,27 @@ class RunData:
     model: ModelConfig
 
 
-def prepare_data(config: ConfigDict, workdir: Path, *, write: bool = True) -> RunData:
-    """Corpus -> split -> tokenizer (trained once, then reloaded from the workdir) -> cached token arrays.
+def prepare_data(config: ConfigDict, workdir: Path | None = None) -> RunData:
+    """Corpus -> split -> tokenizer -> cached token arrays; writes nothing into the workdir.
 
-    write: save the tokenizer into the workdir (in multi-process runs only process 0 writes; the others train
-      the same deterministic tokenizer themselves).
+    The tokenizer is the run's own (workdir/tokenizer.json) when `workdir` holds one, else trained afresh
+    (deterministically: every process of a multi-process run trains the same one).
     """
     d = config.data
     corpus = load_corpus(d.corpus, data_dir=d.data_dir)
     train_text, val_text = split_text(corpus.text, d.val_fraction)
-    tok_path = workdir / TOKENIZER_FILE
-    if tok_path.exists():
-        tokenizer = load_tokenizer(tok_path)
+    tok_path = None if workdir is None else workdir / TOKENIZER_FILE
+    if tok_path is not None and tok_path.exists():
+        tokenizer = load_tokenizer(tok_path)  # DataError naming the file when damaged
     else:
         # The character vocabulary comes from the whole text (as nanoGPT does), so the validation split never
         # holds an unknown character; BPE merges are learned from the training split only.
         source = corpus.text if d.tokenizer == "char" else train_text
-        tokenizer = train_tokenizer(d.tokenizer, source, vocab_size=d.vocab_size if d.tokenizer == "bpe" else None)
-        if write:
-            tokenizer.save(tok_path)
+        try:
+            tokenizer = train_tokenizer(d.tokenizer, source,
+                                        vocab_size=d.vocab_size if d.tokenizer == "bpe" else None)
+        except ValueError as e:  # e.g. a BPE vocabulary smaller than its 257 base tokens
+            raise ConfigError(f"data.tokenizer={d.tokenizer!r}, data.vocab_size={d.vocab_size}: {e}") from None
     cache = Path(d.cache_dir) if d.cache_dir else cache_dir() / "tokens"
     train_tokens = tokenize_to_memmap(train_text, tokenizer, cache)
     val_tokens = tokenize_to_memmap(val_text, tokenizer, cache)
@@ -86,7 +105,76 @@ def prepare_data(config: ConfigDict, workdir: Path, *, write: bool = True) -> Ru
 
 
 def save_config(config: ConfigDict, workdir: Path) -> None:
-    _atomic_write(workdir / CONFIG_FILE, config.to_json_best_effort(indent=2, sort_keys=True))
+    """Write config.json; an existing one with other contents is kept as config.json.<time>.bak."""
+    path = workdir / CONFIG_FILE
+    text = config.to_json_best_effort(indent=2, sort_keys=True)
+    if path.exists() and path.read_text() != text:
+        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+        os.replace(path, workdir / f"{CONFIG_FILE}.{stamp}.bak")
+    _atomic_write(path, text)
+
+
+def check_workdir(config: ConfigDict, workdir: Path, *, resume_anyway: bool = False,
+                  overwrite: bool = False) -> str:
+    """What starting `config` in `workdir` means: 'new', 'resume' or 'overwrite'; raises ConfigError (and
+    changes nothing) when it would touch something it should not."""
+    if workdir.exists() and not workdir.is_dir():
+        raise ConfigError(f"--workdir {workdir} is a file, not a directory; choose another --workdir")
+    if not workdir.exists():
+        return "new"
+    if overwrite:
+        return "overwrite"
+    if (workdir / CONFIG_FILE).exists():
+        try:
+            diff = config_differences(config, workdir)
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as e:
+            raise ConfigError(f"{workdir / CONFIG_FILE} is damaged ({e}); move the run aside, or pass --overwrite "
+                              "to delete it and start again") from None
+        if diff and not resume_anyway:
+            shown = "; ".join(diff[:6]) + ("; ..." if len(diff) > 6 else "")
+            raise ConfigError(f"{workdir} holds a run with a different config ({shown}); use another --workdir "
+                              "for a new run, --resume_anyway to continue this one with the new config, or "
+                              "--overwrite to delete it and start again")
+        return "resume"
+    strangers = sorted(p.name for p in workdir.iterdir()
+                       if p.name not in RUN_FILES and not p.match(f"{CONFIG_FILE}.*.bak"))
+    if strangers:
+        raise ConfigError(f"--workdir {workdir} is not empty and holds no run (found {', '.join(strangers[:3])}"
+                          f"{', ...' if len(strangers) > 3 else ''}); choose a new or empty directory")
+    return "new"
+
+
+def clear_run(workdir: Path) -> None:
+    """Delete the files a run wrote into `workdir` (for --overwrite); anything else there is left alone."""
+    for path in [workdir / name for name in RUN_FILES] + list(workdir.glob(f"{CONFIG_FILE}.*.bak")):
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+
+
+class WorkdirLock:
+    """An exclusive flock on workdir/.lock for the life of a training process (released by the OS on exit,
+    even after SIGKILL), so two `llm train` processes never write one run."""
+
+    def __init__(self, workdir: Path):
+        self.path = workdir / LOCK_FILE
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.read(self.fd, 64).decode(errors="replace").strip() or "?"
+            os.close(self.fd)
+            raise ConfigError(f"another `llm train` (pid {holder}) is running in {workdir}; wait for it, stop it, "
+                              "or use another --workdir") from None
+        os.ftruncate(self.fd, 0)
+        os.write(self.fd, str(os.getpid()).encode())
+
+    def release(self) -> None:
+        if self.fd is not None:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = None
 
 
 def load_config(workdir: str | Path) -> ConfigDict:
@@ -99,7 +187,10 @@ def load_config(workdir: str | Path) -> ConfigDict:
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path} is not valid JSON ({e}); the run's config file is damaged") from None
     config = config_lib.get_base_config()
-    _update(config, saved, "")
+    try:
+        _update(config, saved, "")
+    except (AttributeError, KeyError, TypeError, ValueError) as e:  # valid JSON of the wrong shape or types
+        raise ConfigError(f"{path} is damaged ({type(e).__name__}: {e}); restore the run's config file") from None
     config_lib.validate_config(config)
     return config
 

@@ -21,11 +21,13 @@ import optax
 from ml_collections import ConfigDict
 
 from llm import run as run_lib
-from llm.checkpoint import Checkpointer
+from llm.checkpoint import DAMAGED_DIR, Checkpointer, CheckpointError, DamagedCheckpoint
 from llm.config import validate_config
 from llm.data import eval_batches, sample_batch
+from llm.faults import NO_FAULTS, Faults, kill_now, kill_when_save_starts
 from llm.hardware import peak_flops
-from llm.inference import sample_texts
+from llm.health import LossMonitor, TrainingDiverged
+from llm.inference import encode_prompts, sample_texts
 from llm.model import Transformer
 from llm.model.config import ConfigError
 from llm.model.params import count_params, train_flops_per_token
@@ -42,6 +44,7 @@ from llm.parallel import (
     make_shardings,
     memory_report,
 )
+from llm.preemption import StopSignals
 from llm.train_state import TrainState, abstract_train_state, boxed_abstract_train_state, create_train_state
 
 
@@ -53,10 +56,13 @@ class TrainResult:
     val_loss: float | None
     samples: list[str]
     wall_time: float
+    stopped_by: str | None = None  # the signal that stopped the run early (it resumes when started again)
+    skipped_steps: int = 0  # updates skipped for a non-finite loss or gradient, over the whole run
+    rollbacks: int = 0
 
 
 def make_train_step(model: Transformer, tx: optax.GradientTransformation, lr_schedule, grad_accum: int,
-                    dropout_root: jax.Array, shardings: Shardings | None = None):
+                    dropout_root: jax.Array, shardings: Shardings | None = None, faults: Faults = NO_FAULTS):
     """(state, inputs, targets) -> (state, metrics); one optimizer update per call, the state donated.
 
     The dropout key of step s is fold_in(dropout_root, s), derived inside the compiled step. With
@@ -64,6 +70,11 @@ def make_train_step(model: Transformer, tx: optax.GradientTransformation, lr_sch
 
     With grad_accum > 1 the batch is split into micro-batches whose gradients are summed in a lax.scan, so
     memory holds one micro-batch of activations and the update equals that of the whole batch.
+
+    A step whose loss or gradients are not finite changes nothing but the step counter (metrics["skipped"] is 1):
+    the optimizer state, with its update count, stays as it was, so the learning-rate schedule counts applied
+    updates and each skip delays it by a step (metrics["lr"] is the schedule at the step counter).
+    The update is multiplied by state.lr_scale. `faults` (tests only) poisons chosen steps.
     """
 
     def loss_fn(params, inputs, targets, key):
@@ -89,10 +100,23 @@ def make_train_step(model: Transformer, tx: optax.GradientTransformation, lr_sch
                                             (micro(inputs), micro(targets), jnp.arange(grad_accum)))
             loss = loss / grad_accum
             grads = jax.tree_util.tree_map(lambda g: g / grad_accum, grads)
+        if faults.nan_steps:
+            poisoned = jnp.isin(state.step, jnp.asarray(faults.nan_steps))
+            grads = jax.tree_util.tree_map(lambda g: jnp.where(poisoned, jnp.nan, g), grads)
+        if faults.spike_steps:
+            loss = jnp.where(jnp.isin(state.step, jnp.asarray(faults.spike_steps)), 1000 * loss, loss)
+        grad_norm = optax.tree.norm(grads)
+        ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        updates = jax.tree_util.tree_map(lambda u: u * state.lr_scale.astype(u.dtype), updates)
         params = optax.apply_updates(state.params, updates)
-        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "lr": lr_schedule(state.step)}
-        return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+        # A non-finite step keeps the old parameters and optimizer state (NaN must not reach the moments).
+        keep = lambda new, old: jnp.where(ok, new, old)
+        params = jax.tree_util.tree_map(keep, params, state.params)
+        opt_state = jax.tree_util.tree_map(keep, opt_state, state.opt_state)
+        metrics = {"loss": loss, "grad_norm": grad_norm, "lr": lr_schedule(state.step) * state.lr_scale,
+                   "skipped": 1.0 - ok.astype(jnp.float32)}
+        return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
     if shardings is None:
         return jax.jit(step, donate_argnums=(0,))
@@ -119,40 +143,64 @@ def evaluate(eval_step, params, batches, put=lambda x: x) -> float:
 
 
 class MetricsLog:
-    """metrics.jsonl in the workdir, plus TensorBoard scalars."""
+    """metrics.jsonl in the workdir, plus TensorBoard scalars.
 
-    def __init__(self, workdir: Path, enabled: bool = True):
-        self.path = workdir / "metrics.jsonl"
+    resume_step: the run continues from this checkpoint step, so records of later steps (written before a crash
+      or preemption, and about to be made again) are dropped, as is a last line cut short by a kill.
+    """
+
+    def __init__(self, workdir: Path, enabled: bool = True, resume_step: int = 0):
+        self.path = workdir / run_lib.METRICS_FILE
         self.enabled = enabled
         self.tb = None
         if not enabled:
             return
+        if resume_step and self.path.exists():
+            self._truncate(resume_step)
         try:
             from tensorboardX import SummaryWriter
 
-            self.tb = SummaryWriter(str(workdir / "tensorboard"))
+            self.tb = SummaryWriter(str(workdir / "tensorboard"), purge_step=resume_step + 1 if resume_step else None)
         except ImportError:  # tensorboardX is a dependency, but logging must never stop a run
             self.tb = None
 
-    def write(self, step: int, metrics: dict[str, float]) -> None:
+    def _truncate(self, step: int) -> None:
+        kept = []
+        for line in self.path.read_text(errors="replace").splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(record, dict) and record.get("step", 0) <= step:
+                kept.append(line)
+        run_lib._atomic_write(self.path, "".join(x + "\n" for x in kept))
+
+    def write(self, step: int, metrics: dict[str, Any]) -> None:
         if not self.enabled:
             return
         with self.path.open("a") as f:
             f.write(json.dumps({"step": step, **metrics}) + "\n")
         if self.tb is not None:
             for k, v in metrics.items():
-                self.tb.add_scalar(k, v, step)
+                if isinstance(v, (int, float)):
+                    self.tb.add_scalar(k, v, step)
 
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
 
 
-def train(config: ConfigDict, workdir: str | Path, *, log=print, stop_after: int | None = None) -> TrainResult:
+def train(config: ConfigDict, workdir: str | Path, *, log=print, stop_after: int | None = None,
+          resume_anyway: bool = False, overwrite: bool = False, faults: Faults = NO_FAULTS) -> TrainResult:
     """Train (or resume) the experiment `config` in `workdir`; returns the final losses and samples.
 
     stop_after: end this invocation after that many steps (with a checkpoint), as if interrupted; running
       again resumes. Used by tests and by time-sliced schedulers.
+    resume_anyway: continue a run whose saved config differs from `config` (the old config is kept as a .bak).
+    overwrite: delete the run in `workdir` first.
+    faults: injected faults, for tests of the recovery paths (llm/faults.py).
+
+    SIGTERM / SIGINT stop the run after the current step with a checkpoint (result.stopped_by names the signal).
     """
     t_start = time.time()
     validate_config(config)
@@ -168,40 +216,91 @@ def train(config: ConfigDict, workdir: str | Path, *, log=print, stop_after: int
         raise ConfigError(f"train.batch_size={t.batch_size} does not split over the mesh's {rows} data-parallel "
                           f"devices and {jax.process_count()} processes; make it a multiple of both")
     workdir = Path(workdir)
-    if (workdir / run_lib.CONFIG_FILE).exists():
-        diff = run_lib.config_differences(config, workdir)
-        if diff:
-            raise ConfigError(f"{workdir} holds a run with a different config ({'; '.join(diff[:6])}"
-                              f"{'; ...' if len(diff) > 6 else ''}); use another --workdir to start a new run")
-    workdir.mkdir(parents=True, exist_ok=True)
-    data = run_lib.prepare_data(config, workdir, write=primary)
+    # Every check that can refuse the run comes before the first write into the workdir.
+    mode = run_lib.check_workdir(config, workdir, resume_anyway=resume_anyway, overwrite=overwrite)
+    data = run_lib.prepare_data(config, workdir if mode == "resume" else None)
+    if config.sample.num_samples:  # the samples come at the end: a bad prompt must not wait for the whole run
+        encode_prompts(data.tokenizer, [config.sample.prompt], data.model.max_len)
+    if mode == "resume":
+        _check_checkpoints_fit(config, workdir, data)
+    lock = None
     if primary:
+        workdir.mkdir(parents=True, exist_ok=True)
+        lock = run_lib.WorkdirLock(workdir)
+        if mode == "overwrite":
+            log(f"--overwrite: deleting the run in {workdir}")
+            run_lib.clear_run(workdir)
+            lock = run_lib.WorkdirLock(workdir)  # the old lock file went with the run
+        if not (workdir / run_lib.TOKENIZER_FILE).exists():
+            data.tokenizer.save(workdir / run_lib.TOKENIZER_FILE)
         run_lib.save_config(config, workdir)
-        run_lib.write_manifest(workdir, data, config)
+        if not (workdir / run_lib.MANIFEST_FILE).exists():
+            run_lib.write_manifest(workdir, data, config)
+    try:
+        with StopSignals(log, sigterm=jax.process_count() == 1) as signals:
+            return _train(config, workdir, data, mesh, rules, log=log, primary=primary, stop_after=stop_after,
+                          faults=faults, signals=signals, t_start=t_start)
+    finally:
+        if lock is not None:
+            lock.release()
 
+
+def _check_checkpoints_fit(config: ConfigDict, workdir: Path, data: run_lib.RunData) -> None:
+    """CheckpointError, before anything is written, when the run's latest checkpoint holds another model (say,
+    after --resume_anyway with a changed architecture); damage is left to the restore, which falls back."""
+    directory = workdir / run_lib.CHECKPOINT_DIR
+    if not directory.is_dir():
+        return
+    ckpt = Checkpointer(directory, read_only=True)
+    try:
+        steps = ckpt.all_steps()
+        if steps:
+            tx, _ = make_optimizer(config.optim, config.train.steps)
+            abstract = abstract_train_state(Transformer(data.model), tx, config.train.seq_len or data.model.max_len)
+            try:
+                ckpt.check_structure(steps[-1], abstract)
+            except DamagedCheckpoint:
+                pass
+    finally:
+        ckpt.close()
+
+
+def _train(config, workdir, data, mesh, rules, *, log, primary, stop_after, faults, signals, t_start):
+    t = config.train
     cfg = data.model
     seq_len = t.seq_len or cfg.max_len
     model = Transformer(cfg)
     tx, lr_schedule = make_optimizer(config.optim, t.steps)
-    ckpt = Checkpointer(workdir / run_lib.CHECKPOINT_DIR, keep=t.keep_checkpoints)
+    ckpt = Checkpointer(workdir / run_lib.CHECKPOINT_DIR, keep=t.keep_checkpoints, log=log)
 
     # Everything traces under the mesh and the rules, which turn the model's logical names into shardings.
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
         shardings = make_shardings(boxed_abstract_train_state(model, tx, seq_len), mesh, rules)
         abstract = abstract_train_state(model, tx, seq_len)
+        target = jax.tree_util.tree_map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                                        abstract, shardings.state)
         root_key = jax.random.PRNGKey(config.seed)
-        latest = ckpt.latest_step()
-        if latest is None:
-            state = jax.jit(create_train_state, static_argnums=(0, 1, 3), out_shardings=shardings.state)(
-                model, tx, root_key, seq_len)
-            best_val = None
-        else:
-            target = jax.tree_util.tree_map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                                            abstract, shardings.state)
-            state, meta = ckpt.restore(latest, target)
-            best_val = meta.get("best_val_loss")
-            log(f"resumed from {workdir / run_lib.CHECKPOINT_DIR} at step {latest}")
+        init = jax.jit(create_train_state, static_argnums=(0, 1, 3), out_shardings=shardings.state)
+
+        def restore(at_most=None):
+            """The newest good checkpoint's (state, meta), or a fresh state when there is none."""
+            had = bool(ckpt.all_steps())
+            found = ckpt.restore_latest_good(target, at_most=at_most)
+            if found is None:
+                if had and at_most is None:
+                    raise CheckpointError(f"no usable checkpoint in {ckpt.directory}: every one failed its checks "
+                                          f"and was moved to {workdir / DAMAGED_DIR}; run again to start from "
+                                          "step 0")
+                return init(model, tx, root_key, seq_len), {}
+            state, meta, step = found
+            log(f"resumed from {ckpt.directory} at step {step}")
+            return state, meta
+
+        state, meta = restore()
         start = int(state.step)
+        best_val = meta.get("best_val_loss")
+        counters = {"skipped_steps": int(meta.get("skipped_steps", 0)), "rollbacks": int(meta.get("rollbacks", 0))}
+        last_saved = start if ckpt.all_steps() else None
 
         n_params = count_params(state.params)
         flops_per_token = train_flops_per_token(cfg, seq_len)
@@ -213,14 +312,23 @@ def train(config: ConfigDict, workdir: str | Path, *, log=print, stop_after: int
 
         procs = dict(process_index=jax.process_index(), process_count=jax.process_count())
         put = lambda rows_np: global_batch(rows_np, shardings.batch, t.batch_size)
-        # Compiled once, ahead of the loop, so its memory is known before the first step runs.
-        x0, y0 = sample_batch(data.train_tokens, seed=config.seed, step=start, batch_size=t.batch_size,
-                              seq_len=seq_len, **procs)
-        train_step = make_train_step(model, tx, lr_schedule, t.grad_accum, jax.random.fold_in(root_key, 1),
-                                     shardings).lower(state, put(x0), put(y0)).compile()
+
+        def batch(step):
+            x, y = sample_batch(data.train_tokens, seed=config.seed, step=step, batch_size=t.batch_size,
+                                seq_len=seq_len, **procs)
+            return put(x), put(y)
+
+        def compile_step(faults):
+            # Compiled ahead of the loop, so its memory is known before the first step runs.
+            step_fn = make_train_step(model, tx, lr_schedule, t.grad_accum, jax.random.fold_in(root_key, 1),
+                                      shardings, faults)
+            return step_fn.lower(state, *batch(start)).compile()
+
+        train_step = compile_step(faults)
+        fault_passes = faults.passes
         log(format_memory_report(memory_report(abstract, shardings, train_step), mesh))
         eval_step = make_eval_step(model, shardings)
-        metrics_log = MetricsLog(workdir, enabled=primary)
+        metrics_log = MetricsLog(workdir, enabled=primary, resume_step=start)
         eval_kw = dict(seed=config.seed, n_batches=t.eval_batches, batch_size=t.batch_size, seq_len=seq_len,
                        **procs)
 
@@ -228,32 +336,94 @@ def train(config: ConfigDict, workdir: str | Path, *, log=print, stop_after: int
             return {split: evaluate(eval_step, params, eval_batches(tokens, **eval_kw), put)
                     for split, tokens in (("train_loss", data.train_tokens), ("val_loss", data.val_tokens))}
 
+        monitor = LossMonitor(t.max_bad_steps, t.spike_factor, t.spike_window)
         progress = _progress(t.progress and primary, start, t.steps)
         pending: list[dict[str, Any]] = []
         last_eval: dict[str, float] = {}
-        t_log, steps_since_log = time.perf_counter(), 0
+        t_log = time.perf_counter()
         end = t.steps if stop_after is None else min(t.steps, start + stop_after)
+        multi = jax.process_count() > 1
+
+        def flush(done: int) -> str | None:
+            """Fetch the pending steps' metrics, log their means and check them; returns a rollback reason."""
+            nonlocal pending, t_log
+            if not pending:
+                return None
+            rows = jax.device_get(pending)
+            first = done - len(rows) + 1
+            reason = None
+            for i, row in enumerate(rows):
+                reason = reason or monitor.observe(first + i, float(row["loss"]), bool(row["skipped"]))
+            skipped = int(sum(r["skipped"] for r in rows))
+            counters["skipped_steps"] += skipped
+            finite = [r for r in rows if not r["skipped"]] or rows
+            host = {k: float(np.mean([r[k] for r in finite])) for k in rows[0] if k != "skipped"}
+            elapsed = time.perf_counter() - t_log
+            tokens_per_s = len(rows) * t.batch_size * seq_len / elapsed
+            host.update(skipped_steps=skipped, step_time_ms=1000 * elapsed / len(rows), tokens_per_s=tokens_per_s,
+                        mfu=tokens_per_s * flops_per_token / peak)
+            metrics_log.write(done, host)
+            if skipped:
+                _emit(progress, log, f"step {done}: skipped {skipped} update(s) with a non-finite loss or gradient")
+            if progress is not None:
+                progress.set_postfix(loss=f"{host['loss']:.3f}", ms=f"{host['step_time_ms']:.1f}")
+            pending = []
+            t_log = time.perf_counter()
+            return reason
+
+        def rollback(reason: str, done: int):
+            nonlocal state, train_step, fault_passes
+            counters["rollbacks"] += 1
+            if counters["rollbacks"] > t.max_rollbacks:
+                raise TrainingDiverged(f"training diverged at step {done}: {reason}, after {t.max_rollbacks} "
+                                       "rollback(s); lower optim.lr, set train.rollback_lr_factor < 1, or raise "
+                                       "train.max_rollbacks (checkpoints before the fault are kept)")
+            ckpt.wait()
+            state, _ = restore(at_most=done)
+            state = state.replace(lr_scale=state.lr_scale * t.rollback_lr_factor)
+            to = int(state.step)
+            message = (f"step {done}: {reason}; rolled back to step {to} (rollback {counters['rollbacks']} of at most "
+                       f"{t.max_rollbacks}), learning-rate scale {float(state.lr_scale):g}")
+            _emit(progress, log, message)
+            if primary:
+                with metrics_log.path.open("a") as f:
+                    f.write(json.dumps({"step": done, "event": "rollback", "to_step": to, "reason": reason}) + "\n")
+            monitor.rolled_back()
+            if (faults.nan_steps or faults.spike_steps) and fault_passes > 0:
+                fault_passes -= 1
+                if fault_passes == 0:  # a transient fault: gone after the rollback
+                    train_step = compile_step(dataclasses.replace(faults, nan_steps=(), spike_steps=()))
+            if progress is not None:
+                progress.reset(total=t.steps)
+                progress.update(to)
+            return to
+
+        stopped_by = None
+        step = start
         try:
-            for step in range(start, end):
-                x, y = sample_batch(data.train_tokens, seed=config.seed, step=step, batch_size=t.batch_size,
-                                    seq_len=seq_len, **procs)
-                state, metrics = train_step(state, put(x), put(y))
+            while step < end:
+                if signals.requested or (multi and ckpt.manager.reached_preemption(step)):
+                    stopped_by = signals.requested or "preemption notice"
+                    break
+                state, metrics = train_step(state, *batch(step))
                 pending.append(metrics)
-                steps_since_log += 1
-                done = step + 1
-                if done % t.log_every == 0 or done in (t.steps, end):  # flush before stopping early
-                    host = {k: float(np.mean([m[k] for m in jax.device_get(pending)])) for k in pending[0]}
-                    elapsed = time.perf_counter() - t_log
-                    tokens_per_s = steps_since_log * t.batch_size * seq_len / elapsed
-                    host.update(step_time_ms=1000 * elapsed / steps_since_log, tokens_per_s=tokens_per_s,
-                                mfu=tokens_per_s * flops_per_token / peak)
-                    metrics_log.write(done, host)
-                    if progress is not None:
-                        progress.set_postfix(loss=f"{host['loss']:.3f}", ms=f"{host['step_time_ms']:.1f}")
-                    pending, steps_since_log = [], 0
-                    t_log = time.perf_counter()
+                step = done = step + 1
+                if progress is not None:
+                    progress.update(1)
+                if faults.sleep_ms:
+                    time.sleep(faults.sleep_ms / 1000)
+                if faults.kill_after_step == done:
+                    ckpt.wait()
+                    kill_now()
+                is_eval = done % t.eval_every == 0 or done == t.steps
+                is_ckpt = done % t.checkpoint_every == 0 or done in (t.steps, end)
+                if done % t.log_every == 0 or is_eval or is_ckpt:
+                    reason = flush(done)
+                    if reason:
+                        step = rollback(reason, done)
+                        continue
                 val_now = None
-                if done % t.eval_every == 0 or done == t.steps:
+                if is_eval:
                     last_eval = run_eval(state.params)
                     val_now = last_eval["val_loss"]
                     best_val = val_now if best_val is None else min(best_val, val_now)
@@ -261,11 +431,22 @@ def train(config: ConfigDict, workdir: str | Path, *, log=print, stop_after: int
                     _emit(progress, log,
                           f"step {done}: train loss {last_eval['train_loss']:.4f}, val loss {val_now:.4f}")
                     t_log = time.perf_counter()  # evaluation time is not step time
-                if done % t.checkpoint_every == 0 or done in (t.steps, end):
-                    meta = {"step": done, "val_loss": val_now, "best_val_loss": best_val, "wall_time": time.time()}
+                if is_ckpt:
+                    if faults.kill_in_save == done:
+                        kill_when_save_starts(ckpt.directory, done)
+                    meta = {"step": done, "val_loss": val_now, "best_val_loss": best_val, "wall_time": time.time(),
+                            **counters}
                     ckpt.save(done, state, meta=meta, val_loss=val_now)
-                if progress is not None:
-                    progress.update(1)
+                    last_saved = done
+            if stopped_by is not None:
+                reason = flush(step)
+                if reason is None and step != last_saved:
+                    meta = {"step": step, "val_loss": None, "best_val_loss": best_val, "wall_time": time.time(),
+                            **counters}
+                    ckpt.save(step, state, meta=meta)
+                    last_saved = step
+                _emit(progress, log, f"stopped by {stopped_by} at step {step}; checkpoint at step {last_saved} "
+                                     f"in {ckpt.directory}; run the same command to resume")
         finally:
             if progress is not None:
                 progress.close()
@@ -274,7 +455,7 @@ def train(config: ConfigDict, workdir: str | Path, *, log=print, stop_after: int
 
     samples = []
     # Sampling gathers the tokens on one host: only in single-process runs (use `llm sample` afterwards).
-    if config.sample.num_samples and end == t.steps and jax.process_count() == 1:
+    if config.sample.num_samples and stopped_by is None and step == t.steps and jax.process_count() == 1:
         sc = config.sample
         samples = sample_texts(model, state.params, data.tokenizer, [sc.prompt] * sc.num_samples,
                                max_new_tokens=sc.max_new_tokens, temperature=sc.temperature, top_k=sc.top_k,
@@ -284,7 +465,7 @@ def train(config: ConfigDict, workdir: str | Path, *, log=print, stop_after: int
     if not last_eval and start >= t.steps:
         log(f"{workdir} already holds a finished run of {t.steps} steps")
     return TrainResult(workdir, int(state.step), last_eval.get("train_loss"), last_eval.get("val_loss"),
-                       samples, time.time() - t_start)
+                       samples, time.time() - t_start, stopped_by, counters["skipped_steps"], counters["rollbacks"])
 
 
 def _progress(enabled: bool, start: int, total: int):

@@ -16,6 +16,7 @@ class TrainState:
     step: jax.Array
     params: Any
     opt_state: Any
+    lr_scale: jax.Array  # multiplies every update (= the learning rate); cut by rollbacks after divergence
 
 
 def create_train_state(model: nn.Module, tx: optax.GradientTransformation, rng: jax.Array,
@@ -23,7 +24,8 @@ def create_train_state(model: nn.Module, tx: optax.GradientTransformation, rng: 
     """Fresh parameters and optimizer state (jit this: the whole init is one compiled program)."""
     dummy = jnp.zeros((1, seq_len), jnp.int32)
     params = nn.unbox(model.init(rng, dummy)["params"])
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                      lr_scale=jnp.ones((), jnp.float32))
 
 
 def abstract_train_state(model: nn.Module, tx: optax.GradientTransformation, seq_len: int) -> TrainState:
@@ -37,6 +39,7 @@ def boxed_abstract_train_state(model: nn.Module, tx: optax.GradientTransformatio
 
     def make():
         params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, seq_len), jnp.int32))["params"]
-        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                      lr_scale=jnp.ones((), jnp.float32))
 
     return jax.eval_shape(make)
