@@ -3,9 +3,8 @@
     llm train --config experiments/default.py --workdir runs/default
 """
 
-from llm.config import get_base_config
+import llm.config
 
 
 def get_config(arg=None):
-    del arg  # no presets
-    return get_base_config()
+    return llm.config.get_config(arg)  # no presets: an argument is an error

@@ -1,8 +1,15 @@
 """The `llm` command: parses flags and calls a job. User mistakes become one line on stderr and exit code 2.
 
     llm train [--config experiments/X.py[:preset]] [--workdir DIR] [--config.section.key=value ...]
+              [--resume_anyway | --overwrite] [--debug]
     llm sample --workdir DIR --prompt TEXT [--prompt TEXT ...] [--max-new-tokens N] [--temperature T]
                [--top-k K] [--top-p P] [--seed S] [--checkpoint latest|best|STEP]
+
+Exit codes: 0 done; 1 an unexpected error (a bug: traceback); 2 a mistake in the input (one line, nothing
+written); 3 training diverged (rollbacks did not help); 75 stopped by SIGTERM/SIGINT after saving a checkpoint
+(run the same command to resume).
+
+Config files are Python and run as code when loaded: use only files you trust.
 """
 
 from __future__ import annotations
@@ -12,6 +19,8 @@ import sys
 from pathlib import Path
 
 EXIT_USER_ERROR = 2
+EXIT_DIVERGED = 3
+EXIT_PREEMPTED = 75  # = llm.preemption.EXIT_PREEMPTED (not imported: the CLI starts without jax)
 DEFAULT_WORKDIR = "runs/default"
 
 
@@ -21,11 +30,61 @@ class UserError(Exception):
 
 def _user_errors():
     """Exception types that are user mistakes (imported lazily: jax is slow to import)."""
+    from llm.checkpoint import CheckpointError
     from llm.data import DataError
     from llm.model.config import ConfigError
     from llm.sampling import PromptError
 
-    return (UserError, ConfigError, DataError, PromptError)
+    return (UserError, ConfigError, DataError, PromptError, CheckpointError)
+
+
+def _load_experiment(spec: str):
+    """`FILE[:arg]` -> the ConfigDict of the file's get_config(arg). The file runs as Python code."""
+    import importlib.util
+
+    from ml_collections import ConfigDict
+
+    path, _, arg = spec.partition(":")
+    if not Path(path).is_file():
+        raise UserError(f"--config {path}: no such file; give an experiment file, e.g. "
+                        "experiments/shakespeare_char.py:baby")
+    # A fresh module per load: a module name reused across loads would keep an earlier file's get_config.
+    module_spec = importlib.util.spec_from_file_location(f"llm_experiment_{abs(hash(spec))}", path)
+    module = importlib.util.module_from_spec(module_spec)
+    try:
+        module_spec.loader.exec_module(module)
+    except SyntaxError as e:
+        raise UserError(f"--config {path}: invalid syntax at line {e.lineno}: {e.msg}") from None
+    except Exception as e:  # the file is the user's code: any error in it is theirs
+        raise UserError(f"--config {path}: loading it raised {type(e).__name__}: {_one_line(e)}") from None
+    if not callable(getattr(module, "get_config", None)):
+        raise UserError(f"--config {path}: has no get_config(); an experiment file defines get_config(arg=None) "
+                        "returning a ConfigDict (see experiments/)")
+    try:
+        config = module.get_config(arg) if arg else module.get_config()
+    except Exception as e:
+        raise UserError(f"--config {spec}: get_config raised {type(e).__name__}: {_one_line(e)}") from None
+    if not isinstance(config, ConfigDict):
+        raise UserError(f"--config {spec}: get_config() returned {type(config).__name__}, not a ConfigDict; start "
+                        "from llm.config.get_base_config()")
+    return config
+
+
+def _check_override_keys(config, argv: list[str]) -> None:
+    """Every --config.a.b=value names a key the config has (absl would only say KeyError: 'b')."""
+    from ml_collections import ConfigDict
+
+    for a in argv:
+        if not a.startswith("--config."):
+            continue
+        path = a[len("--config."):].split("=", 1)[0]
+        node = config
+        for depth, name in enumerate(path.split(".")):
+            if not isinstance(node, ConfigDict) or name not in node:
+                where = ".".join(path.split(".")[:depth]) or "the config"
+                valid = ", ".join(sorted(node.keys())) if isinstance(node, ConfigDict) else "none (not a section)"
+                raise UserError(f"{a}: unknown config key {path}; keys in {where}: {valid}")
+            node = node[name]
 
 
 def _parse_train(argv: list[str]):
@@ -35,33 +94,41 @@ def _parse_train(argv: list[str]):
 
     import llm.config
 
-    # absl wants `--config=FILE` before the overrides; accept `--config FILE` anywhere too.
     argv = list(argv)
-    for i, a in enumerate(argv):
+    spec = llm.config.__file__
+    for i, a in enumerate(argv):  # --config FILE or --config=FILE, anywhere
         if a == "--config" and i + 1 < len(argv):
-            argv[i:i + 2] = [f"--config={argv[i + 1]}"]
+            spec = argv[i + 1]
+            del argv[i:i + 2]
             break
-    argv = ["llm train", *sorted(argv, key=lambda a: not a.startswith("--config="))]
+        if a.startswith("--config="):
+            spec = a[len("--config="):]
+            del argv[i]
+            break
+    config = _load_experiment(spec)
+    _check_override_keys(config, argv)
+    argv = ["llm train", *argv]
     fv = flags.FlagValues()
     flags.DEFINE_string("workdir", DEFAULT_WORKDIR, "where the run's checkpoints, logs and samples go", flag_values=fv)
     flags.DEFINE_boolean("debug", False, "show tracebacks for errors", flag_values=fv)
+    flags.DEFINE_boolean("resume_anyway", False, "continue the run in --workdir although its config differs",
+                         flag_values=fv)
+    flags.DEFINE_boolean("overwrite", False, "delete the run in --workdir and start again", flag_values=fv)
     try:
         # sys_argv: the override flags (--config.a.b=...) are looked up in this list, not in sys.argv.
-        config_flags.DEFINE_config_file("config", default=llm.config.__file__, flag_values=fv, lock_config=True,
-                                        sys_argv=argv,
-                                        help_string="experiment file, e.g. experiments/shakespeare_char.py:baby")
-        fv(argv)
+        config_flags.DEFINE_config_dict("config", config, flag_values=fv, lock_config=True, sys_argv=argv)
+        rest = fv(argv)
         config = fv.config
-        config.keys()  # a file that failed to load stands in as a proxy that raises its error on first use
     except flags.Error as e:
         raise UserError(_one_line(e)) from None
-    except (AttributeError, KeyError, TypeError, ValueError, OSError, SyntaxError, ImportError) as e:
-        raise UserError(f"bad --config: {_one_line(e)}") from None
-    from ml_collections import ConfigDict
-
-    if not isinstance(config, ConfigDict):
-        raise UserError(f"--config: get_config() returned {type(config).__name__}, not a ConfigDict")
-    return config, fv.workdir
+    except (AttributeError, KeyError, TypeError, ValueError) as e:
+        raise UserError(f"bad --config override: {_one_line(e)}") from None
+    if len(rest) > 1:
+        raise UserError(f"unexpected argument(s) {' '.join(rest[1:])!r}: llm train takes only flags (--config FILE, "
+                        "--workdir DIR, --config.section.key=value, ...)")
+    if fv.resume_anyway and fv.overwrite:
+        raise UserError("--resume_anyway and --overwrite contradict each other; pass one of them")
+    return config, fv.workdir, dict(resume_anyway=fv.resume_anyway, overwrite=fv.overwrite)
 
 
 def _one_line(e: BaseException) -> str:
@@ -73,12 +140,24 @@ def cmd_train(argv: list[str]) -> int:
     if any(a in ("-h", "--help", "--helpfull") for a in argv):
         print(__doc__)
         return 0
-    config, workdir = _parse_train(argv)
+    config, workdir, options = _parse_train(argv)
+    from llm.faults import Faults
+    from llm.health import TrainingDiverged
     from llm.train import train
 
-    result = train(config, workdir)
+    try:
+        faults = Faults.from_env()
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    try:
+        result = train(config, workdir, faults=faults, **options)
+    except TrainingDiverged as e:
+        print(f"llm train: {_one_line(e)}", file=sys.stderr)
+        return EXIT_DIVERGED
     import jax
 
+    if result.stopped_by is not None:
+        return EXIT_PREEMPTED
     if jax.process_index() != 0:
         return 0
     val = "n/a" if result.val_loss is None else f"{result.val_loss:.4f}"
@@ -87,7 +166,13 @@ def cmd_train(argv: list[str]) -> int:
 
 
 def cmd_sample(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="llm sample", description="Generate text from a trained run.")
+    import math
+
+    class Parser(argparse.ArgumentParser):
+        def error(self, message):  # one line and exit code 2 through main, instead of usage + SystemExit
+            raise UserError(f"{message}; see llm sample --help")
+
+    p = Parser(prog="llm sample", description="Generate text from a trained run.")
     p.add_argument("--workdir", required=True)
     p.add_argument("--prompt", action="append", help="repeat for a batch of prompts (default: a newline)")
     p.add_argument("--max-new-tokens", "--max_new_tokens", type=int, default=200)
@@ -97,19 +182,25 @@ def cmd_sample(argv: list[str]) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--checkpoint", default="latest", help="latest, best, or a step number")
     p.add_argument("--debug", action="store_true")
-    a = p.parse_args(argv)
+    try:
+        a = p.parse_args(argv)
+    except SystemExit as e:  # --help printed the usage (argument errors raise UserError instead)
+        return 0 if e.code is None else e.code
     if a.max_new_tokens < 1:
         raise UserError(f"--max-new-tokens must be >= 1, got {a.max_new_tokens}")
-    if a.temperature < 0:
-        raise UserError(f"--temperature must be >= 0 (0 is greedy), got {a.temperature}")
+    if not (math.isfinite(a.temperature) and a.temperature >= 0):
+        raise UserError(f"--temperature must be a number >= 0 (0 is greedy), got {a.temperature}")
     if a.top_k is not None and a.top_k < 1:
         raise UserError(f"--top-k must be >= 1, got {a.top_k}")
     if a.top_p is not None and not 0 < a.top_p <= 1:
         raise UserError(f"--top-p must be in (0, 1], got {a.top_p}")
+    if not -(2**63) <= a.seed < 2**63:
+        raise UserError(f"--seed must fit in 64 bits (-2**63 <= seed < 2**63), got {a.seed}")
+    prompts = a.prompt or ["\n"]
     from llm.inference import load_run, sample
 
-    run = load_run(a.workdir, a.checkpoint)
-    texts = sample(run, a.prompt or ["\n"], max_new_tokens=a.max_new_tokens, temperature=a.temperature,
+    run = load_run(a.workdir, a.checkpoint, prompts=prompts)  # checks the prompts before reading the checkpoint
+    texts = sample(run, prompts, max_new_tokens=a.max_new_tokens, temperature=a.temperature,
                    top_k=a.top_k, top_p=a.top_p, seed=a.seed)
     for i, text in enumerate(texts):
         print(f"--- sample {i + 1} (step {run.step}) ---\n{text}")
