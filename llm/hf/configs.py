@@ -1,0 +1,237 @@
+"""Hugging Face `config.json` <-> ModelConfig, for GPT-2 and the Llama family (Llama, Mistral, Qwen2, Qwen3).
+
+Every HF option either maps exactly onto a ModelConfig field or is rejected with an HFConversionError that names
+the field; nothing is silently approximated. Conventions checked against transformers' modeling code:
+
+  GELU   our MLP's 'gelu' is flax's `nn.gelu`, the tanh approximation, i.e. HF 'gelu_new' (= 'gelu_pytorch_tanh',
+         'gelu_fast'). HF 'gelu' is the exact erf form, which the model does not have: rejected.
+  RoPE   our `apply_rope` rotates the pairs (i, i + D/2), HF's `rotate_half` layout, with the same frequencies
+         base^(-2i/D): q/k projections are copied as they are (no column permutation).
+  norms  HF LlamaRMSNorm = our RMSNorm (float32, weight * x / sqrt(mean(x^2) + eps)); GPT-2's LayerNorm = flax's.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from llm.model.config import ConfigError, ModelConfig
+
+
+class HFConversionError(ConfigError):
+    """A Hugging Face checkpoint or config that cannot be converted; a one-line message naming the field."""
+
+
+LLAMA_FAMILY = ("llama", "mistral", "qwen2", "qwen3")
+ARCHS = ("gpt2", *LLAMA_FAMILY)
+ARCHITECTURES = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM",
+                 "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}
+# HF activation names that are exactly (up to float rounding) one of ours.
+GPT2_ACTIVATIONS = {"gelu_new": "gelu", "gelu_pytorch_tanh": "gelu", "gelu_fast": "gelu", "relu": "relu",
+                    "silu": "silu", "swish": "silu"}
+# Which bias groups each Llama-family architecture has: 'qkv' (q/k/v projections), 'o' (output projection),
+# 'mlp' (gate/up/down). Values: 'never', 'always', or the config.json flag that switches the group on.
+BIAS_GROUPS = {
+    "llama": {"qkv": "attention_bias", "o": "attention_bias", "mlp": "mlp_bias"},
+    "mistral": {"qkv": "never", "o": "never", "mlp": "never"},
+    "qwen2": {"qkv": "always", "o": "never", "mlp": "never"},
+    "qwen3": {"qkv": "attention_bias", "o": "attention_bias", "mlp": "never"},
+}
+# ModelConfig fields a caller may change on import: none of them changes the parameters or the math.
+OVERRIDABLE = ("max_len", "attention_impl", "remat", "scan_layers", "dropout", "dtype", "param_dtype")
+
+
+def _unsupported(field: str, value: Any, why: str) -> HFConversionError:
+    return HFConversionError(f"config.json: {field}={value!r} is not supported: {why}")
+
+
+def _required(hf: dict, key: str) -> Any:
+    if hf.get(key) is None:
+        raise HFConversionError(f"config.json has no {key!r}; is it a complete Hugging Face model config?")
+    return hf[key]
+
+
+def arch_of(hf: dict) -> str:
+    """The architecture key ('gpt2', 'llama', ...) of an HF config dict."""
+    model_type = hf.get("model_type")
+    if model_type in ARCHS:
+        return model_type
+    archs = hf.get("architectures") or []
+    raise HFConversionError(
+        f"config.json: model_type={model_type!r} ({', '.join(archs) or 'no architectures'}) is not supported; "
+        f"supported: {', '.join(f'{a} ({ARCHITECTURES[a]})' for a in ARCHS)}")
+
+
+def model_config_from_hf(hf: dict, **overrides: Any) -> tuple[str, ModelConfig]:
+    """(arch, ModelConfig) for an HF config dict; `overrides` may set the OVERRIDABLE fields."""
+    bad = sorted(set(overrides) - set(OVERRIDABLE))
+    if bad:
+        raise HFConversionError(f"cannot override {', '.join(bad)} on import (they are fixed by the checkpoint); "
+                                f"these may be set: {', '.join(OVERRIDABLE)}")
+    arch = arch_of(hf)
+    if hf.get("quantization_config"):
+        raise _unsupported("quantization_config", hf["quantization_config"].get("quant_method", "?"),
+                           "quantized checkpoints cannot be converted; use the unquantized weights")
+    fields = _gpt2_fields(hf) if arch == "gpt2" else _llama_fields(hf, arch)
+    fields.update({k: v for k, v in overrides.items() if v is not None})
+    if "max_len" in overrides and overrides["max_len"] is not None and fields["position"] == "learned":
+        if overrides["max_len"] != hf.get("n_positions", 1024):
+            raise HFConversionError("max_len cannot be changed for GPT-2: its learned position table has "
+                                    f"n_positions={hf.get('n_positions', 1024)} rows")
+    window = fields.get("window")
+    if window is not None and window >= fields["max_len"]:
+        fields["window"] = None  # a window as long as the context has no effect
+    return arch, ModelConfig.from_dict(fields)
+
+
+def _gpt2_fields(hf: dict) -> dict[str, Any]:
+    act = hf.get("activation_function", "gelu_new")
+    if act not in GPT2_ACTIVATIONS:
+        raise _unsupported("activation_function", act,
+                           "the model's MLP has gelu with the tanh approximation (HF 'gelu_new'), relu and silu; "
+                           "HF 'gelu' is the exact erf GELU")
+    if not hf.get("scale_attn_weights", True):
+        raise _unsupported("scale_attn_weights", False, "attention logits are always scaled by 1/sqrt(head_dim)")
+    for flag, why in (("scale_attn_by_inverse_layer_idx", "no per-layer attention scaling"),
+                      ("add_cross_attention", "decoder-only models have no cross-attention")):
+        if hf.get(flag):
+            raise _unsupported(flag, hf[flag], why)
+    d_model = _required(hf, "n_embd")
+    return dict(vocab_size=_required(hf, "vocab_size"), max_len=hf.get("n_positions", 1024), d_model=d_model,
+                n_layers=_required(hf, "n_layer"), n_heads=_required(hf, "n_head"),
+                d_ff=hf.get("n_inner") or 4 * d_model, ffn="mlp", activation=GPT2_ACTIVATIONS[act],
+                norm="layernorm", norm_eps=hf.get("layer_norm_epsilon", 1e-5), norm_position="pre",
+                position="learned", use_bias=True, tie_embeddings=hf.get("tie_word_embeddings", True),
+                init_std=hf.get("initializer_range", 0.02))
+
+
+def _rope_theta(hf: dict) -> float:
+    """rope_theta from either spelling: transformers v4 (`rope_theta`, `rope_scaling`) or v5 (`rope_parameters`)."""
+    params = hf.get("rope_parameters")
+    for name, d in (("rope_scaling", hf.get("rope_scaling")), ("rope_parameters", params)):
+        if d is None:
+            continue
+        if not isinstance(d, dict) or any(isinstance(v, dict) for v in d.values()):
+            raise _unsupported(name, d, "RoPE parameters per layer type are not implemented")
+        kind = d.get("rope_type", d.get("type", "default"))
+        if kind != "default":
+            raise _unsupported(name, d, f"rope_type {kind!r} (scaled RoPE: linear, dynamic, yarn, llama3, longrope) "
+                               "is not implemented, only plain RoPE (rope_type 'default')")
+    params = params or {}
+    partial = params.get("partial_rotary_factor", hf.get("partial_rotary_factor", 1.0))
+    if partial not in (None, 1, 1.0):
+        raise _unsupported("partial_rotary_factor", partial, "RoPE rotates every channel of a head")
+    return float(params.get("rope_theta", hf.get("rope_theta", 10000.0)))
+
+
+def _window(hf: dict, arch: str, n_layers: int) -> int | None:
+    """The sliding window (one for every layer) or None; windows on some layers only are rejected."""
+    if arch == "llama":
+        return None
+    window = hf.get("sliding_window")
+    if arch in ("qwen2", "qwen3"):
+        if not hf.get("use_sliding_window"):
+            return None
+        first = hf.get("max_window_layers", 28)  # layers >= max_window_layers use the window
+        types = ["sliding_attention" if i >= first else "full_attention" for i in range(n_layers)]
+    else:  # mistral: every layer
+        types = ["sliding_attention" if window is not None else "full_attention"] * n_layers
+    types = hf.get("layer_types") or types
+    if window is None or set(types) == {"full_attention"}:
+        return None
+    if set(types) != {"sliding_attention"}:
+        raise _unsupported("layer_types", types, "a sliding window on some layers only is not implemented")
+    return int(window)
+
+
+def _llama_fields(hf: dict, arch: str) -> dict[str, Any]:
+    act = hf.get("hidden_act", "silu")
+    if act not in ("silu", "swish"):
+        raise _unsupported("hidden_act", act, "the Llama-family MLP is SwiGLU (hidden_act 'silu')")
+    d_model, n_heads = _required(hf, "hidden_size"), _required(hf, "num_attention_heads")
+    n_layers = _required(hf, "num_hidden_layers")
+    head_dim = hf.get("head_dim") or d_model // n_heads
+    return dict(vocab_size=_required(hf, "vocab_size"), max_len=hf.get("max_position_embeddings", 2048),
+                d_model=d_model, n_layers=n_layers, n_heads=n_heads,
+                n_kv_heads=hf.get("num_key_value_heads") or n_heads,
+                head_dim=None if head_dim * n_heads == d_model else head_dim,
+                d_ff=_required(hf, "intermediate_size"), ffn="swiglu", norm="rmsnorm",
+                norm_eps=hf.get("rms_norm_eps", 1e-6), norm_position="pre", position="rope",
+                rope_base=_rope_theta(hf), window=_window(hf, arch, n_layers), qk_norm=arch == "qwen3",
+                use_bias=any(hf.get(flag, False) if flag not in ("never", "always") else flag == "always"
+                             for flag in BIAS_GROUPS[arch].values()),
+                tie_embeddings=hf.get("tie_word_embeddings", False), init_std=hf.get("initializer_range", 0.02))
+
+
+# ------------------------------------------------------------------------------------------------------------
+# export
+
+
+def check_exportable(cfg: ModelConfig, arch: str) -> None:
+    """Raise HFConversionError naming the first ModelConfig field that `arch` cannot express."""
+    if arch not in ARCHS:
+        raise HFConversionError(f"arch={arch!r} is not one of: {', '.join(ARCHS)}")
+    gpt2 = arch == "gpt2"
+    wanted: dict[str, tuple] = {
+        "position": ("learned",) if gpt2 else ("rope",),
+        "norm": ("layernorm",) if gpt2 else ("rmsnorm",),
+        "ffn": ("mlp",) if gpt2 else ("swiglu",),
+        "norm_position": ("pre",),
+        "attn_softcap": (None,),
+        "qk_norm": (arch == "qwen3",),
+        "window": (None,) if arch != "mistral" else (cfg.window,),
+    }
+    if gpt2:
+        wanted.update({"activation": ("gelu", "relu", "silu"), "use_bias": (True,), "n_kv_heads": (None, cfg.n_heads),
+                       "head_dim": (None, cfg.d_model // cfg.n_heads)})
+    for name, options in wanted.items():
+        value = getattr(cfg, name)
+        if value not in options:
+            shown = " or ".join(repr(o) for o in options)
+            raise HFConversionError(f"model.{name}={value!r} cannot be exported as {ARCHITECTURES[arch]} "
+                                    f"(it needs {shown}){_hint(name, arch)}")
+    if gpt2 and cfg.d_model % cfg.n_heads:
+        raise HFConversionError(f"model.d_model={cfg.d_model} is not divisible by model.n_heads={cfg.n_heads}, "
+                                "which GPT-2 needs")
+
+
+def _hint(name: str, arch: str) -> str:
+    if name == "window" and arch != "mistral":
+        return "; export with arch='mistral' for a sliding window"
+    if name == "qk_norm" and arch != "qwen3":
+        return "; export with arch='qwen3' for QK-norm"
+    if name in ("position", "norm", "ffn") and arch == "gpt2":
+        return "; a RoPE/RMSNorm/SwiGLU model exports as arch='llama'"
+    return ""
+
+
+def hf_config(cfg: ModelConfig, arch: str, *, biases: dict[str, bool] | None = None, dtype: str = "float32",
+              bos_id: int | None = None, eos_id: int | None = None) -> dict[str, Any]:
+    """The config.json of `cfg` as `arch` (after `check_exportable`); `biases`: Llama-family bias flags."""
+    common = {"architectures": [ARCHITECTURES[arch]], "model_type": arch, "vocab_size": cfg.vocab_size,
+              "tie_word_embeddings": cfg.tie_embeddings, "initializer_range": cfg.init_std,
+              "bos_token_id": bos_id, "eos_token_id": eos_id, "use_cache": True,
+              "dtype": dtype, "torch_dtype": dtype}  # transformers v5 reads 'dtype', v4 'torch_dtype'
+    if arch == "gpt2":
+        act = {"gelu": "gelu_new", "relu": "relu", "silu": "silu"}[cfg.activation]
+        return {**common, "n_positions": cfg.max_len, "n_embd": cfg.d_model, "n_layer": cfg.n_layers,
+                "n_head": cfg.n_heads, "n_inner": cfg.hidden_ff, "activation_function": act,
+                "layer_norm_epsilon": cfg.norm_eps, "embd_pdrop": cfg.dropout, "resid_pdrop": cfg.dropout,
+                "attn_pdrop": 0.0, "scale_attn_weights": True, "scale_attn_by_inverse_layer_idx": False,
+                "reorder_and_upcast_attn": False, "add_cross_attention": False}
+    out = {**common, "hidden_size": cfg.d_model, "intermediate_size": cfg.hidden_ff,
+           "num_hidden_layers": cfg.n_layers, "num_attention_heads": cfg.n_heads,
+           "num_key_value_heads": cfg.kv_heads, "head_dim": cfg.dim_per_head, "hidden_act": "silu",
+           "max_position_embeddings": cfg.max_len, "rms_norm_eps": cfg.norm_eps, "attention_dropout": 0.0,
+           # v4 reads rope_theta, v5 rope_parameters.
+           "rope_theta": cfg.rope_base, "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_base}}
+    biases = biases or {}
+    if arch == "llama":
+        out.update(attention_bias=biases.get("attention_bias", False), mlp_bias=biases.get("mlp_bias", False),
+                   pretraining_tp=1)
+    elif arch == "mistral":
+        out.update(sliding_window=cfg.window)
+    else:  # qwen2, qwen3
+        out.update(use_sliding_window=False, sliding_window=None, max_window_layers=cfg.n_layers)
+        if arch == "qwen3":
+            out.update(attention_bias=biases.get("attention_bias", False))
+    return out
