@@ -7,6 +7,8 @@
 
 corpus.py: named and file corpora, checksums, the train/val split.
 batches.py: cached token arrays and stateless, resumable batch sampling.
+sft.py: supervised fine-tuning records, the chat template and loss masks, packed rows and their batches.
+tasks.py: procedurally generated fine-tuning tasks (num2words, dates, fields) and their JSONL files.
 """
 
 from llm.data.batches import (
@@ -31,24 +33,48 @@ from llm.data.corpus import (
     load_text_file,
     split_text,
 )
+from llm.data.sft import (
+    ChatTemplate,
+    PackStats,
+    SFTDataset,
+    load_records,
+    pack,
+    pad,
+    parse_record,
+    tokenize_example,
+)
+from llm.data.tasks import TASKS, alphabet, generate, read_jsonl, write_jsonl
 
 __all__ = [
     "BUILTIN_CORPORA",
     "DEFAULT_CORPUS",
     "KNOWN_CORPORA",
+    "TASKS",
     "Batch",
+    "ChatTemplate",
     "Corpus",
     "DataError",
+    "PackStats",
+    "SFTDataset",
     "TokenDataset",
+    "alphabet",
     "cache_dir",
     "default_data_dirs",
     "eval_batches",
+    "generate",
     "load_corpus",
+    "load_records",
     "load_text_file",
+    "pack",
+    "pad",
+    "parse_record",
+    "read_jsonl",
     "sample_batch",
     "sequential_batch_count",
     "sequential_batches",
     "split_text",
     "token_dtype",
+    "tokenize_example",
     "tokenize_to_memmap",
+    "write_jsonl",
 ]
