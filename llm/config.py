@@ -91,6 +91,17 @@ def get_base_config() -> ConfigDict:
     c.optim.clip_norm = 1.0  # global-norm clipping; 0 disables it
     c.optim.decay_embeddings = False  # weight decay on embedding tables (never on norms or biases)
 
+    # Fine-tuning (llm/finetune.py): start from another run ("runs/base") or a Hugging Face model ("hf:DIR");
+    # which parameters train (comma-separated regexes searched in paths like 'layers_0/attention/query/kernel')
+    # and per-group learning-rate multipliers ('embed=0.1,attention=0.5'). With model.lora_rank > 0 and no
+    # train_only, only the LoRA adapters train.
+    c.finetune = ConfigDict()
+    c.finetune.init_from = ""
+    c.finetune.init_checkpoint = "latest"  # of an init_from run: latest, best or a step
+    c.finetune.freeze = ""
+    c.finetune.train_only = ""
+    c.finetune.lr_groups = ""
+
     # Devices: a (data, fsdp, tensor) mesh; -1 takes the devices the other axes leave. The rules map the
     # model's logical axis names to mesh axes (comma-separated; '' = replicated). See llm/parallel/.
     c.mesh = ConfigDict()
@@ -176,6 +187,7 @@ def validate_config(config: ConfigDict) -> None:
     ids = config.distributed.local_device_ids
     if ids is not None and not all(x.strip().isdigit() for x in ids.split(",")):
         raise ConfigError(f"distributed.local_device_ids={ids!r} must be comma-separated device numbers, e.g. '0,1'")
+    _check_finetune(config.finetune)
     if t.keep_checkpoints < 2:
         raise ConfigError(f"train.keep_checkpoints must be >= 2 (the previous checkpoint is the fallback when the "
                           f"latest one is damaged), got {t.keep_checkpoints}")
@@ -206,6 +218,30 @@ def validate_config(config: ConfigDict) -> None:
         raise ConfigError(f"sample.temperature must be >= 0 (0 is greedy), got {config.sample.temperature}")
     if config.sample.top_p is not None and not 0.0 < config.sample.top_p <= 1.0:
         raise ConfigError(f"sample.top_p must be in (0, 1], got {config.sample.top_p}")
+
+
+def _check_finetune(f: ConfigDict) -> None:
+    import re
+
+    for name in ("freeze", "train_only"):
+        for pattern in filter(None, (p.strip() for p in f[name].split(","))):
+            try:
+                re.compile(pattern)
+            except re.error as e:
+                raise ConfigError(f"finetune.{name}: {pattern!r} is not a regular expression ({e})") from None
+    for item in filter(None, (x.strip() for x in f.lr_groups.split(","))):
+        pattern, eq, mult = item.rpartition("=")
+        try:
+            re.compile(pattern)
+            ok = bool(eq and pattern) and float(mult) >= 0
+        except (re.error, ValueError):
+            ok = False
+        if not ok:
+            raise ConfigError(f"finetune.lr_groups: {item!r} is not 'regex=multiplier' (a number >= 0), e.g. "
+                              "'embed=0.1,attention=0.5'")
+    c = f.init_checkpoint
+    if c not in ("latest", "best") and not c.isdigit():
+        raise ConfigError(f"finetune.init_checkpoint={c!r}: use latest, best or a step number")
 
 
 def model_config(config: ConfigDict, *, vocab_size: int | None = None) -> ModelConfig:

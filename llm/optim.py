@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import jax
 import optax
 from ml_collections import ConfigDict
@@ -32,7 +34,7 @@ def decay_mask(params, decay_embeddings: bool):
 
     def wants_decay(path, _):
         # Dict keys only: boxed (LogicallyPartitioned) leaves add an attribute step ('.value') to the path.
-        names = [str(p.key) for p in path if isinstance(p, jax.tree_util.DictKey)]
+        names = param_path(path).split("/")
         if names[-1] in _NO_DECAY:
             return False
         return decay_embeddings or not any(n in _EMBEDDINGS for n in names)
@@ -40,9 +42,61 @@ def decay_mask(params, decay_embeddings: bool):
     return jax.tree_util.tree_map_with_path(wants_decay, params)
 
 
-def make_optimizer(o: ConfigDict, steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    """The optimizer chain (clipping first) and its schedule, for logging the learning rate."""
+def param_path(path) -> str:
+    """'layers_0/attention/query/kernel': a parameter's dict keys (boxes and containers left out)."""
+    return "/".join(str(p.key) for p in path if isinstance(p, jax.tree_util.DictKey))
+
+
+def param_groups(freeze: str = "", train_only: str = "", lr_groups: str = ""):
+    """A function params -> labels ('frozen', 'g0', 'g1', ...) and the learning-rate multiplier of each label.
+
+    freeze / train_only: comma-separated regular expressions searched in each parameter's path; a parameter is
+    frozen if it matches `freeze`, or if `train_only` is given and it matches none of it. lr_groups:
+    'regex=multiplier,...'; a trained parameter takes the first matching multiplier (else 1).
+    """
+    patterns = lambda text: [re.compile(p.strip()) for p in text.split(",") if p.strip()]
+    frozen, only = patterns(freeze), patterns(train_only)
+    groups = []
+    for item in filter(None, (x.strip() for x in lr_groups.split(","))):
+        pattern, _, mult = item.rpartition("=")
+        groups.append((re.compile(pattern), float(mult)))
+    multipliers = {"g_default": 1.0, **{f"g{i}": m for i, (_, m) in enumerate(groups)}}
+
+    def label(path, _):
+        name = param_path(path)
+        if any(p.search(name) for p in frozen) or (only and not any(p.search(name) for p in only)):
+            return "frozen"
+        return next((f"g{i}" for i, (p, _) in enumerate(groups) if p.search(name)), "g_default")
+
+    return (lambda params: jax.tree_util.tree_map_with_path(label, params)), multipliers
+
+
+def make_optimizer(o: ConfigDict, steps: int, finetune: ConfigDict | None = None
+                   ) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """The optimizer chain (clipping first) and its schedule, for logging the learning rate.
+
+    finetune: the config's `finetune` section; its freeze / train_only / lr_groups split the parameters into
+    groups through optax.multi_transform: frozen ones get no update (and no optimizer state), the others the
+    optimizer with their learning-rate multiplier (a scaled update = a scaled learning rate, weight decay too).
+    """
     lr = schedule(o, steps)
+    f = finetune
+    if f is None or not (f.freeze or f.train_only or f.lr_groups):
+        opt = _base_optimizer(o, lr)
+        return (optax.chain(optax.clip_by_global_norm(o.clip_norm), opt) if o.clip_norm else opt), lr
+    labels, multipliers = param_groups(f.freeze, f.train_only, f.lr_groups)
+    transforms = {"frozen": optax.set_to_zero()}
+    for name, mult in multipliers.items():
+        transforms[name] = _base_optimizer(o, lr) if mult == 1 else optax.chain(_base_optimizer(o, lr),
+                                                                               optax.scale(mult))
+    opt = optax.multi_transform(transforms, labels)
+    if o.clip_norm:  # the norm of the trained parameters' gradients only
+        frozen = lambda params: jax.tree_util.tree_map(lambda x: x == "frozen", labels(params))
+        opt = optax.chain(optax.masked(optax.set_to_zero(), frozen), optax.clip_by_global_norm(o.clip_norm), opt)
+    return opt, lr
+
+
+def _base_optimizer(o: ConfigDict, lr: optax.Schedule) -> optax.GradientTransformation:
     mask = lambda params: decay_mask(params, o.decay_embeddings)
     if o.name == "adamw":
         opt = optax.adamw(lr, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay, mask=mask)
@@ -55,6 +109,4 @@ def make_optimizer(o: ConfigDict, steps: int) -> tuple[optax.GradientTransformat
         opt = optax.adafactor(lr, weight_decay_rate=o.weight_decay or None, weight_decay_mask=mask)
     else:
         raise ValueError(f"unknown optimizer {o.name!r}")
-    if o.clip_norm:
-        opt = optax.chain(optax.clip_by_global_norm(o.clip_norm), opt)
-    return opt, lr
+    return opt

@@ -62,7 +62,7 @@ class TrainResult:
 
 
 def make_train_step(model: Transformer, tx: optax.GradientTransformation, lr_schedule, grad_accum: int,
-                    dropout_root: jax.Array, shardings: Shardings | None = None, faults: Faults = NO_FAULTS):
+                    dropout_root: jax.Array, shardings: Shardings | None = None):
     """(state, inputs, targets) -> (state, metrics); one optimizer update per call, the state donated.
 
     The dropout key of step s is fold_in(dropout_root, s), derived inside the compiled step. With
@@ -74,37 +74,39 @@ def make_train_step(model: Transformer, tx: optax.GradientTransformation, lr_sch
     A step whose loss or gradients are not finite changes nothing but the step counter (metrics["skipped"] is 1):
     the optimizer state, with its update count, stays as it was, so the learning-rate schedule counts applied
     updates and each skip delays it by a step (metrics["lr"] is the schedule at the step counter).
-    The update is multiplied by state.lr_scale. `faults` (tests only) poisons chosen steps.
+    The update is multiplied by state.lr_scale. extras: optional [B, T] arrays 'weights' (per target token),
+    'segment_ids' and 'positions' (packed documents).
     """
 
-    def loss_fn(params, inputs, targets, key):
-        logits = model.apply({"params": params}, inputs, train=True, rngs={"dropout": key})
-        loss_sum, count = cross_entropy(logits, targets)
-        return loss_sum / count
+    def loss_fn(params, inputs, targets, extras, key):
+        """(sum of token losses, number of target tokens) of one (micro-)batch."""
+        logits = model.apply({"params": params}, inputs, positions_BT=extras.get("positions"),
+                             segment_ids_BT=extras.get("segment_ids"), train=True, rngs={"dropout": key})
+        return cross_entropy(logits, targets, extras.get("weights"))
 
-    def step(state: TrainState, inputs, targets):
+    def step(state: TrainState, inputs, targets, extras=None):
+        extras = extras or {}
         key = jax.random.fold_in(dropout_root, state.step)
+        grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
         if grad_accum == 1:
-            loss, grads = jax.value_and_grad(loss_fn)(state.params, inputs, targets, key)
+            (loss_sum, count), grads = grad_fn(state.params, inputs, targets, extras, key)
         else:
             micro = lambda x: x.reshape(grad_accum, x.shape[0] // grad_accum, *x.shape[1:])
 
             def accumulate(carry, xs):
-                loss_acc, grads_acc = carry
-                x, y, i = xs
-                loss, grads = jax.value_and_grad(loss_fn)(state.params, x, y, jax.random.fold_in(key, i))
-                return (loss_acc + loss, jax.tree_util.tree_map(jnp.add, grads_acc, grads)), None
+                sum_acc, count_acc, grads_acc = carry
+                x, y, e, i = xs
+                (loss_sum, count), grads = grad_fn(state.params, x, y, e, jax.random.fold_in(key, i))
+                return (sum_acc + loss_sum, count_acc + count, jax.tree_util.tree_map(jnp.add, grads_acc, grads)), None
 
             zeros = jax.tree_util.tree_map(jnp.zeros_like, state.params)
-            (loss, grads), _ = jax.lax.scan(accumulate, (jnp.zeros(()), zeros),
-                                            (micro(inputs), micro(targets), jnp.arange(grad_accum)))
-            loss = loss / grad_accum
-            grads = jax.tree_util.tree_map(lambda g: g / grad_accum, grads)
-        if faults.nan_steps:
-            poisoned = jnp.isin(state.step, jnp.asarray(faults.nan_steps))
-            grads = jax.tree_util.tree_map(lambda g: jnp.where(poisoned, jnp.nan, g), grads)
-        if faults.spike_steps:
-            loss = jnp.where(jnp.isin(state.step, jnp.asarray(faults.spike_steps)), 1000 * loss, loss)
+            (loss_sum, count, grads), _ = jax.lax.scan(
+                accumulate, (jnp.zeros(()), jnp.zeros(()), zeros),
+                (micro(inputs), micro(targets), jax.tree_util.tree_map(micro, extras), jnp.arange(grad_accum)))
+        # The mean over the batch's target tokens (weighted: only the tokens that count, e.g. completions).
+        count = jnp.maximum(count, 1.0)
+        loss = loss_sum / count
+        grads = jax.tree_util.tree_map(lambda g: g / count, grads)
         grad_norm = optax.tree.norm(grads)
         ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -120,26 +122,35 @@ def make_train_step(model: Transformer, tx: optax.GradientTransformation, lr_sch
 
     if shardings is None:
         return jax.jit(step, donate_argnums=(0,))
-    return jax.jit(step, donate_argnums=(0,), in_shardings=(shardings.state, shardings.batch, shardings.batch),
+    return jax.jit(step, donate_argnums=(0,),
+                   in_shardings=(shardings.state, shardings.batch, shardings.batch, shardings.batch),
                    out_shardings=(shardings.state, shardings.replicated))
 
 
 def make_eval_step(model: Transformer, shardings: Shardings | None = None):
-    """(params, inputs, targets) -> (sum of token losses, token count)."""
-    f = lambda params, x, y: cross_entropy(model.apply({"params": params}, x), y)
+    """(params, inputs, targets, extras=None) -> (sum of token losses, token count); extras as in the train step."""
+
+    def f(params, x, y, extras=None):
+        extras = extras or {}
+        logits = model.apply({"params": params}, x, positions_BT=extras.get("positions"),
+                             segment_ids_BT=extras.get("segment_ids"))
+        return cross_entropy(logits, y, extras.get("weights"))
+
     if shardings is None:
         return jax.jit(f)
-    return jax.jit(f, in_shardings=(shardings.state.params, shardings.batch, shardings.batch),
+    return jax.jit(f, in_shardings=(shardings.state.params, shardings.batch, shardings.batch, shardings.batch),
                    out_shardings=shardings.replicated)
 
 
 def evaluate(eval_step, params, batches, put=lambda x: x) -> float:
-    """Mean token loss over (inputs, targets) batches; `put` makes device arrays from host rows."""
+    """Mean token loss over batches of (inputs, targets) or (inputs, targets, extras: dict of arrays); `put`
+    makes device arrays from host rows."""
     total, count = 0.0, 0.0
-    for x, y in batches:
-        s, c = eval_step(params, put(x), put(y))
+    for x, y, *rest in batches:
+        extras = jax.tree_util.tree_map(put, rest[0]) if rest else None
+        s, c = eval_step(params, put(x), put(y), extras)
         total, count = total + float(s), count + float(c)
-    return total / count
+    return total / max(count, 1.0)
 
 
 class MetricsLog:
@@ -316,16 +327,17 @@ def _train(config, workdir, data, mesh, rules, *, log, primary, stop_after, faul
         def batch(step):
             x, y = sample_batch(data.train_tokens, seed=config.seed, step=step, batch_size=t.batch_size,
                                 seq_len=seq_len, **procs)
-            return put(x), put(y)
+            return put(x), put(y), {}
 
-        def compile_step(faults):
-            # Compiled ahead of the loop, so its memory is known before the first step runs.
-            step_fn = make_train_step(model, tx, lr_schedule, t.grad_accum, jax.random.fold_in(root_key, 1),
-                                      shardings, faults)
-            return step_fn.lower(state, *batch(start)).compile()
-
-        train_step = compile_step(faults)
+        step_fn = make_train_step(model, tx, lr_schedule, t.grad_accum, jax.random.fold_in(root_key, 1), shardings)
+        # Compiled ahead of the loop, so its memory is known before the first step runs.
+        train_step = step_fn.lower(state, *batch(start)).compile()
+        # Injected faults (tests) stay outside the compiled step, so clean steps run the very same program: a
+        # NaN step gets NaN loss weights (a second program), a spike is multiplied into the loss the host sees.
         fault_passes = faults.passes
+
+        def poisoned(step):
+            return fault_passes > 0 and step in faults.nan_steps
         log(format_memory_report(memory_report(abstract, shardings, train_step), mesh))
         eval_step = make_eval_step(model, shardings)
         metrics_log = MetricsLog(workdir, enabled=primary, resume_step=start)
@@ -353,7 +365,10 @@ def _train(config, workdir, data, mesh, rules, *, log, primary, stop_after, faul
             first = done - len(rows) + 1
             reason = None
             for i, row in enumerate(rows):
-                reason = reason or monitor.observe(first + i, float(row["loss"]), bool(row["skipped"]))
+                loss = float(row["loss"])
+                if fault_passes > 0 and first + i - 1 in faults.spike_steps:
+                    loss = row["loss"] = 1000 * loss
+                reason = reason or monitor.observe(first + i, loss, bool(row["skipped"]))
             skipped = int(sum(r["skipped"] for r in rows))
             counters["skipped_steps"] += skipped
             finite = [r for r in rows if not r["skipped"]] or rows
@@ -372,7 +387,7 @@ def _train(config, workdir, data, mesh, rules, *, log, primary, stop_after, faul
             return reason
 
         def rollback(reason: str, done: int):
-            nonlocal state, train_step, fault_passes
+            nonlocal state, fault_passes
             counters["rollbacks"] += 1
             if counters["rollbacks"] > t.max_rollbacks:
                 raise TrainingDiverged(f"training diverged at step {done}: {reason}, after {t.max_rollbacks} "
@@ -389,10 +404,8 @@ def _train(config, workdir, data, mesh, rules, *, log, primary, stop_after, faul
                 with metrics_log.path.open("a") as f:
                     f.write(json.dumps({"step": done, "event": "rollback", "to_step": to, "reason": reason}) + "\n")
             monitor.rolled_back()
-            if (faults.nan_steps or faults.spike_steps) and fault_passes > 0:
-                fault_passes -= 1
-                if fault_passes == 0:  # a transient fault: gone after the rollback
-                    train_step = compile_step(dataclasses.replace(faults, nan_steps=(), spike_steps=()))
+            if faults.nan_steps or faults.spike_steps:
+                fault_passes -= 1  # at 0: a transient fault, gone after the rollback
             if progress is not None:
                 progress.reset(total=t.steps)
                 progress.update(to)
@@ -405,7 +418,11 @@ def _train(config, workdir, data, mesh, rules, *, log, primary, stop_after, faul
                 if signals.requested or (multi and ckpt.manager.reached_preemption(step)):
                     stopped_by = signals.requested or "preemption notice"
                     break
-                state, metrics = train_step(state, *batch(step))
+                if poisoned(step):
+                    x, y, _ = batch(step)
+                    state, metrics = step_fn(state, x, y, {"weights": jnp.full(x.shape, jnp.nan)})
+                else:
+                    state, metrics = train_step(state, *batch(step))
                 pending.append(metrics)
                 step = done = step + 1
                 if progress is not None:

@@ -7,6 +7,7 @@ converted back with `ModelConfig.from_dict`, which rejects unknown keys, wrong t
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from typing import Any
@@ -58,6 +59,13 @@ class ModelConfig:
     init_std: float = 0.02
     scan_layers: bool = False
     remat: str = "none"
+    # LoRA adapters (Hu et al. 2021) on the projections whose parameter path (e.g. 'layers_0/attention/query')
+    # matches one of the comma-separated regular expressions in lora_targets: y = xW + (alpha / rank) * drop(x)AB,
+    # B starting at zero so the adapted model starts as the base model. lora_rank 0: none.
+    lora_rank: int = 0
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.0
+    lora_targets: str = "attention/(query|value)"
 
     # ---- derived values -------------------------------------------------------------------------------
     @property
@@ -129,6 +137,14 @@ class ModelConfig:
             raise ConfigError(f"RoPE needs an even head_dim, got {self.dim_per_head}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")
+        if self.lora_rank < 0 or not 0.0 <= self.lora_dropout < 1.0 or self.lora_alpha <= 0:
+            raise ConfigError(f"model.lora_rank must be >= 0 (0: no LoRA), model.lora_dropout in [0, 1) and "
+                              f"model.lora_alpha > 0; got {self.lora_rank}, {self.lora_dropout}, {self.lora_alpha}")
+        try:
+            [re.compile(p) for p in self.lora_targets.split(",")]
+        except re.error as e:
+            raise ConfigError(f"model.lora_targets={self.lora_targets!r} is not a list of regular expressions ({e})"
+                              ) from None
         if self.attn_softcap is not None and self.attention_impl in ("xla", "cudnn"):
             raise ConfigError(f"model.attention_impl={self.attention_impl!r} has no logit soft-cap; use "
                               "'reference', 'chunked' or 'flash' with model.attn_softcap")

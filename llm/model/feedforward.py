@@ -16,6 +16,7 @@ class FeedForward(nn.Module):
     """mlp: down(act(up(x))); swiglu/geglu: down(act(gate(x)) * up(x)) (Shazeer 2020)."""
 
     cfg: ModelConfig
+    deterministic: bool = True  # no LoRA dropout
 
     @nn.compact
     def __call__(self, x_BTE: jnp.ndarray) -> jnp.ndarray:
@@ -27,7 +28,8 @@ class FeedForward(nn.Module):
 
         def dense(features, names, name, kernel_init=init):
             return Projection((features,), names[:1], names[1:], use_bias=cfg.use_bias, kernel_init=kernel_init,
-                              dtype=dtype, param_dtype=param_dtype, name=name)
+                              dtype=dtype, param_dtype=param_dtype, lora=cfg, deterministic=self.deterministic,
+                              name=name)
 
         hidden = cfg.hidden_ff
         if cfg.gated:

@@ -40,8 +40,8 @@ class Block(nn.Module):
             return make_norm(cfg.norm, eps=cfg.norm_eps, use_bias=cfg.use_bias, dtype=jnp.dtype(cfg.dtype),
                              param_dtype=jnp.dtype(cfg.param_dtype), name=name)
 
-        attn = SelfAttention(cfg, decode=self.decode, name="attention")
-        ffn = FeedForward(cfg, name="feed_forward")
+        attn = SelfAttention(cfg, decode=self.decode, deterministic=self.deterministic, name="attention")
+        ffn = FeedForward(cfg, deterministic=self.deterministic, name="feed_forward")
         drop = nn.Dropout(cfg.dropout, deterministic=self.deterministic)
         if cfg.norm_position == "pre":
             x_BTE = x_BTE + drop(attn(norm("attention_norm")(x_BTE), positions_BT, segment_ids_BT, decode_index))

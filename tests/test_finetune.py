@@ -1,0 +1,109 @@
+"""Fine-tuning parts: LoRA adapters and their merge, frozen parameters and per-group learning rates, starting
+from another model's weights with a grown vocabulary."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from llm.config import get_base_config
+from llm.finetune import merge_lora, overlay
+from llm.model import ConfigError, ModelConfig, Transformer
+from llm.optim import make_optimizer, param_path
+
+BASE = ModelConfig(vocab_size=23, d_model=32, n_layers=2, n_heads=4, max_len=16, ffn="swiglu", position="rope")
+TOKENS = jnp.asarray(np.random.default_rng(0).integers(0, 23, (2, 16)), jnp.int32)
+
+
+def init(cfg, seed=0):
+    return jax.jit(lambda: Transformer(cfg).init(jax.random.PRNGKey(seed), TOKENS[:, :4])["params"])()
+
+
+def unbox(tree):
+    import flax.linen as nn
+
+    return nn.unbox(tree)
+
+
+def paths(tree):
+    return [param_path(p) for p, _ in jax.tree_util.tree_leaves_with_path(tree)]
+
+
+@pytest.mark.parametrize("scan", [False, True])
+def test_lora_starts_as_the_base_model_and_merges_exactly(scan):
+    base_cfg = dataclasses.replace(BASE, scan_layers=scan)
+    lora_cfg = dataclasses.replace(base_cfg, lora_rank=4, lora_alpha=8.0, lora_targets="attention/(query|value),up")
+    base = unbox(init(base_cfg))
+    lora = unbox(init(lora_cfg, seed=1))
+    adapters = [p for p in paths(lora) if "lora_" in p]
+    assert {p.rsplit("/", 2)[-2] for p in adapters} == {"query", "value", "up"}
+    assert len(adapters) == (6 if scan else 12)  # a, b for 3 projections (x 2 layers unless stacked)
+    params = overlay(lora, base, "base")  # the base weights, fresh adapters (B = 0)
+    logits = lambda cfg, p: Transformer(cfg).apply({"params": p}, TOKENS)
+    np.testing.assert_array_equal(logits(lora_cfg, params), logits(base_cfg, base))
+    # Train-like perturbation of B, then fold A B into the kernels: the same function without adapters.
+    rng = np.random.default_rng(2)
+    params = jax.tree_util.tree_map_with_path(
+        lambda p, x: x + 0.05 * rng.standard_normal(x.shape).astype(x.dtype) if "lora_b" in param_path(p) else x,
+        params)
+    merged, merged_cfg = merge_lora(params, lora_cfg)
+    assert merged_cfg.lora_rank == 0 and not [p for p in paths(merged) if "lora_" in p]
+    adapted = logits(lora_cfg, params)
+    assert float(jnp.max(jnp.abs(adapted - logits(base_cfg, base)))) > 1e-3  # the adapters do something
+    np.testing.assert_allclose(logits(merged_cfg, merged), adapted, atol=2e-5)
+
+
+def finetune_section(**kw):
+    f = get_base_config().finetune
+    for k, v in kw.items():
+        f[k] = v
+    return f
+
+
+def one_sgd_step(params, finetune):
+    o = get_base_config().optim
+    o.name, o.momentum, o.weight_decay, o.clip_norm, o.warmup_steps, o.schedule = "sgd", 0.0, 0.0, 0.0, 0, "constant"
+    o.lr = 0.1
+    tx, _ = make_optimizer(o, 10, finetune)
+    grads = jax.tree_util.tree_map(jnp.ones_like, params)
+    updates, _ = tx.update(grads, tx.init(params), params)
+    return {param_path(p): np.asarray(u) for p, u in jax.tree_util.tree_leaves_with_path(updates)}
+
+
+def test_frozen_parts_and_learning_rate_groups():
+    params = unbox(init(BASE))
+    updates = one_sgd_step(params, finetune_section(freeze="embed", lr_groups="attention=0.5,feed_forward/up=2"))
+    for name, u in updates.items():
+        want = 0.0 if name.startswith("embed") else -0.1 * (0.5 if "attention" in name else 2 if "/up/" in name else 1)
+        assert np.all(u == np.float32(want)), (name, u.flat[0], want)
+    lora_cfg = dataclasses.replace(BASE, lora_rank=2)
+    updates = one_sgd_step(unbox(init(lora_cfg)), finetune_section(train_only="lora_"))
+    assert {n for n, u in updates.items() if np.any(u)} == {n for n in updates if "lora_" in n} != set()
+
+
+def test_clipping_ignores_frozen_gradients():
+    params = unbox(init(BASE))
+    o = get_base_config().optim
+    o.name, o.momentum, o.weight_decay, o.clip_norm, o.warmup_steps, o.schedule = "sgd", 0.0, 0.0, 1.0, 0, "constant"
+    tx, _ = make_optimizer(o, 10, finetune_section(train_only="final_norm"))
+    grads = jax.tree_util.tree_map(lambda x: 100 * jnp.ones_like(x), params)
+    updates, _ = tx.update(grads, tx.init(params), params)
+    trained = [u for p, u in jax.tree_util.tree_leaves_with_path(updates) if "final_norm" in param_path(p)]
+    norm = float(optax.tree.norm(trained))
+    assert norm == pytest.approx(o.lr * 1.0, rel=1e-5)  # clipped to 1 by the trained gradients' norm alone
+
+
+def test_overlay_grows_the_vocabulary_and_refuses_other_shapes():
+    source = unbox(init(BASE))
+    bigger = unbox(init(dataclasses.replace(BASE, vocab_size=30), seed=5))
+    out = overlay(bigger, source, "base")
+    emb = np.asarray(out["embed"]["embedding"])
+    np.testing.assert_array_equal(emb[:23], np.asarray(source["embed"]["embedding"]))
+    np.testing.assert_array_equal(emb[23:], np.asarray(bigger["embed"]["embedding"])[23:])
+    with pytest.raises(ConfigError, match="has shape"):
+        overlay(unbox(init(dataclasses.replace(BASE, d_model=64))), source, "base")
+    with pytest.raises(ConfigError, match="has no parameter"):
+        overlay(unbox(init(dataclasses.replace(BASE, n_layers=3))), source, "base")
