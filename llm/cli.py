@@ -4,6 +4,9 @@
               [--resume_anyway | --overwrite] [--debug]
     llm sample --workdir DIR --prompt TEXT [--prompt TEXT ...] [--max-new-tokens N] [--temperature T]
                [--top-k K] [--top-p P] [--seed S] [--checkpoint latest|best|STEP]
+    llm eval --workdir DIR [--config experiments/X.py] [--corpus SPEC] [--split val|train|all]
+    llm chat --workdir DIR [--temperature T] [--system TEXT]
+    llm convert import HF_DIR WORKDIR  |  llm convert export WORKDIR OUT_DIR --arch gpt2|llama
 
 Exit codes: 0 done; 1 an unexpected error (a bug: traceback); 2 a mistake in the input (one line, nothing
 written); 3 training diverged (rollbacks did not help); 75 stopped by SIGTERM/SIGINT after saving a checkpoint
@@ -165,12 +168,25 @@ def cmd_train(argv: list[str]) -> int:
     return 0
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse whose mistakes are one UserError line (exit code 2 through main), not usage + SystemExit."""
+
+    def error(self, message):
+        raise UserError(f"{message}; see {self.prog} --help")
+
+
+def _parse(p: Parser, argv: list[str]):
+    """The parsed flags, or None after --help printed the usage."""
+    try:
+        return p.parse_args(argv)
+    except SystemExit as e:
+        if e.code:
+            raise
+        return None
+
+
 def cmd_sample(argv: list[str]) -> int:
     import math
-
-    class Parser(argparse.ArgumentParser):
-        def error(self, message):  # one line and exit code 2 through main, instead of usage + SystemExit
-            raise UserError(f"{message}; see llm sample --help")
 
     p = Parser(prog="llm sample", description="Generate text from a trained run.")
     p.add_argument("--workdir", required=True)
@@ -182,10 +198,9 @@ def cmd_sample(argv: list[str]) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--checkpoint", default="latest", help="latest, best, or a step number")
     p.add_argument("--debug", action="store_true")
-    try:
-        a = p.parse_args(argv)
-    except SystemExit as e:  # --help printed the usage (argument errors raise UserError instead)
-        return 0 if e.code is None else e.code
+    a = _parse(p, argv)
+    if a is None:
+        return 0
     if a.max_new_tokens < 1:
         raise UserError(f"--max-new-tokens must be >= 1, got {a.max_new_tokens}")
     if not (math.isfinite(a.temperature) and a.temperature >= 0):
@@ -207,7 +222,65 @@ def cmd_sample(argv: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "sample": cmd_sample}
+def cmd_eval(argv: list[str]) -> int:
+    p = Parser(prog="llm eval", description="Evaluate a run: loss, perplexity, bits per byte; task metrics for "
+                                            "supervised tasks (see llm/evaluate.py).")
+    p.add_argument("--workdir", required=True)
+    p.add_argument("--config", help="an experiment file whose `eval` section to use (default: the run's own)")
+    p.add_argument("--corpus", help="evaluate on this corpus or task:NAME (sets eval.corpus)")
+    p.add_argument("--split", choices=("val", "train", "all"), help="sets eval.split")
+    p.add_argument("--checkpoint", default="latest", help="latest, best, or a step number")
+    p.add_argument("--batch-size", "--batch_size", type=int, default=16)
+    p.add_argument("--debug", action="store_true")
+    a = _parse(p, argv)
+    if a is None:
+        return 0
+    if a.batch_size < 1:
+        raise UserError(f"--batch-size must be >= 1, got {a.batch_size}")
+    from llm import run as run_lib
+    from llm.config import validate_config
+
+    eval_config = None
+    if a.config or a.corpus or a.split:
+        eval_config = (_load_experiment(a.config) if a.config else run_lib.load_config(a.workdir)).eval
+        if a.corpus:
+            eval_config.corpus = a.corpus
+        if a.split:
+            eval_config.split = a.split
+        probe = run_lib.config_lib.get_base_config()
+        probe.eval = eval_config
+        validate_config(probe)
+    from llm.evaluate import run_evaluation
+
+    run_evaluation(a.workdir, eval_config, checkpoint=a.checkpoint, batch_size=a.batch_size)
+    return 0
+
+
+def cmd_convert(argv: list[str]) -> int:
+    p = Parser(prog="llm convert", description="Hugging Face checkpoints <-> runs of this project (GPT-2 and "
+                                               "Llama-family; see llm/hf/).")
+    p.add_argument("direction", choices=("import", "export"))
+    p.add_argument("source", help="import: a Hugging Face model directory; export: a run's workdir")
+    p.add_argument("target", help="import: the new run's workdir; export: the output directory")
+    p.add_argument("--arch", default="llama", help="export: gpt2, llama, mistral, qwen2 or qwen3")
+    p.add_argument("--checkpoint", default="latest", help="export: latest, best, or a step number")
+    p.add_argument("--debug", action="store_true")
+    a = _parse(p, argv)
+    if a is None:
+        return 0
+    from llm.hf import export_workdir, import_to_workdir
+
+    if a.direction == "import":
+        if Path(a.target).exists():
+            raise UserError(f"{a.target} exists; import into a new workdir")
+        import_to_workdir(a.source, a.target)
+    else:
+        export_workdir(a.source, a.target, a.arch, checkpoint=a.checkpoint)
+    print(f"{a.direction}ed {a.source} -> {a.target}")
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "convert": cmd_convert}
 
 
 def main(argv: list[str] | None = None) -> int:

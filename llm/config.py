@@ -55,6 +55,12 @@ def get_base_config() -> ConfigDict:
     c.data.tokenizer = "char"
     c.data.vocab_size = 1024  # for the BPE tokenizer
     c.data.cache_dir = config_dict.placeholder(str)  # tokenised corpora; default ~/.cache/llm/tokens
+    # Supervised fine-tuning instead of a corpus: a JSONL file of {"prompt", "completion"} or {"messages"}
+    # records (the last val_fraction held out), or a built-in task: task:num2words, task:dates, task:fields.
+    c.data.sft = ""
+    c.data.sft_pack = True  # several examples per row, kept apart by segment ids
+    c.data.sft_train_examples = 4000  # for task:...
+    c.data.sft_eval_examples = 200
 
     c.train = ConfigDict()
     c.train.steps = 2000
@@ -101,6 +107,15 @@ def get_base_config() -> ConfigDict:
     c.finetune.freeze = ""
     c.finetune.train_only = ""
     c.finetune.lr_groups = ""
+
+    # Evaluation runs (`llm eval`, llm/evaluate.py): '' = the run's own data, or a corpus spec / task:NAME.
+    c.eval = ConfigDict()
+    c.eval.corpus = ""
+    c.eval.split = "val"  # val | train | all
+    c.eval.max_tokens = 0  # 0: the whole split
+    c.eval.metrics = "exact_match,chrf,rouge_l"  # for supervised tasks (llm/metrics.py)
+    c.eval.max_examples = 200
+    c.eval.max_new_tokens = 64
 
     # Devices: a (data, fsdp, tensor) mesh; -1 takes the devices the other axes leave. The rules map the
     # model's logical axis names to mesh axes (comma-separated; '' = replicated). See llm/parallel/.
@@ -188,6 +203,16 @@ def validate_config(config: ConfigDict) -> None:
     if ids is not None and not all(x.strip().isdigit() for x in ids.split(",")):
         raise ConfigError(f"distributed.local_device_ids={ids!r} must be comma-separated device numbers, e.g. '0,1'")
     _check_finetune(config.finetune)
+    choice("eval.split", config.eval.split, ("val", "train", "all"))
+    from llm.metrics import METRICS
+
+    unknown = [m for m in config.eval.metrics.split(",") if m.strip() and m.strip() not in METRICS]
+    if unknown:
+        raise ConfigError(f"eval.metrics: unknown {', '.join(unknown)}; choose among {', '.join(METRICS)}")
+    positive("eval.max_examples", config.eval.max_examples)
+    positive("eval.max_new_tokens", config.eval.max_new_tokens)
+    positive("data.sft_train_examples", d.sft_train_examples)
+    positive("data.sft_eval_examples", d.sft_eval_examples)
     if t.keep_checkpoints < 2:
         raise ConfigError(f"train.keep_checkpoints must be >= 2 (the previous checkpoint is the fallback when the "
                           f"latest one is damaged), got {t.keep_checkpoints}")

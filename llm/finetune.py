@@ -6,7 +6,8 @@ A run whose config sets `finetune.init_from` starts (at step 0, with a fresh opt
   - a Hugging Face checkpoint directory: `finetune.init_from = "hf:path/to/dir"` (GPT-2 or Llama family;
     see llm/hf.py),
 and takes that model's architecture and tokenizer; the experiment config may still change what does not change
-the weights' shapes (dropout, attention implementation, remat, LoRA, ...). The tokenizer may grow (new characters
+the weights (dropout, attention implementation, remat, LoRA, ...) and the context (a longer one gets fresh
+learned-position rows). The tokenizer may grow (new characters
 of the fine-tuning text, chat special tokens): the embedding rows of new tokens keep their fresh initialisation.
 Which parameters train, and at what learning rate, is `finetune.freeze / train_only / lr_groups` (llm/optim.py).
 """
@@ -27,7 +28,7 @@ from llm.optim import param_path
 from llm.tokenizers import Tokenizer
 
 # ModelConfig fields a fine-tuning config may set differently from the model it starts from.
-FREE_FIELDS = ("vocab_size", "attention_impl", "dropout", "dtype", "param_dtype", "scan_layers", "remat",
+FREE_FIELDS = ("vocab_size", "max_len", "attention_impl", "dropout", "dtype", "param_dtype", "scan_layers", "remat",
                "lora_rank", "lora_alpha", "lora_dropout", "lora_targets", "init_std")
 
 
@@ -63,6 +64,22 @@ def load_source(spec: str, checkpoint: str = "latest") -> InitSource:
     run = load_run(spec, checkpoint)
     params = jax.tree_util.tree_map(np.asarray, run.params)
     return InitSource(f"{spec} (step {run.step})", run.model.cfg, params, run.tokenizer)
+
+
+def resolve_init(config) -> InitSource:
+    """Load `finetune.init_from` and write its architecture into `config.model` (all but FREE_FIELDS; the
+    vocabulary follows the tokenizer). With LoRA on and no finetune.train_only, only the adapters train."""
+    f = config.finetune
+    source = load_source(f.init_from, f.init_checkpoint)
+    for field in dataclasses.fields(ModelConfig):
+        if field.name not in FREE_FIELDS:
+            config.model[field.name] = getattr(source.model, field.name)
+    if config.model.vocab_size is not None and config.model.vocab_size < source.model.vocab_size:
+        raise ConfigError(f"model.vocab_size={config.model.vocab_size} is smaller than that of finetune.init_from "
+                          f"({source.model.vocab_size}); leave it unset (None)")
+    if config.model.lora_rank and not f.train_only:
+        f.train_only = "lora_"
+    return source
 
 
 def merged_model_config(source: ModelConfig, wanted: ModelConfig) -> ModelConfig:

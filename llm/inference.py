@@ -82,7 +82,7 @@ def load_run(workdir: str | Path, checkpoint: str = "latest", *, prompts: list[s
     else:
         ckpt.close()
         raise ConfigError(f"checkpoint {checkpoint!r} not found; choose latest, best or one of the steps {steps}")
-    tx, _ = make_optimizer(config.optim, config.train.steps)
+    tx, _ = make_optimizer(config.optim, config.train.steps, config.finetune)
     seq_len = config.train.seq_len or model.cfg.max_len
     # Laid out on one device, whatever mesh the run was trained on (Orbax reshards as it reads).
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])

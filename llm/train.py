@@ -8,6 +8,7 @@ the run had never stopped.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import time
 from pathlib import Path
@@ -20,6 +21,7 @@ import numpy as np
 import optax
 from ml_collections import ConfigDict
 
+from llm import finetune
 from llm import run as run_lib
 from llm.checkpoint import DAMAGED_DIR, Checkpointer, CheckpointError, DamagedCheckpoint
 from llm.config import validate_config
@@ -46,6 +48,8 @@ from llm.parallel import (
 )
 from llm.preemption import StopSignals
 from llm.train_state import TrainState, abstract_train_state, boxed_abstract_train_state, create_train_state
+
+EXTRA_KEYS = ("weights", "segment_ids", "positions")  # of SFT batches, besides inputs and targets
 
 
 @dataclasses.dataclass
@@ -227,10 +231,13 @@ def train(config: ConfigDict, workdir: str | Path, *, log=print, stop_after: int
         raise ConfigError(f"train.batch_size={t.batch_size} does not split over the mesh's {rows} data-parallel "
                           f"devices and {jax.process_count()} processes; make it a multiple of both")
     workdir = Path(workdir)
+    # A fine-tuning run takes its source model's architecture (into config.model, so config.json tells it).
+    source = finetune.resolve_init(config) if config.finetune.init_from else None
     # Every check that can refuse the run comes before the first write into the workdir.
     mode = run_lib.check_workdir(config, workdir, resume_anyway=resume_anyway, overwrite=overwrite)
-    data = run_lib.prepare_data(config, workdir if mode == "resume" else None)
-    if config.sample.num_samples:  # the samples come at the end: a bad prompt must not wait for the whole run
+    data = run_lib.prepare_data(config, workdir if mode == "resume" else None,
+                                base_tokenizer=None if source is None else source.tokenizer)
+    if config.sample.num_samples and not config.data.sft:  # the samples come at the end: check the prompt now
         encode_prompts(data.tokenizer, [config.sample.prompt], data.model.max_len)
     if mode == "resume":
         _check_checkpoints_fit(config, workdir, data)
@@ -250,7 +257,7 @@ def train(config: ConfigDict, workdir: str | Path, *, log=print, stop_after: int
     try:
         with StopSignals(log, sigterm=jax.process_count() == 1) as signals:
             return _train(config, workdir, data, mesh, rules, log=log, primary=primary, stop_after=stop_after,
-                          faults=faults, signals=signals, t_start=t_start)
+                          faults=faults, signals=signals, t_start=t_start, source=source)
     finally:
         if lock is not None:
             lock.release()
@@ -266,7 +273,7 @@ def _check_checkpoints_fit(config: ConfigDict, workdir: Path, data: run_lib.RunD
     try:
         steps = ckpt.all_steps()
         if steps:
-            tx, _ = make_optimizer(config.optim, config.train.steps)
+            tx, _ = make_optimizer(config.optim, config.train.steps, config.finetune)
             abstract = abstract_train_state(Transformer(data.model), tx, config.train.seq_len or data.model.max_len)
             try:
                 ckpt.check_structure(steps[-1], abstract)
@@ -276,12 +283,12 @@ def _check_checkpoints_fit(config: ConfigDict, workdir: Path, data: run_lib.RunD
         ckpt.close()
 
 
-def _train(config, workdir, data, mesh, rules, *, log, primary, stop_after, faults, signals, t_start):
+def _train(config, workdir, data, mesh, rules, *, log, primary, stop_after, faults, signals, t_start, source):
     t = config.train
     cfg = data.model
     seq_len = t.seq_len or cfg.max_len
     model = Transformer(cfg)
-    tx, lr_schedule = make_optimizer(config.optim, t.steps)
+    tx, lr_schedule = make_optimizer(config.optim, t.steps, config.finetune)
     ckpt = Checkpointer(workdir / run_lib.CHECKPOINT_DIR, keep=t.keep_checkpoints, log=log)
 
     # Everything traces under the mesh and the rules, which turn the model's logical names into shardings.
@@ -302,12 +309,25 @@ def _train(config, workdir, data, mesh, rules, *, log, primary, stop_after, faul
                     raise CheckpointError(f"no usable checkpoint in {ckpt.directory}: every one failed its checks "
                                           f"and was moved to {workdir / DAMAGED_DIR}; run again to start from "
                                           "step 0")
-                return init(model, tx, root_key, seq_len), {}
+                fresh = init(model, tx, root_key, seq_len)
+                return (fresh if source is None or at_most is None else start_from(source, fresh)), {}
             state, meta, step = found
             log(f"resumed from {ckpt.directory} at step {step}")
             return state, meta
 
+        def start_from(source, state):
+            """The fresh state with the source model's weights (a new vocabulary's rows and LoRA adapters stay
+            fresh) and a fresh optimizer state for them."""
+            params = jax.device_put(finetune.overlay(state.params, source.params, source.name),
+                                    shardings.state.params)
+            return jax.jit(lambda s, p: s.replace(params=p, opt_state=tx.init(p)), out_shardings=shardings.state,
+                           donate_argnums=(0,))(state, params)
+
         state, meta = restore()
+        if source is not None and not ckpt.all_steps():
+            state = start_from(source, state)
+            log(f"fine-tuning from {source.name}; training {_trained_fraction(state.params, config):.1%} of the "
+                "parameters")
         start = int(state.step)
         best_val = meta.get("best_val_loss")
         counters = {"skipped_steps": int(meta.get("skipped_steps", 0)), "rollbacks": int(meta.get("rollbacks", 0))}
@@ -317,14 +337,16 @@ def _train(config, workdir, data, mesh, rules, *, log, primary, stop_after, faul
         flops_per_token = train_flops_per_token(cfg, seq_len)
         peak = peak_flops()
         log(f"model: {n_params:,} parameters, {cfg.n_layers} layers x {cfg.d_model} wide, context {cfg.max_len}; "
-            f"corpus {data.corpus.name}: {len(data.train_tokens):,} train / {len(data.val_tokens):,} val tokens "
-            f"({data.tokenizer.kind} tokenizer, vocab {data.tokenizer.vocab_size}); "
+            f"{data.describe()} ({data.tokenizer.kind} tokenizer, vocab {data.tokenizer.vocab_size}); "
             f"{jax.device_count()} x {jax.devices()[0].device_kind} in {jax.process_count()} process(es)")
 
         procs = dict(process_index=jax.process_index(), process_count=jax.process_count())
         put = lambda rows_np: global_batch(rows_np, shardings.batch, t.batch_size)
 
         def batch(step):
+            if data.sft_train is not None:
+                b = data.sft_train.batch(config.seed, step, t.batch_size, **procs)
+                return put(b["inputs"]), put(b["targets"]), {k: put(b[k]) for k in EXTRA_KEYS}
             x, y = sample_batch(data.train_tokens, seed=config.seed, step=step, batch_size=t.batch_size,
                                 seq_len=seq_len, **procs)
             return put(x), put(y), {}
@@ -345,6 +367,11 @@ def _train(config, workdir, data, mesh, rules, *, log, primary, stop_after, faul
                        **procs)
 
         def run_eval(params):
+            if data.sft_train is not None:  # the loss on completion tokens, over t.eval_batches batches
+                batches = lambda ds: ((b["inputs"], b["targets"], {k: b[k] for k in EXTRA_KEYS}) for b in
+                                      itertools.islice(ds.eval_batches(t.batch_size, **procs), t.eval_batches))
+                return {"train_loss": evaluate(eval_step, params, batches(data.sft_train), put),
+                        "val_loss": evaluate(eval_step, params, batches(data.sft_val), put)}
             return {split: evaluate(eval_step, params, eval_batches(tokens, **eval_kw), put)
                     for split, tokens in (("train_loss", data.train_tokens), ("val_loss", data.val_tokens))}
 
@@ -472,7 +499,8 @@ def _train(config, workdir, data, mesh, rules, *, log, primary, stop_after, faul
 
     samples = []
     # Sampling gathers the tokens on one host: only in single-process runs (use `llm sample` afterwards).
-    if config.sample.num_samples and stopped_by is None and step == t.steps and jax.process_count() == 1:
+    if (config.sample.num_samples and data.sft_train is None and stopped_by is None and step == t.steps
+            and jax.process_count() == 1):
         sc = config.sample
         samples = sample_texts(model, state.params, data.tokenizer, [sc.prompt] * sc.num_samples,
                                max_new_tokens=sc.max_new_tokens, temperature=sc.temperature, top_k=sc.top_k,
@@ -483,6 +511,16 @@ def _train(config, workdir, data, mesh, rules, *, log, primary, stop_after, faul
         log(f"{workdir} already holds a finished run of {t.steps} steps")
     return TrainResult(workdir, int(state.step), last_eval.get("train_loss"), last_eval.get("val_loss"),
                        samples, time.time() - t_start, stopped_by, counters["skipped_steps"], counters["rollbacks"])
+
+
+def _trained_fraction(params, config: ConfigDict) -> float:
+    from llm.optim import param_groups
+
+    f = config.finetune
+    labels, _ = param_groups(f.freeze, f.train_only, f.lr_groups)
+    sizes = [(x.size, lab != "frozen") for x, lab in zip(jax.tree_util.tree_leaves(params),
+                                                         jax.tree_util.tree_leaves(labels(params)), strict=True)]
+    return sum(n for n, trained in sizes if trained) / sum(n for n, _ in sizes)
 
 
 def _progress(enabled: bool, start: int, total: int):

@@ -107,3 +107,50 @@ def test_overlay_grows_the_vocabulary_and_refuses_other_shapes():
         overlay(unbox(init(dataclasses.replace(BASE, d_model=64))), source, "base")
     with pytest.raises(ConfigError, match="has no parameter"):
         overlay(unbox(init(dataclasses.replace(BASE, n_layers=3))), source, "base")
+
+
+# --------------------------------------------------------------------------------------------------------
+# fine-tuning runs end to end
+
+
+@pytest.fixture(scope="module")
+def base_run(tmp_path_factory):
+    from conftest import tiny_config
+
+    from llm.train import train
+
+    tmp = tmp_path_factory.mktemp("base")
+    config = tiny_config(tmp, **{"train.steps": 30, "model.max_len": 64, "sample.num_samples": 0})
+    train(config, tmp / "run", log=lambda *_: None)
+    return tmp / "run"
+
+
+def test_lora_sft_run_from_a_base_run_trains_only_the_adapters(base_run, tmp_path):
+    from conftest import tiny_config
+
+    from llm.inference import load_run
+    from llm.train import train
+
+    config = tiny_config(tmp_path, **{"train.steps": 12, "train.eval_every": 12, "train.checkpoint_every": 12,
+                                      "sample.num_samples": 0})
+    config.finetune.init_from = str(base_run)
+    config.data.sft = "task:num2words"
+    config.data.sft_train_examples, config.data.sft_eval_examples = 200, 20
+    config.model.lora_rank = 4
+    config.model.n_layers = 7  # ignored: the architecture comes from the base run
+    messages = []
+    result = train(config, tmp_path / "ft", log=messages.append)
+    assert any("fine-tuning from" in m for m in messages) and np.isfinite(result.val_loss)
+    base, tuned = load_run(base_run), load_run(tmp_path / "ft")
+    assert tuned.model.cfg.n_layers == base.model.cfg.n_layers == 2 and tuned.model.cfg.lora_rank == 4
+    assert "<|assistant|>" in tuned.tokenizer.special_tokens
+    assert tuned.tokenizer.vocab_size > base.tokenizer.vocab_size  # digits and markers the base corpus lacked
+    flat = lambda p: {param_path(k): np.asarray(v) for k, v in jax.tree_util.tree_leaves_with_path(p)}
+    b, t = flat(base.params), flat(tuned.params)
+    for name, value in t.items():
+        if "lora_b" in name:
+            assert np.any(value != 0), name  # trained
+        elif "lora_a" not in name and "embed" not in name:
+            np.testing.assert_array_equal(value, b[name])  # frozen
+    emb_b, emb_t = b["embed/embedding"], t["embed/embedding"]
+    np.testing.assert_array_equal(emb_t[: len(emb_b)], emb_b)  # the old rows are the base model's

@@ -57,7 +57,8 @@ def state_shardings(boxed_abstract_state: Any, mesh: Mesh, rules: Rules) -> Any:
     shardings = nn.logical_to_mesh_sharding(specs, mesh, rules)
     is_box = lambda x: isinstance(x, nn.Partitioned)
     shapes = jax.tree_util.tree_map(lambda x: x.value if is_box(x) else x, boxed_abstract_state, is_leaf=is_box)
-    return jax.tree_util.tree_map(lambda s, a: _fit(s, a.shape), shardings, shapes)
+    # Leaves without a shape are empty placeholders (optax's MaskedNode for frozen parameters' state).
+    return jax.tree_util.tree_map(lambda s, a: _fit(s, a.shape) if hasattr(a, "shape") else a, shardings, shapes)
 
 
 def batch_sharding(mesh: Mesh, rules: Rules) -> NamedSharding:
