@@ -364,9 +364,8 @@ def chat_main(argv: list[str]) -> int:
     out.flush()
     while not session.closed:
         line = _read_line(interactive, out)
-        if line is None:  # end of input
-            if interactive:
-                print(file=out)
+        if line is None:  # end of input: end the "you> " line
+            print(file=out)
             break
         if not line.strip():
             continue

@@ -5,7 +5,8 @@
     llm sample --workdir DIR --prompt TEXT [--prompt TEXT ...] [--max-new-tokens N] [--temperature T]
                [--top-k K] [--top-p P] [--seed S] [--checkpoint latest|best|STEP]
     llm eval --workdir DIR [--config experiments/X.py] [--corpus SPEC] [--split val|train|all]
-    llm chat --workdir DIR [--temperature T] [--system TEXT]
+    llm chat --workdir DIR [--checkpoint latest|best|STEP] [--temperature T] [--top-k K] [--top-p P]
+             [--max-new-tokens N] [--system TEXT] [--seed S]
     llm convert import HF_DIR WORKDIR  |  llm convert export WORKDIR OUT_DIR --arch gpt2|llama
 
 Exit codes: 0 done; 1 an unexpected error (a bug: traceback); 2 a mistake in the input (one line, nothing
@@ -280,7 +281,13 @@ def cmd_convert(argv: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "convert": cmd_convert}
+def cmd_chat(argv: list[str]) -> int:
+    from llm.chat import chat_main
+
+    return chat_main(argv)
+
+
+COMMANDS = {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "chat": cmd_chat, "convert": cmd_convert}
 
 
 def main(argv: list[str] | None = None) -> int:
