@@ -15,6 +15,7 @@ previous one is tried. A checkpoint made for another model shape is not damage: 
 from __future__ import annotations
 
 import datetime
+import logging
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -102,11 +103,18 @@ class Checkpointer:
             policies.BestN(get_metric_fn=lambda m: m["val_loss"], reverse=True, n=1,
                            keep_checkpoints_without_metrics=False),
         ])
-        options = ocp.CheckpointManagerOptions(preservation_policy=preservation,
-                                               enable_async_checkpointing=async_save, create=not read_only,
-                                               cleanup_tmp_directories=not read_only, read_only=read_only)
         handlers = {"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
-        self.manager = ocp.CheckpointManager(self.directory, item_handlers=handlers, options=options)
+        absl_logger = logging.getLogger("absl")
+        level = absl_logger.level
+        if read_only:  # Orbax warns that a read-only manager will not save: that is the point
+            absl_logger.setLevel(logging.ERROR)
+        try:
+            options = ocp.CheckpointManagerOptions(preservation_policy=preservation,
+                                                   enable_async_checkpointing=async_save, create=not read_only,
+                                                   cleanup_tmp_directories=not read_only, read_only=read_only)
+            self.manager = ocp.CheckpointManager(self.directory, item_handlers=handlers, options=options)
+        finally:
+            absl_logger.setLevel(level)
 
     def _partial_writes(self) -> list[Path]:
         if not self.directory.is_dir():

@@ -105,6 +105,8 @@ def overlay(fresh: Any, source: Any, source_name: str) -> Any:
         s = src[name]
         if s.shape == x.shape:
             return jnp.asarray(s, x.dtype)
+        if name.startswith("positions/") and s.shape[1:] == x.shape[1:] and s.shape[0] > x.shape[0]:
+            return jnp.asarray(s[: x.shape[0]], x.dtype)  # a shorter context: the first positions' rows
         grown = [i for i, (a, b) in enumerate(zip(s.shape, x.shape, strict=True)) if a != b]
         if len(grown) == 1 and s.shape[grown[0]] < x.shape[grown[0]]:  # a vocabulary extended at its end
             index = tuple(slice(0, n) for n in s.shape)

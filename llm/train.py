@@ -375,6 +375,10 @@ def _train(config, workdir, data, mesh, rules, *, log, primary, stop_after, faul
             return {split: evaluate(eval_step, params, eval_batches(tokens, **eval_kw), put)
                     for split, tokens in (("train_loss", data.train_tokens), ("val_loss", data.val_tokens))}
 
+        if source is not None and start == 0:  # the starting point of a fine-tune: the source model's losses
+            before = run_eval(state.params)
+            metrics_log.write(0, before)
+            log(f"step 0 ({source.name}): train loss {before['train_loss']:.4f}, val loss {before['val_loss']:.4f}")
         monitor = LossMonitor(t.max_bad_steps, t.spike_factor, t.spike_window)
         progress = _progress(t.progress and primary, start, t.steps)
         pending: list[dict[str, Any]] = []

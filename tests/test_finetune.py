@@ -141,6 +141,7 @@ def test_lora_sft_run_from_a_base_run_trains_only_the_adapters(base_run, tmp_pat
     messages = []
     result = train(config, tmp_path / "ft", log=messages.append)
     assert any("fine-tuning from" in m for m in messages) and np.isfinite(result.val_loss)
+    assert any(m.startswith("step 0 (") and "val loss" in m for m in messages)  # the base model on the new data
     base, tuned = load_run(base_run), load_run(tmp_path / "ft")
     assert tuned.model.cfg.n_layers == base.model.cfg.n_layers == 2 and tuned.model.cfg.lora_rank == 4
     assert "<|assistant|>" in tuned.tokenizer.special_tokens
@@ -154,3 +155,8 @@ def test_lora_sft_run_from_a_base_run_trains_only_the_adapters(base_run, tmp_pat
             np.testing.assert_array_equal(value, b[name])  # frozen
     emb_b, emb_t = b["embed/embedding"], t["embed/embedding"]
     np.testing.assert_array_equal(emb_t[: len(emb_b)], emb_b)  # the old rows are the base model's
+    # The fine-tuned run serves `llm sample` like any run (the prompt uses characters only the task brought).
+    from llm.cli import main
+
+    assert main(["sample", "--workdir", str(tmp_path / "ft"), "--prompt", "to words: 42\n", "--max-new-tokens",
+                 "5", "--temperature", "0"]) == 0
