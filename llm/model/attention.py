@@ -12,7 +12,7 @@ from llm.model.linear import Projection
 from llm.model.norms import RMSNorm
 from llm.model.positions import alibi_slopes, apply_rope
 from llm.model.spmd import fit_spec
-from llm.ops.attention import attention
+from llm.ops.attention import attention, attention_weights
 
 
 def decode_impl(impl: str, softcap: float | None) -> str:
@@ -28,6 +28,9 @@ class SelfAttention(nn.Module):
     With `decode=True` the layer keeps a 'cache' collection: keys, values and segment ids for `max_len` slots.
     A call writes its T new tokens at slots [index, index + T) and attends over the whole cache with the query
     offset `index`; the causal rule hides slots not yet written. A prefill is a decode call with T > 1.
+
+    With the 'intermediates' collection mutable (and decode=False) the layer also sows its attention probabilities
+    [B, H, T, T] as 'attention_weights' (see `llm.ops.attention.attention_weights`); otherwise nothing is computed.
     """
 
     cfg: ModelConfig
@@ -61,6 +64,11 @@ class SelfAttention(nn.Module):
 
         slopes = jnp.asarray(alibi_slopes(h)) if cfg.position == "alibi" else None
         kw = dict(causal=True, window=cfg.window, softcap=cfg.attn_softcap, alibi_slopes=slopes)
+        if not self.decode and self.is_mutable_collection("intermediates"):
+            # Asked for (apply(..., mutable=["intermediates"])): the probabilities [B, H, T, T] of this layer's own
+            # queries and keys by the reference softmax, whichever implementation computes the output.
+            self.sow("intermediates", "attention_weights",
+                     attention_weights(q_BTHD, k_BTKD, segment_ids=segment_ids_BT, **kw))
         if self.decode:
             out_BTHD = self._attend_cached(q_BTHD, k_BTKD, v_BTKD, segment_ids_BT, decode_index, kw)
         else:

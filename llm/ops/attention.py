@@ -13,7 +13,8 @@ covers training, prefill and one-token decoding. A key is visible when all of th
 Rows with no visible key produce zeros (reference, chunked, flash).
 
 Implementations:
-  reference  explicit einsum + masked softmax in float32: the readable definition;
+  reference  explicit einsum + masked softmax in float32: the readable definition (its probabilities, [B, H, Tq,
+             Tk], are `attention_weights(q, k, ...)`);
   xla        `jax.nn.dot_product_attention` (XLA's fused attention);
   cudnn      the same function asked for cuDNN's kernel (GPU only);
   chunked    online softmax over key blocks with `lax.scan` and a recomputing backward pass: O(Tq * block)
@@ -144,9 +145,28 @@ def alibi_bias(alibi_slopes: Array, q_slot: Array, k_slot: Array) -> Array:
     return -alibi_slopes.astype(jnp.float32)[:, None, None] * dist
 
 
-def reference_attention(q, k, v, *, causal, window, segment_ids, kv_segment_ids, q_offset, scale, softcap,
-                        alibi_slopes=None):
-    """The definition: float32 einsums and an explicitly masked softmax, with the full [Tq, Tk] scores."""
+def attention_weights(q: Array, k: Array, *, causal: bool = True, window: int | None = None,
+                      segment_ids: Array | None = None, kv_segment_ids: Array | None = None,
+                      q_offset: int | Array = 0, scale: float | None = None, softcap: float | None = None,
+                      alibi_slopes: Array | None = None) -> Array:
+    """The attention probabilities [B, H, Tq, Tk] (float32) of q over k: the reference implementation's softmax.
+
+    Scaled scores, soft-capped, plus the ALiBi bias, masked by `allowed` (masked entries exactly 0), softmax over
+    keys; a row with no visible key is all zeros. Query head h reads key head h // (H // K), as everywhere here.
+    """
+    _check_shapes(q, k, k)
+    if segment_ids is not None and kv_segment_ids is None:
+        kv_segment_ids = segment_ids
+    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    p_bkgqs = _probabilities(q, k, causal=causal, window=window, segment_ids=segment_ids,
+                             kv_segment_ids=kv_segment_ids, q_offset=q_offset, scale=scale, softcap=softcap,
+                             alibi_slopes=alibi_slopes)
+    b, kh, g, tq, tk = p_bkgqs.shape
+    return p_bkgqs.reshape(b, kh * g, tq, tk)
+
+
+def _probabilities(q, k, *, causal, window, segment_ids, kv_segment_ids, q_offset, scale, softcap, alibi_slopes):
+    """Softmax probabilities [B, K, G, Tq, Tk] in float32 (G = H // K query heads per key head)."""
     b, tq, h, d = q.shape
     kh = k.shape[2]
     q_bqkgd = q.astype(jnp.float32).reshape(b, tq, kh, h // kh, d)
@@ -162,7 +182,16 @@ def reference_attention(q, k, v, *, causal, window, segment_ids, kv_segment_ids,
     m = jnp.max(s_bkgqs, axis=-1, keepdims=True)
     p = jnp.exp(s_bkgqs - jnp.where(jnp.isfinite(m), m, 0.0))
     denom = jnp.sum(p, axis=-1, keepdims=True)
-    p = p / jnp.where(denom == 0, 1.0, denom)
+    return p / jnp.where(denom == 0, 1.0, denom)
+
+
+def reference_attention(q, k, v, *, causal, window, segment_ids, kv_segment_ids, q_offset, scale, softcap,
+                        alibi_slopes=None):
+    """The definition: float32 einsums and an explicitly masked softmax (`attention_weights`), with the full
+    [Tq, Tk] scores."""
+    b, tq, h, d = q.shape
+    p = _probabilities(q, k, causal=causal, window=window, segment_ids=segment_ids, kv_segment_ids=kv_segment_ids,
+                       q_offset=q_offset, scale=scale, softcap=softcap, alibi_slopes=alibi_slopes)
     out = jnp.einsum("bkgqs,bskd->bqkgd", p, v.astype(jnp.float32))
     return out.reshape(b, tq, h, d).astype(q.dtype)
 
