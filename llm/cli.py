@@ -7,6 +7,8 @@
     llm eval --workdir DIR [--config experiments/X.py] [--corpus SPEC] [--split val|train|all]
     llm chat --workdir DIR [--checkpoint latest|best|STEP] [--temperature T] [--top-k K] [--top-p P]
              [--max-new-tokens N] [--system TEXT] [--seed S]
+    llm explain --workdir DIR [--prompt TEXT] [--out explain.html] [--png DIR] [--checkpoint latest|best|STEP]
+    llm explain --workdir DIR --serve [--prompt TEXT] [--host 127.0.0.1] [--port 8000] [--max-prompt-chars N]
     llm convert import HF_DIR WORKDIR  |  llm convert export WORKDIR OUT_DIR --arch gpt2|llama
 
 Exit codes: 0 done; 1 an unexpected error (a bug: traceback); 2 a mistake in the input (one line, nothing
@@ -287,7 +289,14 @@ def cmd_chat(argv: list[str]) -> int:
     return chat_main(argv)
 
 
-COMMANDS = {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "chat": cmd_chat, "convert": cmd_convert}
+def cmd_explain(argv: list[str]) -> int:
+    from llm.explain.cli import explain_main
+
+    return explain_main(argv)
+
+
+COMMANDS = {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "chat": cmd_chat, "convert": cmd_convert,
+            "explain": cmd_explain}
 
 
 def main(argv: list[str] | None = None) -> int:
