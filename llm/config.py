@@ -61,6 +61,9 @@ def get_base_config() -> ConfigDict:
     c.data.sft_pack = True  # several examples per row, kept apart by segment ids
     c.data.sft_train_examples = 4000  # for task:...
     c.data.sft_eval_examples = 200
+    # A synthetic attention task generated on the fly instead of a corpus (llm/data/synthetic.py), e.g.
+    # "mqar:pairs=16,vocab=128", "copy", "selective_copy:content=16"; its length is train.seq_len / model.max_len.
+    c.data.synthetic = ""
 
     c.train = ConfigDict()
     c.train.steps = 2000

@@ -46,6 +46,8 @@ from llm.data import (
     tokenize_to_memmap,
 )
 from llm.data import tasks as tasks_lib
+from llm.data.synthetic import SyntheticTask
+from llm.data.synthetic import make_task as make_synthetic_task
 from llm.model import ModelConfig
 from llm.model.config import ConfigError
 from llm.tokenizers import CharTokenizer, Tokenizer, load_tokenizer, train_tokenizer
@@ -79,11 +81,13 @@ class RunData:
     train_tokens: np.ndarray | None
     val_tokens: np.ndarray | None
     model: ModelConfig
-    sft_train: SFTDataset | None = None
-    sft_val: SFTDataset | None = None
+    sft_train: SFTDataset | SyntheticTask | None = None  # batches as dicts (see llm/data/sft.py)
+    sft_val: SFTDataset | SyntheticTask | None = None
     val_records: list[dict] | None = None  # the held-out SFT records, for task metrics
 
     def describe(self) -> str:
+        if isinstance(self.sft_train, SyntheticTask):
+            return f"synthetic task {self.sft_train.describe()}"
         if self.sft_train is not None:
             return (f"SFT data {self.corpus.name}: {len(self.sft_train)} train rows "
                     f"({self.sft_train.stats.describe()}), {len(self.val_records)} held-out examples")
@@ -130,6 +134,8 @@ def prepare_data(config: ConfigDict, workdir: Path | None = None, base_tokenizer
     same one).
     """
     d = config.data
+    if d.synthetic:
+        return _synthetic_data(config)
     if d.sft:
         train_records, val_records, corpus = sft_records(config)
         train_text = _records_text(train_records)
@@ -176,6 +182,23 @@ def prepare_data(config: ConfigDict, workdir: Path | None = None, base_tokenizer
             raise DataError(f"the {name} split of {corpus.name} has {len(tokens)} tokens, fewer than the context "
                             f"of {seq_len} + 1; use a shorter train.seq_len / model.max_len or a bigger corpus")
     return RunData(corpus, tokenizer, train_tokens, val_tokens, model)
+
+
+def _synthetic_data(config: ConfigDict) -> RunData:
+    """A synthetic task: its batches come from (seed, step); its tokenizer maps each id to one character."""
+    d = config.data
+    seq_len = config.train.seq_len or config.model.max_len
+    try:
+        task = make_synthetic_task(d.synthetic, seq_len, n_eval_batches=config.train.eval_batches)
+    except ValueError as e:
+        raise ConfigError(f"data.synthetic={d.synthetic!r}: {e}") from None
+    tokenizer = task.tokenizer()
+    model = config_lib.model_config(config, vocab_size=tokenizer.vocab_size)
+    if model.vocab_size < tokenizer.vocab_size:
+        raise ConfigError(f"model.vocab_size={model.vocab_size} is smaller than the task's vocabulary "
+                          f"({tokenizer.vocab_size}); leave it unset (None)")
+    corpus = Corpus.from_text(d.synthetic, task.spec, "generated on the fly by llm.data.synthetic")
+    return RunData(corpus, tokenizer, None, None, model, task, task, None)
 
 
 def save_config(config: ConfigDict, workdir: Path) -> None:
@@ -297,6 +320,7 @@ def write_manifest(workdir: Path, data: RunData, config: ConfigDict) -> None:
         "corpus": {"name": data.corpus.name, "sha256": data.corpus.sha256, "provenance": data.corpus.provenance,
                    "characters": len(data.corpus.text)},
         "tokens": ({"train": len(data.train_tokens), "val": len(data.val_tokens)} if data.sft_train is None else
+                   {"synthetic": data.sft_train.describe()} if isinstance(data.sft_train, SyntheticTask) else
                    {"train_rows": len(data.sft_train), "trained_tokens_per_pass": data.sft_train.num_tokens_trained}),
         "tokenizer": {"kind": data.tokenizer.kind, "vocab_size": data.tokenizer.vocab_size,
                       "fingerprint": data.tokenizer.fingerprint()},

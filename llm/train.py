@@ -26,6 +26,7 @@ from llm import run as run_lib
 from llm.checkpoint import DAMAGED_DIR, Checkpointer, CheckpointError, DamagedCheckpoint
 from llm.config import validate_config
 from llm.data import eval_batches, sample_batch
+from llm.data.synthetic import SyntheticTask
 from llm.faults import NO_FAULTS, Faults, kill_now, kill_when_save_starts
 from llm.hardware import peak_flops
 from llm.health import LossMonitor, TrainingDiverged
@@ -146,6 +147,21 @@ def make_eval_step(model: Transformer, shardings: Shardings | None = None):
                    out_shardings=shardings.replicated)
 
 
+def make_accuracy_step(model: Transformer, shardings: Shardings | None = None):
+    """(params, inputs, targets, extras) -> (weighted count of argmax == target, sum of weights)."""
+
+    def f(params, x, y, extras):
+        logits = model.apply({"params": params}, x, positions_BT=extras.get("positions"),
+                             segment_ids_BT=extras.get("segment_ids"))
+        w = extras["weights"].astype(jnp.float32)
+        return jnp.sum((jnp.argmax(logits, -1) == y) * w), jnp.sum(w)
+
+    if shardings is None:
+        return jax.jit(f)
+    return jax.jit(f, in_shardings=(shardings.state.params, shardings.batch, shardings.batch, shardings.batch),
+                   out_shardings=shardings.replicated)
+
+
 def evaluate(eval_step, params, batches, put=lambda x: x) -> float:
     """Mean token loss over batches of (inputs, targets) or (inputs, targets, extras: dict of arrays); `put`
     makes device arrays from host rows."""
@@ -237,7 +253,7 @@ def train(config: ConfigDict, workdir: str | Path, *, log=print, stop_after: int
     mode = run_lib.check_workdir(config, workdir, resume_anyway=resume_anyway, overwrite=overwrite)
     data = run_lib.prepare_data(config, workdir if mode == "resume" else None,
                                 base_tokenizer=None if source is None else source.tokenizer)
-    if config.sample.num_samples and not config.data.sft:  # the samples come at the end: check the prompt now
+    if config.sample.num_samples and not (config.data.sft or config.data.synthetic):  # checked now, used at the end
         encode_prompts(data.tokenizer, [config.sample.prompt], data.model.max_len)
     if mode == "resume":
         _check_checkpoints_fit(config, workdir, data)
@@ -362,11 +378,23 @@ def _train(config, workdir, data, mesh, rules, *, log, primary, stop_after, faul
             return fault_passes > 0 and step in faults.nan_steps
         log(format_memory_report(memory_report(abstract, shardings, train_step), mesh))
         eval_step = make_eval_step(model, shardings)
+        accuracy_step = make_accuracy_step(model, shardings)
         metrics_log = MetricsLog(workdir, enabled=primary, resume_step=start)
         eval_kw = dict(seed=config.seed, n_batches=t.eval_batches, batch_size=t.batch_size, seq_len=seq_len,
                        **procs)
 
         def run_eval(params):
+            if isinstance(data.sft_train, SyntheticTask):  # losses and accuracy at the answer positions
+                task = data.sft_train
+                as_tuple = lambda b: (b["inputs"], b["targets"], {k: b[k] for k in EXTRA_KEYS})
+                val = [as_tuple(b) for b in task.eval_batches(t.batch_size, t.eval_batches, **procs)]
+                seen = [as_tuple(task.batch(config.seed, i, t.batch_size, **procs)) for i in range(t.eval_batches)]
+                correct = count = 0.0
+                for x, y, e in val:
+                    c, n = accuracy_step(params, put(x), put(y), jax.tree_util.tree_map(put, e))
+                    correct, count = correct + float(c), count + float(n)
+                return {"train_loss": evaluate(eval_step, params, seen, put),
+                        "val_loss": evaluate(eval_step, params, val, put), "val_accuracy": correct / max(count, 1)}
             if data.sft_train is not None:  # the loss on completion tokens, over t.eval_batches batches
                 batches = lambda ds: ((b["inputs"], b["targets"], {k: b[k] for k in EXTRA_KEYS}) for b in
                                       itertools.islice(ds.eval_batches(t.batch_size, **procs), t.eval_batches))
@@ -476,8 +504,9 @@ def _train(config, workdir, data, mesh, rules, *, log, primary, stop_after, faul
                     val_now = last_eval["val_loss"]
                     best_val = val_now if best_val is None else min(best_val, val_now)
                     metrics_log.write(done, last_eval)
+                    accuracy = f", val accuracy {last_eval['val_accuracy']:.4f}" if "val_accuracy" in last_eval else ""
                     _emit(progress, log,
-                          f"step {done}: train loss {last_eval['train_loss']:.4f}, val loss {val_now:.4f}")
+                          f"step {done}: train loss {last_eval['train_loss']:.4f}, val loss {val_now:.4f}{accuracy}")
                     t_log = time.perf_counter()  # evaluation time is not step time
                 if is_ckpt:
                     if faults.kill_in_save == done:

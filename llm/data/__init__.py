@@ -9,6 +9,7 @@ corpus.py: named and file corpora, checksums, the train/val split.
 batches.py: cached token arrays and stateless, resumable batch sampling.
 sft.py: supervised fine-tuning records, the chat template and loss masks, packed rows and their batches.
 tasks.py: procedurally generated fine-tuning tasks (num2words, dates, fields) and their JSONL files.
+synthetic.py: synthetic attention tasks generated on the fly (MQAR, copy, selective copy) with their accuracy.
 """
 
 from llm.data.batches import (
@@ -43,12 +44,16 @@ from llm.data.sft import (
     parse_record,
     tokenize_example,
 )
+from llm.data.synthetic import TASKS as SYNTHETIC_TASKS
+from llm.data.synthetic import SyntheticTask
+from llm.data.synthetic import make_task as make_synthetic_task
 from llm.data.tasks import TASKS, alphabet, generate, read_jsonl, write_jsonl
 
 __all__ = [
     "BUILTIN_CORPORA",
     "DEFAULT_CORPUS",
     "KNOWN_CORPORA",
+    "SYNTHETIC_TASKS",
     "TASKS",
     "Batch",
     "ChatTemplate",
@@ -56,6 +61,7 @@ __all__ = [
     "DataError",
     "PackStats",
     "SFTDataset",
+    "SyntheticTask",
     "TokenDataset",
     "alphabet",
     "cache_dir",
@@ -65,6 +71,7 @@ __all__ = [
     "load_corpus",
     "load_records",
     "load_text_file",
+    "make_synthetic_task",
     "pack",
     "pad",
     "parse_record",
