@@ -39,13 +39,15 @@ def run_evaluation(workdir: str | Path, eval_config: ConfigDict | None = None, *
     results (also written as JSON under workdir/eval/)."""
     run = load_run(workdir, checkpoint)
     e = eval_config if eval_config is not None else run.config.eval
-    spec = e.corpus or (run.config.data.sft or run.config.data.corpus)
+    spec = e.corpus or (run.config.data.synthetic or run.config.data.sft or run.config.data.corpus)
     seq_len = run.config.train.seq_len or run.model.cfg.max_len
     results: dict[str, Any] = {"workdir": str(Path(workdir).absolute()), "step": run.step, "checkpoint": checkpoint,
                                "data": spec, "created": datetime.datetime.now(datetime.UTC).isoformat(
                                    timespec="seconds")}
     eval_step = make_eval_step(run.model)
-    if spec.startswith("task:") or (spec == run.config.data.sft and spec):
+    if spec == run.config.data.synthetic and spec:
+        results.update(_synthetic_eval(run, spec, seq_len, batch_size, eval_step))
+    elif spec.startswith("task:") or (spec == run.config.data.sft and spec):
         results.update(_sft_eval(run, e, spec, seq_len, batch_size, eval_step))
     else:
         results.update(_corpus_eval(run, e, spec, seq_len, batch_size, eval_step))
@@ -85,6 +87,23 @@ def _corpus_eval(run: LoadedRun, e: ConfigDict, spec: str, seq_len: int, batch_s
             "bits_per_byte": metrics_lib.bits_per_byte(loss, int(count), n_bytes)}
 
 
+def _synthetic_eval(run: LoadedRun, spec: str, seq_len: int, batch_size: int, eval_step):
+    """The task's held-out batches: loss and accuracy at the answer positions."""
+    from llm.data import make_synthetic_task
+    from llm.train import make_accuracy_step
+
+    task = make_synthetic_task(spec, seq_len, n_eval_batches=max(run.config.train.eval_batches, 1))
+    batches = [(b["inputs"], b["targets"], {k: b[k] for k in EXTRA_KEYS}) for b in task.eval_batches(batch_size)]
+    accuracy_step = make_accuracy_step(run.model)
+    correct = count = 0.0
+    for x, y, extras in batches:
+        c, n = accuracy_step(run.params, x, y, extras)
+        correct, count = correct + float(c), count + float(n)
+    loss = evaluate(eval_step, run.params, batches)
+    return {"kind": "synthetic", "answers": int(count), "loss": loss, "perplexity": metrics_lib.perplexity(loss),
+            "metrics": {"accuracy": correct / max(count, 1.0)}}
+
+
 def _sft_eval(run: LoadedRun, e: ConfigDict, spec: str, seq_len: int, batch_size: int, eval_step):
     """The held-out records' completion loss, then greedy generations scored by the task metrics."""
     config = run.config.copy_and_resolve_references()
@@ -119,6 +138,9 @@ def format_table(results: dict[str, Any]) -> str:
         rows += [("split", results["split"]), ("tokens", f"{results['tokens']:,}"),
                  ("loss", f"{results['loss']:.4f}"), ("perplexity", f"{results['perplexity']:.3f}"),
                  ("bits per byte", f"{results['bits_per_byte']:.4f}")]
+    elif results["kind"] == "synthetic":
+        rows += [("answer positions", f"{results['answers']:,}"), ("loss", f"{results['loss']:.4f}"),
+                 ("accuracy", f"{results['metrics']['accuracy']:.4f}")]
     else:
         rows += [("held-out examples", str(results["examples"])), ("completion loss", f"{results['loss']:.4f}"),
                  ("perplexity", f"{results['perplexity']:.3f}")]

@@ -219,3 +219,8 @@ def test_a_run_trains_on_a_synthetic_task_and_reports_accuracy(tmp_path):
     assert len(accuracies) == 2 and all(0.0 <= a <= 1.0 for a in accuracies) and result.val_loss > 0
     run = load_run(tmp_path / "run")
     assert run.tokenizer.vocab_size == run.model.cfg.vocab_size == 32
+    from llm.evaluate import run_evaluation
+
+    results = run_evaluation(tmp_path / "run", batch_size=8, log=lambda *_: None)
+    assert results["kind"] == "synthetic" and 0 <= results["metrics"]["accuracy"] <= 1
+    assert results["loss"] == pytest.approx(rows[-1]["val_loss"], rel=1e-5)  # the same held-out batches
