@@ -295,8 +295,46 @@ def cmd_explain(argv: list[str]) -> int:
     return explain_main(argv)
 
 
+def cmd_sweep(argv: list[str]) -> int:
+    p = Parser(prog="llm sweep", description="Run the runs of an experiment file's get_sweep() (see llm/sweep.py); "
+                                             "exit code 0 when all succeeded, 1 otherwise.")
+    p.add_argument("experiment", help="experiments/X.py[:arg], defining get_config and get_sweep")
+    p.add_argument("--workdir", required=True, help="the sweep's directory; run NAME goes to WORKDIR/NAME/")
+    p.add_argument("--parallel", type=int, default=1, help="runs at once, each an `llm train` subprocess")
+    p.add_argument("--dry-run", "--dry_run", action="store_true", help="list the runs (name, overrides); run nothing")
+    p.add_argument("--emit", choices=("slurm",), help="write WORKDIR/sweep.slurm, a job array (task i runs run i)")
+    p.add_argument("--only", action="append", metavar="NAME", help="run only this run (repeatable)")
+    p.add_argument("--index", type=int, help="run only run number INDEX (0-based; for job arrays)")
+    p.add_argument("--debug", action="store_true")
+    a = _parse(p, argv)
+    if a is None:
+        return 0
+    from llm import sweep
+
+    if a.dry_run:
+        return sweep.dry_run(a.experiment, only=a.only, index=a.index)
+    if a.emit == "slurm":
+        sweep.emit_slurm(a.experiment, a.workdir)
+        return 0
+    return sweep.run_sweep(a.experiment, a.workdir, parallel=a.parallel, only=a.only, index=a.index)
+
+
+def cmd_report(argv: list[str]) -> int:
+    p = Parser(prog="llm report", description="Tabulate and plot the runs of a sweep directory: report.md, "
+                                              "report.csv, curves.png, variants.png.")
+    p.add_argument("workdir", help="the sweep's directory (as given to llm sweep --workdir)")
+    p.add_argument("--debug", action="store_true")
+    a = _parse(p, argv)
+    if a is None:
+        return 0
+    from llm.report import write_report
+
+    print(write_report(a.workdir))
+    return 0
+
+
 COMMANDS = {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "chat": cmd_chat, "convert": cmd_convert,
-            "explain": cmd_explain}
+            "explain": cmd_explain, "sweep": cmd_sweep, "report": cmd_report}
 
 
 def main(argv: list[str] | None = None) -> int:

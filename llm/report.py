@@ -1,0 +1,234 @@
+"""`llm report runs/SWEEP`: one table of a sweep's runs, and plots.
+
+    report.md / report.csv   name, the config keys that differ between runs, final / best val loss, final train
+                             loss, tokens/s (median of the logged values), parameters, wall time, status
+    curves.png               val loss against step, one line per run
+    variants.png             final val loss per variant (the runs' overrides less `seed`): mean over seeds, std bars
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import statistics
+from pathlib import Path
+from typing import Any
+
+from llm.model.config import ConfigError
+
+SEED_KEYS = ("seed",)
+COLUMNS_AFTER = ("final_val_loss", "best_val_loss", "final_train_loss", "tokens_per_s", "params", "wall_time_s",
+                 "status")
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _metrics(run_dir: Path) -> list[dict]:
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut by a kill
+        if isinstance(row, dict) and "step" in row:
+            rows.append(row)
+    return rows
+
+
+def _params(config: dict, run_dir: Path) -> int | None:
+    """The closed-form parameter count of the run's model (its vocabulary from manifest.json when not in config)."""
+    try:
+        from llm.model.config import ModelConfig
+        from llm.model.params import param_count_formula
+
+        model = dict(config.get("model", {}))
+        if model.get("vocab_size") is None:
+            manifest = json.loads((run_dir / "manifest.json").read_text())
+            model["vocab_size"] = manifest["tokenizer"]["vocab_size"]
+        return int(param_count_formula(ModelConfig.from_dict(model))["total"])
+    except (OSError, KeyError, TypeError, ValueError, ConfigError, json.JSONDecodeError):
+        return None
+
+
+def _finite(x) -> bool:
+    return isinstance(x, int | float) and math.isfinite(x)
+
+
+def collect(sweep_dir: str | Path) -> list[dict[str, Any]]:
+    """One dict per run: name, overrides, flat config, metrics rows, and the table's values."""
+    from llm.sweep import read_records
+
+    sweep_dir = Path(sweep_dir)
+    if not sweep_dir.is_dir():
+        raise ConfigError(f"{sweep_dir}: no such directory; give the --workdir of an `llm sweep`")
+    records = read_records(sweep_dir)
+    names = list(records)
+    names += sorted(p.name for p in sweep_dir.iterdir() if (p / "config.json").exists() and p.name not in records)
+    if not names:
+        raise ConfigError(f"{sweep_dir} holds no runs (no sweep.json and no run directories with a config.json)")
+    runs = []
+    for name in names:
+        run_dir = sweep_dir / name
+        record = records.get(name, {})
+        config = {}
+        if (run_dir / "config.json").exists():
+            try:
+                config = json.loads((run_dir / "config.json").read_text())
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                config = {}
+        rows = _metrics(run_dir)
+        vals = [(r["step"], r["val_loss"]) for r in rows if _finite(r.get("val_loss"))]
+        trains = [r["train_loss"] for r in rows if _finite(r.get("train_loss"))]
+        losses = [r["loss"] for r in rows if _finite(r.get("loss"))]
+        speeds = [r["tokens_per_s"] for r in rows if _finite(r.get("tokens_per_s"))]
+        status = record.get("status") or ("done" if vals else "unknown")
+        if status == "skipped":
+            status = "done"  # finished in an earlier invocation
+        runs.append({
+            "name": name,
+            "overrides": record.get("overrides", {}),
+            "config": _flatten(config),
+            "val_curve": vals,
+            "final_val_loss": vals[-1][1] if vals else None,
+            "best_val_loss": min(v for _, v in vals) if vals else None,
+            "final_train_loss": trains[-1] if trains else (losses[-1] if losses else None),
+            "tokens_per_s": statistics.median(speeds) if speeds else None,
+            "params": _params(config, run_dir) if config else None,
+            "wall_time_s": record.get("wall_time"),
+            "status": status,
+        })
+    return runs
+
+
+def differing_keys(runs: list[dict]) -> list[str]:
+    """The flat config keys whose values are not the same in every run that has a config."""
+    configs = [r["config"] for r in runs if r["config"]]
+    keys = sorted(set().union(*configs)) if configs else []
+    differ = {k for k in keys if len({json.dumps(c.get(k), sort_keys=True, default=str) for c in configs}) > 1}
+    swept = {k for r in runs for k in r["overrides"]}  # the sweep's axes, also when a run never wrote its config
+    return sorted(differ | swept)
+
+
+def _value(run: dict, key: str) -> Any:
+    return run["config"][key] if key in run["config"] else run["overrides"].get(key)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4f}" if abs(value) < 1000 else f"{value:.0f}"
+    return str(value)
+
+
+def table(runs: list[dict]) -> tuple[list[str], list[list[str]]]:
+    keys = differing_keys(runs)
+    header = ["name", *keys, *COLUMNS_AFTER]
+    if all(r["params"] is None for r in runs):
+        header.remove("params")
+    rows = []
+    for r in runs:
+        row = [r["name"], *(_cell(_value(r, k)) for k in keys)]
+        row += [f"{r[c]:.1f}" if c == "wall_time_s" and r[c] is not None else _cell(r[c])
+                for c in header[1 + len(keys):]]
+        rows.append(row)
+    return header, rows
+
+
+def markdown(header: list[str], rows: list[list[str]]) -> str:
+    esc = lambda s: str(s).replace("|", "\\|")
+    lines = ["| " + " | ".join(map(esc, header)) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(map(esc, row)) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def variants(runs: list[dict]) -> list[tuple[str, float, float, int]]:
+    """(variant, mean, std, n) of the final val loss over seeds; a variant is a run's overrides less the seed (or,
+    without sweep.json, its differing config keys less the seed)."""
+    keys = [k for k in differing_keys(runs) if k not in SEED_KEYS]
+    groups: dict[str, list[float]] = {}
+    for r in runs:
+        if r["final_val_loss"] is None:
+            continue
+        if r["overrides"]:
+            items = [(k, v) for k, v in r["overrides"].items() if k not in SEED_KEYS]
+        else:
+            items = [(k, _value(r, k)) for k in keys]
+        label = ",".join(f"{k.split('.')[-1]}={v}" for k, v in items) or "base"
+        groups.setdefault(label, []).append(r["final_val_loss"])
+    return [(label, statistics.fmean(v), statistics.stdev(v) if len(v) > 1 else 0.0, len(v))
+            for label, v in groups.items()]
+
+
+def plot(runs: list[dict], sweep_dir: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = []
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for r in runs:
+        if r["val_curve"]:
+            steps, losses = zip(*r["val_curve"], strict=True)
+            ax.plot(steps, losses, marker="o", markersize=3, label=r["name"])
+    ax.set_xlabel("step")
+    ax.set_ylabel("val loss")
+    ax.set_title("validation loss")
+    if ax.lines:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(sweep_dir / "curves.png", dpi=110)
+    plt.close(fig)
+    out.append(sweep_dir / "curves.png")
+
+    groups = variants(runs)
+    fig, ax = plt.subplots(figsize=(max(5, 1.2 * len(groups) + 2), 4.5))
+    if groups:
+        labels, means, stds, ns = zip(*groups, strict=True)
+        # Points, not bars: the axis does not start at 0, and a bar's height would mislead.
+        ax.errorbar(range(len(labels)), means, yerr=stds, fmt="o", capsize=4, color="tab:blue")
+        ax.set_xlim(-0.5, len(labels) - 0.5)
+        ax.set_xticks(range(len(labels)), [f"{lab}\n(n={n})" for lab, n in zip(labels, ns, strict=True)],
+                      rotation=20, ha="right", fontsize=7)
+        low = min(m - s for m, s in zip(means, stds, strict=True))
+        high = max(m + s for m, s in zip(means, stds, strict=True))
+        pad = 0.1 * (high - low) or 0.05 * abs(high) or 0.1
+        ax.set_ylim(low - pad, high + pad)
+    ax.set_ylabel("final val loss (mean ± std over seeds)")
+    ax.set_title("variants")
+    fig.tight_layout()
+    fig.savefig(sweep_dir / "variants.png", dpi=110)
+    plt.close(fig)
+    out.append(sweep_dir / "variants.png")
+    return out
+
+
+def write_report(sweep_dir: str | Path) -> str:
+    """Write report.md, report.csv, curves.png and variants.png into the sweep directory; returns the markdown."""
+    sweep_dir = Path(sweep_dir)
+    runs = collect(sweep_dir)
+    header, rows = table(runs)
+    text = markdown(header, rows)
+    (sweep_dir / "report.md").write_text(f"# Sweep {sweep_dir.name}\n\n{text}\n![val loss](curves.png)\n\n"
+                                         "![variants](variants.png)\n")
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(header)
+    writer.writerows(rows)
+    (sweep_dir / "report.csv").write_text(buf.getvalue())
+    plot(runs, sweep_dir)
+    return text

@@ -1,0 +1,164 @@
+"""llm sweep / llm report: the sweep helpers, and a tiny sweep end to end (subprocess runs, resume, Slurm script)."""
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+
+import pytest
+
+from llm import sweep
+from llm.cli import main
+from llm.config import get_base_config
+from llm.model.config import ConfigError
+from tests.conftest import make_corpus
+
+
+def test_product_zip_chain():
+    runs = sweep.product(**{"model.position": ["rope", "alibi"], "seed": [0, 1]})
+    assert runs == [{"model.position": "rope", "seed": 0}, {"model.position": "rope", "seed": 1},
+                    {"model.position": "alibi", "seed": 0}, {"model.position": "alibi", "seed": 1}]
+    assert sweep.zip_(**{"optim.lr": [1e-3, 3e-4], "train.steps": [10, 20]}) == [
+        {"optim.lr": 1e-3, "train.steps": 10}, {"optim.lr": 3e-4, "train.steps": 20}]
+    with pytest.raises(ValueError, match="differ in length"):
+        sweep.zip_(a=[1, 2], b=[1])
+    with pytest.raises(ValueError, match="list of values"):
+        sweep.product(seed=3)
+    assert sweep.chain(sweep.product(seed=[0]), [{"optim.lr": 0.1}]) == [{"seed": 0}, {"optim.lr": 0.1}]
+
+
+def test_run_names():
+    assert sweep.run_name({"model.position": "rope", "seed": 0}) == "position=rope,seed=0"
+    assert sweep.run_name({"optim.lr": 0.0003}) == "lr=0.0003"
+    assert sweep.run_name({}) == "base"
+    assert sweep.run_name({"a.x": 1, "b.x": 2}) == "a.x=1,b.x=2"  # same last component: the full keys
+    assert "/" not in sweep.run_name({"data.corpus": "/some/dir/file.txt"})
+    long = sweep.run_name({"data.corpus": "x" * 300})
+    assert len(long) <= sweep.MAX_NAME_CHARS and long != sweep.run_name({"data.corpus": "x" * 299})
+    names = sweep.run_names([{"model.position": "ro/pe"}, {"model.position": "ro pe"}, {"seed": 0}])
+    assert names == ["position=ro-pe", "position=ro-pe-2", "seed=0"]
+    assert sweep.run_name({"model.position": "rope"}) == sweep.run_name({"model.position": "rope"})  # stable
+
+
+def test_apply_overrides():
+    base = get_base_config()
+    c = sweep.apply_overrides(base, {"model.position": "rope", "seed": 3, "optim.lr": 1, "train.seq_len": 16})
+    assert (c.model.position, c.seed, c.optim.lr, c.train.seq_len) == ("rope", 3, 1.0, 16)
+    assert base.model.position == "learned" and base.seed == 0  # the base is not changed
+    for overrides, message in [({"model.nope": 1}, "unknown config key; keys in model: activation"),
+                               ({"nope.x": 1}, "unknown config key; keys in the config"),
+                               ({"seed.x": 1}, "not a section"),
+                               ({"model": 1}, "is a section"),
+                               ({"model.n_layers": 1.5}, "must be int, got float"),
+                               ({"model.position": 3}, "must be str"),
+                               ({"seed": True}, "must be int, got bool"),
+                               ({"optim.lr": -1.0}, "optim.lr must be positive"),
+                               ({"model.position": "xx"}, "is not one of")]:
+        with pytest.raises(ConfigError, match=message):
+            sweep.apply_overrides(base, overrides)
+    assert sweep.override_flags({"model.position": "rope", "optim.lr": 0.001, "train.progress": False}) == [
+        "--config.model.position=rope", "--config.optim.lr=0.001", "--config.train.progress=false"]
+
+
+EXPERIMENT = """
+from llm import sweep
+from llm.config import get_base_config
+
+
+def get_config(arg=None):
+    c = get_base_config()
+    c.data.corpus = {corpus!r}
+    c.data.cache_dir = {cache!r}
+    c.model.n_layers, c.model.d_model, c.model.n_heads, c.model.max_len = 1, 32, 4, 32
+    c.train.steps = 4
+    c.train.batch_size = 4
+    c.train.eval_every = 4
+    c.train.eval_batches = 1
+    c.train.log_every = 2
+    c.train.checkpoint_every = 4
+    c.train.progress = False
+    c.optim.warmup_steps = 1
+    c.sample.num_samples = 0
+    return c
+
+
+def get_sweep(arg=None):
+    if arg == "invalid":
+        return [{{"optim.lr": -1.0}}]
+    return sweep.chain(sweep.product(**{{"model.position": ["rope", "alibi"], "seed": [0]}}),
+                       [{{"data.corpus": {missing!r}}}])
+"""
+
+
+@pytest.fixture
+def experiment(tmp_path):
+    corpus = make_corpus(tmp_path / "corpus.txt", n_chars=5000)
+    path = tmp_path / "exp.py"
+    path.write_text(EXPERIMENT.format(corpus=str(corpus), cache=str(tmp_path / "cache"),
+                                      missing=str(tmp_path / "no-such-corpus.txt")))
+    return path
+
+
+def _records(sweep_dir):
+    return {r["name"]: r for r in json.loads((sweep_dir / "sweep.json").read_text())["runs"]}
+
+
+def test_invalid_override_is_recorded_without_running(experiment, tmp_path, capsys):
+    sweep_dir = tmp_path / "bad"
+    assert main(["sweep", f"{experiment}:invalid", "--workdir", str(sweep_dir)]) == 1
+    (record,) = _records(sweep_dir).values()
+    assert record["status"] == "failed" and record["exit_code"] == 2
+    assert "optim.lr must be positive" in record["stderr_tail"]
+    assert not (sweep_dir / record["name"]).exists()
+    assert main(["sweep", str(experiment), "--workdir", str(sweep_dir), "--only", "nope"]) == 2
+    assert "no such run" in capsys.readouterr().err
+
+
+def test_sweep_end_to_end(experiment, tmp_path, capsys):
+    sweep_dir = tmp_path / "sweep"
+    names = ["position=rope,seed=0", "position=alibi,seed=0"]
+
+    assert main(["sweep", str(experiment), "--workdir", str(sweep_dir), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "3 run(s)" in out and all(n in out for n in names) and not sweep_dir.exists()
+
+    assert main(["sweep", str(experiment), "--workdir", str(sweep_dir), "--parallel", "2"]) == 1
+    records = _records(sweep_dir)
+    assert [r["status"] for r in records.values()] == ["done", "done", "failed"]
+    bad = list(records.values())[2]
+    assert bad["exit_code"] == 2 and "no-such-corpus" in bad["stderr_tail"]
+    for name in names:
+        assert sweep.finished_step(sweep_dir / name) == 4
+        config = json.loads((sweep_dir / name / "config.json").read_text())
+        assert config["model"]["position"] == name.split(",")[0].split("=")[1]
+
+    # Again: the finished runs are skipped (not trained again), the failed one is tried again.
+    capsys.readouterr()
+    assert main(["sweep", str(experiment), "--workdir", str(sweep_dir), "--only", names[0]]) == 0
+    assert "skipped" in capsys.readouterr().out
+    assert _records(sweep_dir)[names[0]]["status"] == "skipped"
+
+    assert main(["report", str(sweep_dir)]) == 0
+    md = (sweep_dir / "report.md").read_text()
+    assert "model.position" in md and "final_val_loss" in md and "data.corpus" in md
+    with (sweep_dir / "report.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [r["name"] for r in rows] == [*names, list(records)[2]]
+    assert rows[0]["model.position"] == "rope" and float(rows[0]["final_val_loss"]) > 0
+    assert int(rows[0]["params"]) > 0 and float(rows[0]["tokens_per_s"]) > 0
+    assert rows[2]["status"] == "failed" and rows[2]["final_val_loss"] == ""
+    for png in ("curves.png", "variants.png"):
+        assert (sweep_dir / png).read_bytes()[:4] == b"\x89PNG"
+
+    # The Slurm job array script runs locally: task 0 trains run 0 again from scratch.
+    assert main(["sweep", str(experiment), "--workdir", str(sweep_dir), "--emit", "slurm"]) == 0
+    script = (sweep_dir / "sweep.slurm").read_text()
+    assert "#SBATCH --array=0-2" in script and "#SBATCH --requeue" in script and "TERM@120" in script
+    shutil.rmtree(sweep_dir / names[0])
+    env = {**os.environ, "SLURM_ARRAY_TASK_ID": "0"}
+    proc = subprocess.run(["bash", str(sweep_dir / "sweep.slurm")], env=env, capture_output=True, text=True,
+                          timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert sweep.finished_step(sweep_dir / names[0]) == 4
+    assert _records(sweep_dir)[names[0]]["status"] == "done"
