@@ -95,11 +95,16 @@ def _format_value(value: Any) -> str:
     return str(value)
 
 
+NAME_KEY = "_name"  # in an override dict: the run's name (not a config key)
+
+
 def run_name(overrides: dict[str, Any]) -> str:
     """A short, stable, readable file name for a run: 'position=rope,seed=0' (each key's last component; the full
     key when two keys share it). Characters other than letters, digits and . _ - = , become '-'."""
     if not overrides:
         return "base"
+    if NAME_KEY in overrides:
+        return re.sub(r"[^A-Za-z0-9._=,-]+", "-", str(overrides[NAME_KEY])).strip(".-") or "run"
     last = [k.split(".")[-1] for k in overrides]
     parts = []
     for key, short in zip(overrides, last, strict=True):
@@ -220,8 +225,11 @@ def load_sweep(spec: str) -> tuple[Any, list[Run]]:
         raise UserError(f"{spec}: get_sweep() must return a list of override dicts, got {type(overrides).__name__}")
     if not overrides:
         raise UserError(f"{spec}: get_sweep() returned no runs")
+    # An optional NAME_KEY entry names a run itself (instead of a name made from all its overrides).
+    names = run_names([{NAME_KEY: o[NAME_KEY]} if NAME_KEY in o else o for o in overrides])
+    overrides = [{k: v for k, v in o.items() if k != NAME_KEY} for o in overrides]
     runs = []
-    for i, (name, o) in enumerate(zip(run_names(overrides), overrides, strict=True)):
+    for i, (name, o) in enumerate(zip(names, overrides, strict=True)):
         run = Run(i, name, dict(o))
         try:
             run.config = apply_overrides(base, o)

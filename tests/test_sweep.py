@@ -162,3 +162,17 @@ def test_sweep_end_to_end(experiment, tmp_path, capsys):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert sweep.finished_step(sweep_dir / names[0]) == 4
     assert _records(sweep_dir)[names[0]]["status"] == "done"
+
+
+def test_named_runs_and_the_attention_ablation_sweep_is_valid():
+    from pathlib import Path
+
+    from llm.sweep import load_sweep, run_name
+
+    assert run_name({"_name": "mqar 256/gqa", "seed": 0}) == "mqar-256-gqa"
+    spec = str(Path(__file__).resolve().parents[1] / "experiments" / "attention_ablation.py")
+    _, runs = load_sweep(spec)
+    assert len(runs) == 18 and len({r.name for r in runs}) == 18
+    assert [r.error for r in runs if r.error] == []  # every override set passes the config validation
+    assert all("_name" not in r.overrides for r in runs)
+    assert {r.config.model.n_kv_heads for r in runs if r.name.startswith("mqar256-")} == {None, 2, 1}

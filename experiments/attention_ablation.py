@@ -1,0 +1,66 @@
+"""Attention variants on tasks that isolate what attention does: multi-query associative recall (MQAR, as in
+the Zoology benchmark) at several lengths, and character-level tiny Shakespeare.
+
+    llm sweep experiments/attention_ablation.py --workdir runs/attention_ablation --parallel 2
+    llm report runs/attention_ablation
+
+`get_config()` is the shared MQAR setting (Zoology's small model: width 64, 2 layers); `get_sweep()` lists the
+runs as override dicts: head sharing (MHA / GQA / MQA) across lengths, positions (RoPE / ALiBi / learned /
+none), sliding windows (shorter than the distance a value must be recalled from: expected to fail), the
+attention implementation (chunked must match xla), and the position variants on tiny Shakespeare.
+"""
+
+from llm.config import get_base_config
+from llm.sweep import chain, product
+
+PAIRS = 16
+SEEDS = [0]
+
+
+def get_config(arg=None):
+    if arg:
+        raise ValueError(f"attention_ablation has no presets (got {arg!r})")
+    c = get_base_config()
+    c.data.synthetic = f"mqar:pairs={PAIRS},vocab=128"
+    c.model.d_model, c.model.n_layers, c.model.n_heads = 64, 2, 4
+    c.model.max_len = 256
+    c.model.position = "rope"
+    c.model.dropout = 0.0
+    c.train.batch_size = 32
+    c.train.steps = 1500
+    c.train.eval_every = 250
+    c.train.eval_batches = 4
+    c.train.checkpoint_every = 500
+    c.train.log_every = 50
+    c.train.progress = False
+    c.optim.lr = 3e-3
+    c.optim.warmup_steps = 100
+    c.optim.weight_decay = 0.1
+    c.sample.num_samples = 0
+    return c
+
+
+def _mqar(length, variant, **overrides):
+    """An MQAR run of `length` tokens named 'mqar256-gqa-s0' (the `_name` key names a run; see llm/sweep.py)."""
+    seed = overrides.get("seed", 0)
+    return {"_name": f"mqar{length}-{variant}-s{seed}", "model.max_len": length,
+            "data.synthetic": f"mqar:pairs={PAIRS},vocab=128", **overrides}
+
+
+def get_sweep(arg=None):
+    heads = {"mha": None, "gqa": 2, "mqa": 1}
+    runs = []
+    for length in (64, 128, 256):  # head sharing across lengths
+        runs += [_mqar(length, name, **{"model.n_kv_heads": kv, "seed": s}) for name, kv in heads.items()
+                 for s in SEEDS]
+    runs += [_mqar(256, r["model.position"], **r) for r in product(**{"model.position": ["alibi", "learned", "none"],
+                                                                    "seed": SEEDS})]
+    runs += [_mqar(256, f"window{r['model.window']}", **r) for r in product(**{"model.window": [16, 64],
+                                                                             "seed": SEEDS})]
+    runs += [_mqar(256, "chunked", **{"model.attention_impl": "chunked", "seed": s}) for s in SEEDS]
+    shakespeare = {"data.synthetic": "", "data.corpus": "tinyshakespeare", "model.d_model": 128,
+                   "model.n_layers": 4, "model.max_len": 64, "train.steps": 1000, "train.batch_size": 12,
+                   "optim.lr": 1e-3}
+    runs += [{"_name": f"shakespeare-{r['model.position']}-s{r['seed']}", **shakespeare, **r}
+             for r in product(**{"model.position": ["rope", "alibi", "learned"], "seed": SEEDS})]
+    return chain(runs)
