@@ -46,6 +46,7 @@ and `llm sample` / `llm explain` can show these runs.
 
 from __future__ import annotations
 
+import abc
 import unicodedata
 from collections.abc import Iterator
 from typing import Any, ClassVar
@@ -87,7 +88,7 @@ def alphabet(vocab_size: int) -> str:
 # The task base class
 
 
-class SyntheticTask:
+class SyntheticTask(abc.ABC):
     """A task of rows [seq_len] over ids [0, vocab_size), generated from (seed, split, step); see the module doc.
 
     Subclasses set `name`, `OPTIONS` (option -> default; None for a default computed from seq_len) and
@@ -115,11 +116,13 @@ class SyntheticTask:
         self.options = {k: options.get(k, v) for k, v in self.OPTIONS.items()}
         self._setup()
 
+    @abc.abstractmethod
     def _setup(self) -> None:
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def _sequences(self, rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        raise NotImplementedError
+        ...
 
     def _int_option(self, key: str, low: int, high: int | None = None) -> int:
         value = self.options[key]
@@ -139,8 +142,9 @@ class SyntheticTask:
         """The spec string `make_task` rebuilds this task from (with seq_len)."""
         return f"{self.name}:" + ",".join(f"{k}={v}" for k, v in self.options.items())
 
+    @abc.abstractmethod
     def describe(self) -> str:
-        raise NotImplementedError
+        ...
 
     def __repr__(self) -> str:
         return f"SyntheticTask({self.spec!r}, seq_len={self.seq_len})"

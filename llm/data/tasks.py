@@ -31,6 +31,7 @@ options, so train and test sets drawn with any seeds never overlap (as long as t
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import datetime
 import hashlib
@@ -176,23 +177,24 @@ def parse_fields(completion: str) -> dict[str, str]:
 # Tasks: an index space [0, size) and a map from index to (example, split key)
 
 
-class Task:
+class Task(abc.ABC):
     """A family of examples indexed 0..size-1 (several indices may give the same example)."""
 
     name: str = ""
     description: str = ""
 
     @property
+    @abc.abstractmethod
     def size(self) -> int:
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def example(self, index: int) -> tuple[Example, str]:
         """The example at `index` and its split key."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def alphabet(self) -> str:
         """Every character that prompts and completions of this task can contain, sorted."""
-        raise NotImplementedError
 
 
 @dataclasses.dataclass(frozen=True)
