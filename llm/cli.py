@@ -44,11 +44,9 @@ def _user_errors():
     return (UserError, ConfigError, DataError, PromptError, CheckpointError)
 
 
-def _load_experiment(spec: str):
-    """`FILE[:arg]` -> the ConfigDict of the file's get_config(arg). The file runs as Python code."""
+def _load_experiment_module(spec: str):
+    """`FILE[:arg]` -> (the loaded module, FILE, arg). The file runs as Python code; any error in it is one line."""
     import importlib.util
-
-    from ml_collections import ConfigDict
 
     path, _, arg = spec.partition(":")
     if not Path(path).is_file():
@@ -63,6 +61,16 @@ def _load_experiment(spec: str):
         raise UserError(f"--config {path}: invalid syntax at line {e.lineno}: {e.msg}") from None
     except Exception as e:  # the file is the user's code: any error in it is theirs
         raise UserError(f"--config {path}: loading it raised {type(e).__name__}: {_one_line(e)}") from None
+    return module, path, arg
+
+
+def _load_experiment(spec: str, module=None):
+    """`FILE[:arg]` -> the ConfigDict of the file's get_config(arg) (`module`: the file, already loaded)."""
+    from ml_collections import ConfigDict
+
+    path, _, arg = spec.partition(":")
+    if module is None:
+        module, path, arg = _load_experiment_module(spec)
     if not callable(getattr(module, "get_config", None)):
         raise UserError(f"--config {path}: has no get_config(); an experiment file defines get_config(arg=None) "
                         "returning a ConfigDict (see experiments/)")

@@ -23,7 +23,6 @@ import copy
 import dataclasses
 import fcntl
 import hashlib
-import importlib.util
 import itertools
 import json
 import os
@@ -206,14 +205,11 @@ class Run:
 
 def load_sweep(spec: str) -> tuple[Any, list[Run]]:
     """`FILE[:arg]` -> (the experiment's config, its runs). UserError for a file without get_sweep()."""
-    from llm.cli import UserError, _load_experiment, _one_line
+    from llm.cli import UserError, _load_experiment, _load_experiment_module, _one_line
     from llm.model.config import ConfigError
 
-    base = _load_experiment(spec)  # checks the file and its get_config
-    path, _, arg = spec.partition(":")
-    module_spec = importlib.util.spec_from_file_location(f"llm_sweep_{abs(hash(spec))}", path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
+    module, path, arg = _load_experiment_module(spec)  # the file runs once, for get_config and get_sweep
+    base = _load_experiment(spec, module)
     if not callable(getattr(module, "get_sweep", None)):
         raise UserError(f"{path}: has no get_sweep(); a sweep's experiment file defines get_sweep(arg=None) returning "
                         "a list of override dicts, e.g. llm.sweep.product(**{'seed': [0, 1]})")
