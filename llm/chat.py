@@ -16,7 +16,6 @@ dropped (the system message stays) until the prompt plus a reserve for the answe
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 from collections.abc import Callable
@@ -309,11 +308,7 @@ def chat_main(argv: list[str]) -> int:
     """`llm chat`: talk to the run in --workdir on stdin/stdout. 0 at end of input or /quit; user mistakes
     (flags, no such run, a damaged checkpoint) raise llm.cli.UserError and friends, which `llm` prints as one
     line with exit code 2."""
-    from llm.cli import UserError  # here: llm.cli imports the jobs lazily, and this module needs jax
-
-    class Parser(argparse.ArgumentParser):
-        def error(self, message):  # one line and exit code 2 through main, instead of usage + SystemExit
-            raise UserError(f"{message}; see llm chat --help")
+    from llm.cli import Parser, UserError, _parse  # here: llm.cli imports the jobs lazily, this module needs jax
 
     p = Parser(prog="llm chat", description="Chat with a trained run; the answers stream as they are generated. "
                "Type /help in the session for its commands.")
@@ -326,10 +321,9 @@ def chat_main(argv: list[str]) -> int:
     p.add_argument("--system", default=None, help="a system message for the conversation")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--debug", action="store_true")
-    try:
-        a = p.parse_args(argv)
-    except SystemExit as e:  # --help printed the usage (argument errors raise UserError instead)
-        return 0 if e.code is None else e.code
+    a = _parse(p, argv)
+    if a is None:  # --help printed the usage
+        return 0
     if a.max_new_tokens < 1:
         raise UserError(f"--max-new-tokens must be >= 1, got {a.max_new_tokens}")
     if not (math.isfinite(a.temperature) and a.temperature >= 0):
