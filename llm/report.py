@@ -17,20 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from llm.model.config import ConfigError
+from llm.run import flatten_config
 
 SEED_KEYS = ("seed",)
 COLUMNS_AFTER = ("final_val_loss", "best_val_loss", "final_train_loss", "tokens_per_s", "params", "wall_time_s",
                  "status")
-
-
-def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 def _metrics(run_dir: Path) -> list[dict]:
@@ -100,7 +91,7 @@ def collect(sweep_dir: str | Path) -> list[dict[str, Any]]:
         runs.append({
             "name": name,
             "overrides": record.get("overrides", {}),
-            "config": _flatten(config),
+            "config": flatten_config(config),
             "val_curve": vals,
             "final_val_loss": vals[-1][1] if vals else None,
             "best_val_loss": min(v for _, v in vals) if vals else None,

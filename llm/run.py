@@ -294,8 +294,8 @@ def load_config(workdir: str | Path) -> ConfigDict:
 
 def config_differences(config: ConfigDict, workdir: Path) -> list[str]:
     """Keys whose values differ from the config saved in the workdir (ignoring RESUMABLE_KEYS)."""
-    saved = _flatten(json.loads((workdir / CONFIG_FILE).read_text()))
-    now = _flatten(json.loads(config.to_json_best_effort()))
+    saved = flatten_config(json.loads((workdir / CONFIG_FILE).read_text()))
+    now = flatten_config(json.loads(config.to_json_best_effort()))
     keys = sorted(set(saved) | set(now))
     return [f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in keys
             if saved.get(k) != now.get(k) and k not in RESUMABLE_KEYS and not k.startswith(RESUMABLE_SECTIONS)]
@@ -344,11 +344,12 @@ def _atomic_write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+def flatten_config(d: dict, prefix: str = "") -> dict[str, Any]:
+    """{'train.steps': 2000, ...}: a nested config dict's leaves under dotted keys."""
     out = {}
     for k, v in d.items():
         if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
+            out.update(flatten_config(v, f"{prefix}{k}."))
         else:
             out[f"{prefix}{k}"] = v
     return out
