@@ -57,7 +57,8 @@ def model_and_params(**overrides):
 
 
 @pytest.mark.parametrize("overrides, lengths", [({}, [1, 7, 16, 17, 33]),
-                                                ({"position": "learned", "scan_layers": True}, [5, 20])])
+                                                ({"position": "learned", "scan_layers": True}, [5, 20]),
+                                                ({"short_conv": 3}, [5, 20])])
 def test_stream_equals_generate_greedy(overrides, lengths):
     model, params = model_and_params(**overrides)
     prompts = [(np.arange(n) * 7 + 3) % 23 for n in lengths]

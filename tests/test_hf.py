@@ -202,6 +202,7 @@ def test_import_file_errors(tmp_path):
     (dict(norm="rmsnorm", ffn="swiglu", position="rope"), "gpt2", "arch='llama'"),
     (dict(n_kv_heads=2), "gpt2", "n_kv_heads"),
     (dict(use_bias=False), "gpt2", "use_bias"),
+    (dict(short_conv=3), "gpt2", "model.short_conv=3"),
     (dict(), "llama", "model.position='learned'"),
     (dict(norm="rmsnorm", ffn="swiglu", position="rope", window=8), "llama", "arch='mistral'"),
     (dict(norm="rmsnorm", ffn="swiglu", position="rope", qk_norm=True), "llama", "arch='qwen3'"),

@@ -21,6 +21,7 @@ VARIANTS = {
     "sinusoidal_postnorm_relu": dict(position="sinusoidal", norm_position="post", activation="relu"),
     "nopos_qknorm_softcap": dict(position="none", qk_norm=True, attn_softcap=4.0, attention_impl="chunked"),
     "scan_remat_rope": dict(position="rope", scan_layers=True, remat="full", n_kv_heads=2),
+    "shortconv_gqa_scan": dict(position="rope", short_conv=3, n_kv_heads=2, scan_layers=True),
 }
 
 
@@ -82,9 +83,10 @@ def test_decoding_left_padded_batch_matches_unpadded():
     np.testing.assert_allclose(logits[1], forward(model)(params, long)[0], atol=2e-5)
 
 
-def test_packed_documents_do_not_interact():
+@pytest.mark.parametrize("name", ["gpt2", "shortconv_gqa_scan"])
+def test_packed_documents_do_not_interact(name):
     """Two documents packed in one row (segment ids, positions restarting) = each document alone."""
-    model, params = model_and_params("gpt2")
+    model, params = model_and_params(name)
     a, b = tokens(1, 10, seed=4), tokens(1, 14, seed=5)
     packed = jnp.concatenate([a, b], axis=1)
     seg = jnp.array([[1] * 10 + [2] * 14])
@@ -181,7 +183,8 @@ def test_remat_does_not_change_gradients():
         np.testing.assert_allclose(a, b, atol=1e-6)
 
 
-@pytest.mark.parametrize("name", ["gpt2", "llama", "mqa_alibi_window", "sinusoidal_postnorm_relu"])
+@pytest.mark.parametrize("name", ["gpt2", "llama", "mqa_alibi_window", "sinusoidal_postnorm_relu",
+                                  "shortconv_gqa_scan"])
 def test_param_count_matches_closed_form(name):
     model, params = model_and_params(name)
     assert count_params(params) == param_count_formula(model.cfg)["total"]
@@ -243,6 +246,7 @@ def test_untied_embeddings_have_own_output_matrix():
     (dict(n_layers=2.5), "model.n_layers must be int"),
     (dict(dropout=1.5), "dropout must be in"),
     (dict(attn_softcap=3.0), "no logit soft-cap"),
+    (dict(short_conv=-1), "model.short_conv is a kernel size >= 0"),
     (dict(colour="blue"), "unknown model config key"),
 ])
 def test_config_validation(overrides, message):

@@ -177,6 +177,7 @@ def check_exportable(cfg: ModelConfig, arch: str) -> None:
         "ffn": ("mlp",) if gpt2 else ("swiglu",),
         "norm_position": ("pre",),
         "attn_softcap": (None,),
+        "short_conv": (0,),
         "qk_norm": (arch == "qwen3",),
         "window": (None,) if arch != "mistral" else (cfg.window,),
     }

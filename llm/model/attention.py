@@ -1,4 +1,5 @@
-"""Causal self-attention: projections, RoPE / ALiBi, QK-norm, the attention op, and a KV cache for decoding."""
+"""Causal self-attention: projections, short convolutions, RoPE / ALiBi, QK-norm, the attention op, and a KV
+cache for decoding."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
 from llm.model.config import ModelConfig
+from llm.model.conv import ShortConv
 from llm.model.linear import Projection
 from llm.model.norms import RMSNorm
 from llm.model.positions import alibi_slopes, apply_rope
@@ -52,6 +54,14 @@ class SelfAttention(nn.Module):
         q_BTHD = proj(h, ("heads", "kv"), "query")(x_BTE)
         k_BTKD = proj(kv, ("kv_heads", "kv"), "key")(x_BTE)
         v_BTKD = proj(kv, ("kv_heads", "kv"), "value")(x_BTE)
+        if cfg.short_conv:
+            def conv(names, name):
+                return ShortConv(cfg.short_conv, names, cfg.max_len, decode=self.decode, dtype=dtype,
+                                 param_dtype=param_dtype, name=name)
+
+            q_BTHD = conv(("heads", "kv"), "query_conv")(q_BTHD, segment_ids_BT, decode_index)
+            k_BTKD = conv(("kv_heads", "kv"), "key_conv")(k_BTKD, segment_ids_BT, decode_index)
+            v_BTKD = conv(("kv_heads", "kv"), "value_conv")(v_BTKD, segment_ids_BT, decode_index)
         if cfg.qk_norm:
             q_BTHD = RMSNorm(cfg.norm_eps, dtype, param_dtype, axis_name="kv", name="query_norm")(q_BTHD)
             k_BTKD = RMSNorm(cfg.norm_eps, dtype, param_dtype, axis_name="kv", name="key_norm")(k_BTKD)

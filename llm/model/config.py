@@ -50,6 +50,9 @@ class ModelConfig:
     attention_impl: str = "xla"
     window: int | None = None  # sliding-window attention: each token sees at most this many tokens
     qk_norm: bool = False
+    # Kernel size of a causal depthwise convolution over the sequence applied to the queries, keys and values
+    # after their projections (llm/model/conv.py; H3 / Based / Zoology's short convolutions); 0: none.
+    short_conv: int = 0
     attn_softcap: float | None = None
     dropout: float = 0.0
     use_bias: bool = True
@@ -135,6 +138,8 @@ class ModelConfig:
                               f"{self.max_len}; shrink the window or drop it (None)")
         if self.position == "rope" and self.dim_per_head % 2:
             raise ConfigError(f"RoPE needs an even head_dim, got {self.dim_per_head}")
+        if self.short_conv < 0:
+            raise ConfigError(f"model.short_conv is a kernel size >= 0 (0: no convolution), got {self.short_conv}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")
         if self.lora_rank < 0 or not 0.0 <= self.lora_dropout < 1.0 or self.lora_alpha <= 0:

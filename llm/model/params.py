@@ -23,12 +23,13 @@ def param_count_formula(cfg: ModelConfig) -> dict[str, int]:
     norm = e * (2 if cfg.norm == "layernorm" and cfg.use_bias else 1)
     attention = e * h * d + 2 * e * k * d + h * d * e + bias * (h * d + 2 * k * d + e)
     attention += 2 * d if cfg.qk_norm else 0
+    conv = _short_conv_params(cfg)
     n_in = 2 if cfg.gated else 1
     ffn = n_in * e * f + f * e + bias * (n_in * f + e)
     counts = {
         "embed": v * e,
         "positions": cfg.max_len * e if cfg.position == "learned" else 0,
-        "layers": cfg.n_layers * (attention + ffn + 2 * norm),
+        "layers": cfg.n_layers * (attention + conv + ffn + 2 * norm),
         "final_norm": norm if cfg.norm_position == "pre" else 0,
         "unembed": 0 if cfg.tie_embeddings else e * v,
     }
@@ -38,9 +39,15 @@ def param_count_formula(cfg: ModelConfig) -> dict[str, int]:
 
 def flops_params(cfg: ModelConfig) -> int:
     """N in PaLM's 6N + 12LHQT training FLOPs per token: every matmul weight, the output projection included,
-    the input embedding and position tables (lookups, not matmuls) excluded."""
+    the input embedding and position tables (lookups, not matmuls) excluded, and so are the short convolutions'
+    depthwise kernels (2K FLOPs per channel and token, not a matmul)."""
     c = param_count_formula(cfg)
-    return c["layers"] + c["final_norm"] + cfg.vocab_size * cfg.d_model
+    return c["layers"] - cfg.n_layers * _short_conv_params(cfg) + c["final_norm"] + cfg.vocab_size * cfg.d_model
+
+
+def _short_conv_params(cfg: ModelConfig) -> int:
+    """One layer's depthwise kernels of the query, key and value short convolutions."""
+    return cfg.short_conv * (cfg.n_heads + 2 * cfg.kv_heads) * cfg.dim_per_head
 
 
 def train_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
