@@ -122,6 +122,27 @@ def test_task_formats():
     assert t.tokenizer().vocab_size == 8192
 
 
+@pytest.mark.parametrize("layout", ["packed", "zoology"])
+def test_mqar_min_pairs_mixes_pair_counts_in_training_rows_only(layout):
+    t = make_task(f"mqar:pairs=6,vocab=32,layout={layout},min_pairs=2", 40)
+    b = t.batch(0, 0, 64)
+    counts = []
+    for x, y, w in zip(b["inputs"], b["targets"], b["weights"], strict=True):
+        p = int((x >= 16).sum()) if layout == "zoology" else int(b["segment_ids"][len(counts)].sum()) // 4
+        kv = {int(x[2 * i]): int(x[2 * i + 1]) for i in range(p)}
+        assert len(kv) == p and all(k < 16 <= v for k, v in kv.items())
+        queries = np.flatnonzero(w)
+        assert len(queries) == p and all(y[q] == kv[int(x[q])] for q in queries)
+        counts.append(p)
+    assert set(counts) == {2, 3, 4, 5, 6}
+    assert (next(t.eval_batches(16))["weights"].sum(1) == 6).all()  # eval rows: all the pairs
+    assert "training rows have 2-6 pairs" in t.describe()
+    with pytest.raises(ValueError, match="min_pairs must be an int in"):
+        make_task("mqar:pairs=6,vocab=32,min_pairs=7", 40)
+    with pytest.raises(ValueError, match="drop queries"):
+        make_task("mqar:pairs=6,vocab=32,min_pairs=2,queries=3", 40)
+
+
 def test_accuracy(task):
     b = task.batch(0, 0, 8)
     V = task.vocab_size
