@@ -104,7 +104,7 @@ def _check_override_keys(config, argv: list[str]) -> None:
 def _parse_train(argv: list[str]):
     """absl/ml_collections config flags: --config FILE[:arg] and --config.a.b=value overrides."""
     from absl import flags
-    from ml_collections import config_flags
+    from ml_collections import ConfigDict, config_flags
 
     import llm.config
 
@@ -121,7 +121,11 @@ def _parse_train(argv: list[str]):
             break
     config = _load_experiment(spec)
     _check_override_keys(config, argv)
-    argv = ["llm train", *argv]
+    # --config.a.b=None: ml_collections parses the value with the field's type (int('None') fails for an int
+    # field that defaults to None), so these are set after parsing.
+    last = {a[len("--config."):].split("=", 1)[0]: a.endswith("=None") for a in argv if a.startswith("--config.")}
+    nones = [key for key, is_none in last.items() if is_none]  # the last override of the key wins, as in absl
+    argv = ["llm train", *(a for a in argv if not (a.startswith("--config.") and a.endswith("=None")))]
     fv = flags.FlagValues()
     flags.DEFINE_string("workdir", DEFAULT_WORKDIR, "where the run's checkpoints, logs and samples go", flag_values=fv)
     flags.DEFINE_boolean("debug", False, "show tracebacks for errors", flag_values=fv)
@@ -133,6 +137,15 @@ def _parse_train(argv: list[str]):
         config_flags.DEFINE_config_dict("config", config, flag_values=fv, lock_config=True, sys_argv=argv)
         rest = fv(argv)
         config = fv.config
+        for key in nones:
+            *sections, name = key.split(".")
+            node, base = config, llm.config.get_base_config()
+            for section in sections:
+                node, base = node[section], base.get(section) if isinstance(base, dict | ConfigDict) else None
+            default = base.get(name, node[name]) if isinstance(base, dict | ConfigDict) else node[name]
+            if default is not None:
+                raise UserError(f"--config.{key}=None: {key} cannot be None (its default is {default!r})")
+            node[name] = None
     except flags.Error as e:
         raise UserError(_one_line(e)) from None
     except (AttributeError, KeyError, TypeError, ValueError) as e:

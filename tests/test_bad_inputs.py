@@ -146,6 +146,8 @@ CASES: list[Case] = [
     Case("override-wrong-type", train("--config.model.n_layers=abc"),
          "--config.model.n_layers=abc: invalid literal for int()"),
     Case("override-float-for-int", train("--config.train.steps=1.5"), "--config.train.steps=1.5"),
+    Case("override-none-for-non-nullable", train("--config.train.steps=None"),
+         "--config.train.steps=None: train.steps cannot be None (its default is"),
     Case("override-scalar-for-section", train("--config.model=3"), "--config.model"),
     Case("override-unknown-key", train("--config.model.colour=blue"), "model.colour"),
     Case("override-unknown-section", train("--config.colour.red=1"), "colour.red"),

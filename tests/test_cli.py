@@ -55,6 +55,17 @@ def test_sample_options_in_process(trained, capsys):
     assert capsys.readouterr().out.count("--- sample") == 1
 
 
+def test_none_overrides_reach_nullable_fields():
+    """--config.a.b=None sets a field whose default is None (ml_collections alone would parse int('None'))."""
+    from llm.cli import _parse_train
+
+    config, _, _ = _parse_train(["--config", "experiments/attention_ablation.py", "--config.model.n_kv_heads=2",
+                                 "--config.model.window=None", "--config.model.n_kv_heads=None"])
+    assert config.model.n_kv_heads is None and config.model.window is None
+    config, _, _ = _parse_train(["--config.model.window=None", "--config.model.window=8"])
+    assert config.model.window == 8  # the last one wins
+
+
 def test_help():
     assert main(["--help"]) == 0
     assert main([]) == 0
