@@ -1,7 +1,9 @@
 """`llm report runs/SWEEP`: one table of a sweep's runs, and plots.
 
-    report.md / report.csv   name, the config keys that differ between runs, final / best val loss, final train
-                             loss, tokens/s (median of the logged values), parameters, wall time, status
+    report.md / report.csv   name, the config keys that differ between runs, final / best val loss, final / best
+                             val accuracy (synthetic tasks: `val_accuracy` in metrics.jsonl; the columns are left
+                             out when no run logs it), final train loss, tokens/s (median of the logged values),
+                             parameters, wall time, status
     curves.png               val loss against step, one line per run
     variants.png             final val loss per variant (the runs' overrides less `seed`): mean over seeds, std bars
 """
@@ -20,8 +22,8 @@ from llm.model.config import ConfigError
 from llm.run import flatten_config
 
 SEED_KEYS = ("seed",)
-COLUMNS_AFTER = ("final_val_loss", "best_val_loss", "final_train_loss", "tokens_per_s", "params", "wall_time_s",
-                 "status")
+COLUMNS_AFTER = ("final_val_loss", "best_val_loss", "final_val_accuracy", "best_val_accuracy", "final_train_loss",
+                 "tokens_per_s", "params", "wall_time_s", "status")
 
 
 def _metrics(run_dir: Path) -> list[dict]:
@@ -82,6 +84,7 @@ def collect(sweep_dir: str | Path) -> list[dict[str, Any]]:
                 config = {}
         rows = _metrics(run_dir)
         vals = [(r["step"], r["val_loss"]) for r in rows if _finite(r.get("val_loss"))]
+        accs = [r["val_accuracy"] for r in rows if _finite(r.get("val_accuracy"))]
         trains = [r["train_loss"] for r in rows if _finite(r.get("train_loss"))]
         losses = [r["loss"] for r in rows if _finite(r.get("loss"))]
         speeds = [r["tokens_per_s"] for r in rows if _finite(r.get("tokens_per_s"))]
@@ -95,6 +98,8 @@ def collect(sweep_dir: str | Path) -> list[dict[str, Any]]:
             "val_curve": vals,
             "final_val_loss": vals[-1][1] if vals else None,
             "best_val_loss": min(v for _, v in vals) if vals else None,
+            "final_val_accuracy": accs[-1] if accs else None,
+            "best_val_accuracy": max(accs) if accs else None,
             "final_train_loss": trains[-1] if trains else (losses[-1] if losses else None),
             "tokens_per_s": statistics.median(speeds) if speeds else None,
             "params": _params(config, run_dir) if config else None,
@@ -128,8 +133,9 @@ def _cell(value: Any) -> str:
 def table(runs: list[dict]) -> tuple[list[str], list[list[str]]]:
     keys = differing_keys(runs)
     header = ["name", *keys, *COLUMNS_AFTER]
-    if all(r["params"] is None for r in runs):
-        header.remove("params")
+    for column in ("params", "final_val_accuracy", "best_val_accuracy"):
+        if all(r[column] is None for r in runs):
+            header.remove(column)
     rows = []
     for r in runs:
         row = [r["name"], *(_cell(_value(r, k)) for k in keys)]

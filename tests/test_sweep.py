@@ -172,7 +172,14 @@ def test_named_runs_and_the_attention_ablation_sweep_is_valid():
     assert run_name({"_name": "mqar 256/gqa", "seed": 0}) == "mqar-256-gqa"
     spec = str(Path(__file__).resolve().parents[1] / "experiments" / "attention_ablation.py")
     _, runs = load_sweep(spec)
-    assert len(runs) == 18 and len({r.name for r in runs}) == 18
+    assert len(runs) == 19 and len({r.name for r in runs}) == 19
     assert [r.error for r in runs if r.error] == []  # every override set passes the config validation
     assert all("_name" not in r.overrides for r in runs)
     assert {r.config.model.n_kv_heads for r in runs if r.name.startswith("mqar256-")} == {None, 2, 1}
+    # The same overrides as the command-line flags a run gets give the same config (None values included).
+    from llm.cli import _parse_train
+    from llm.sweep import override_flags
+
+    for r in runs:
+        config, _, _ = _parse_train(["--config", spec, *override_flags(r.overrides)])
+        assert config.to_dict() == r.config.to_dict(), r.name
