@@ -5,7 +5,8 @@
                              out when no run logs it), final train loss, tokens/s (median of the logged values),
                              parameters, wall time, status
     curves.png               val loss against step, one line per run
-    variants.png             final val loss per variant (the runs' overrides less `seed`): mean over seeds, std bars
+    variants.png             final val loss (and val accuracy, when logged) per variant (a run's name less its seed
+                             suffix, or its overrides less `seed`): mean over seeds, std bars
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import csv
 import io
 import json
 import math
+import re
 import statistics
 from pathlib import Path
 from typing import Any
@@ -152,20 +154,26 @@ def markdown(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def variants(runs: list[dict]) -> list[tuple[str, float, float, int]]:
-    """(variant, mean, std, n) of the final val loss over seeds; a variant is a run's overrides less the seed (or,
-    without sweep.json, its differing config keys less the seed)."""
+def variants(runs: list[dict], metric: str = "final_val_loss") -> list[tuple[str, float, float, int]]:
+    """(variant, mean, std, n) of `metric` over seeds. A variant is a run's name less a seed suffix ('-s0',
+    '-seed1', with that seed in its overrides), else its overrides less the seed (or, without sweep.json, its
+    differing config keys less the seed)."""
     keys = [k for k in differing_keys(runs) if k not in SEED_KEYS]
     groups: dict[str, list[float]] = {}
     for r in runs:
-        if r["final_val_loss"] is None:
+        if r[metric] is None:
             continue
-        if r["overrides"]:
-            items = [(k, v) for k, v in r["overrides"].items() if k not in SEED_KEYS]
+        seed = next((r["overrides"][k] for k in SEED_KEYS if k in r["overrides"]), None)
+        stripped = re.sub(rf"[-_.]s(?:eed)?-?{seed}$", "", r["name"]) if seed is not None else r["name"]
+        if stripped != r["name"]:
+            label = stripped
         else:
-            items = [(k, _value(r, k)) for k in keys]
-        label = ",".join(f"{k.split('.')[-1]}={v}" for k, v in items) or "base"
-        groups.setdefault(label, []).append(r["final_val_loss"])
+            if r["overrides"]:
+                items = [(k, v) for k, v in r["overrides"].items() if k not in SEED_KEYS]
+            else:
+                items = [(k, _value(r, k)) for k in keys]
+            label = ",".join(f"{k.split('.')[-1]}={v}" for k, v in items) or "base"
+        groups.setdefault(label, []).append(r[metric])
     return [(label, statistics.fmean(v), statistics.stdev(v) if len(v) > 1 else 0.0, len(v))
             for label, v in groups.items()]
 
@@ -192,21 +200,26 @@ def plot(runs: list[dict], sweep_dir: Path) -> list[Path]:
     plt.close(fig)
     out.append(sweep_dir / "curves.png")
 
-    groups = variants(runs)
-    fig, ax = plt.subplots(figsize=(max(5, 1.2 * len(groups) + 2), 4.5))
-    if groups:
-        labels, means, stds, ns = zip(*groups, strict=True)
-        # Points, not bars: the axis does not start at 0, and a bar's height would mislead.
-        ax.errorbar(range(len(labels)), means, yerr=stds, fmt="o", capsize=4, color="tab:blue")
-        ax.set_xlim(-0.5, len(labels) - 0.5)
-        ax.set_xticks(range(len(labels)), [f"{lab}\n(n={n})" for lab, n in zip(labels, ns, strict=True)],
-                      rotation=20, ha="right", fontsize=7)
-        low = min(m - s for m, s in zip(means, stds, strict=True))
-        high = max(m + s for m, s in zip(means, stds, strict=True))
-        pad = 0.1 * (high - low) or 0.05 * abs(high) or 0.1
-        ax.set_ylim(low - pad, high + pad)
-    ax.set_ylabel("final val loss (mean ± std over seeds)")
-    ax.set_title("variants")
+    # One row per variant (labels on the y axis stay readable however many there are); a second panel with
+    # the val accuracy when runs log it (synthetic tasks).
+    panels = [(m, title) for m, title in (("final_val_loss", "final val loss"),
+                                          ("final_val_accuracy", "final val accuracy"))
+              if any(r[m] is not None for r in runs)] or [("final_val_loss", "final val loss")]
+    groups = [variants(runs, m) for m, _ in panels]
+    n_rows = max([len(g) for g in groups] + [1])
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels) + 3, 0.32 * n_rows + 1.6), squeeze=False,
+                             sharey=False)
+    for ax, (_, title), group in zip(axes[0], panels, groups, strict=True):
+        if group:
+            labels, means, stds, ns = zip(*group, strict=True)
+            y = list(range(len(labels)))[::-1]
+            # Points, not bars: the axis does not start at 0, and a bar's length would mislead.
+            ax.errorbar(means, y, xerr=stds, fmt="o", capsize=3, color="tab:blue")
+            ax.set_yticks(y, [f"{lab} (n={n})" for lab, n in zip(labels, ns, strict=True)], fontsize=7)
+            ax.set_ylim(-0.7, len(labels) - 0.3)
+            ax.grid(axis="x", alpha=0.3)
+        ax.set_xlabel(f"{title} (mean ± std over seeds)")
+        ax.set_title(title)
     fig.tight_layout()
     fig.savefig(sweep_dir / "variants.png", dpi=110)
     plt.close(fig)

@@ -183,3 +183,17 @@ def test_named_runs_and_the_attention_ablation_sweep_is_valid():
     for r in runs:
         config, _, _ = _parse_train(["--config", spec, *override_flags(r.overrides)])
         assert config.to_dict() == r.config.to_dict(), r.name
+
+
+def test_report_variants_group_seeds_by_name_and_show_accuracy():
+    from llm.report import variants
+
+    def run(name, seed, loss, acc=None, **overrides):
+        return {"name": name, "overrides": {"seed": seed, **overrides}, "config": {}, "final_val_loss": loss,
+                "final_val_accuracy": acc}
+
+    runs = [run("mqar-mha-s0", 0, 1.0, 0.5, x=1), run("mqar-mha-s1", 1, 3.0, 0.7, x=1),
+            run("plain", 0, 2.0, x=2)]
+    assert variants(runs) == [("mqar-mha", 2.0, 2 ** 0.5, 2), ("x=2", 2.0, 0.0, 1)]
+    [(label, mean, std, n)] = variants(runs, "final_val_accuracy")  # "plain" logs no accuracy
+    assert (label, n) == ("mqar-mha", 2) and mean == pytest.approx(0.6) and std == pytest.approx(0.02 ** 0.5)
