@@ -38,3 +38,14 @@ def test_presets_and_specs_round_trip():
         assert bench.Spec.from_json(s.to_json()) == s
         config = bench.build_config(s)  # every GPU configuration is a valid experiment config
         assert config.model.dtype == "bfloat16" and config.model.scan_layers and config.model.max_len == 2048
+
+
+def test_sampling_benchmark_runs_and_both_methods_agree(tmp_path):
+    from benchmarks import sampling
+
+    assert sampling.main(["--new-tokens", "6", "--prompt-len", "5", "--batches", "1,2", "--repeats", "1",
+                          "--d-model", "64", "--layers", "1", "--out", str(tmp_path)]) == 0
+    data = json.loads((tmp_path / "sampling_cpu.json").read_text())
+    assert [(r["method"], r["batch"]) for r in data["rows"]] == [("kv-cache", 1), ("kv-cache", 2), ("recompute", 1)]
+    assert data["rows"][-1]["greedy_tokens_equal_kv_cache"] is True
+    assert all(r["tokens_per_s"] > 0 for r in data["rows"]) and data["meta"]["kv_cache_speedup_batch1"] > 0
