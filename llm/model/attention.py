@@ -119,8 +119,8 @@ class SelfAttention(nn.Module):
         initialized = self.has_variable("cache", "cached_key")
         # Heads before slots: [B, K, S, D] is the layout the score and output matmuls contract in (batch dims
         # B, K leading). Stored as [B, S, K, D], XLA copied the whole cache into it at every decoding step
-        # (benchmarks/results/sampling_cpu.md: 3.6 ms of a 5 ms step at batch 32); now only the new T tokens
-        # are transposed, and the swap back to [B, S, K, D] for `attention` cancels against its own transpose.
+        # (benchmarks/results/perf_before_after.md: 3.7 s of 5.0 s for 128 tokens at batch 32); now only the new
+        # T tokens are transposed, and the swap back to [B, S, K, D] for `attention` cancels its own transpose.
         shape = (b, cfg.kv_heads, cfg.max_len, cfg.dim_per_head)
         key = self.variable("cache", "cached_key", jnp.zeros, shape, k_BTKD.dtype)
         value = self.variable("cache", "cached_value", jnp.zeros, shape, v_BTKD.dtype)
