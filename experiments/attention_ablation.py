@@ -8,7 +8,7 @@ the Zoology benchmark) at several lengths, and character-level tiny Shakespeare.
 after the key-value block at power-law gaps, every token real) with a 256-token vocabulary instead of 8192 (the
 output layer would dominate a CPU step), 4 heads, RoPE, and a short causal convolution (kernel 3) on the
 queries, keys and values: with it one attention layer can match a query to the key *before* a value, which is
-how Zoology's attention baseline and the short-convolution layers (H3, Based) solve recall quickly; without it
+why Zoology's current MQAR configs pair attention with a kernel-3 convolution layer (as H3 and Based do); without it
 the model must first grow a previous-token head, a plateau longer than this CPU budget (the `noconv` run).
 Training rows mix pair counts (`min_pairs`, as Zoology trains on a mixture of settings); eval rows have all
 `pairs`. Zoology's pairing of lengths and pairs: (64, 4), (128, 8), (256, 16).

@@ -4,8 +4,8 @@
 
 With K >= 2 a key can carry the previous token's identity, so one attention layer does what otherwise needs a
 previous-token head in an earlier layer (the induction / associative-recall circuit): the short convolutions of
-H3, Based, Mamba and the flash-linear-attention layers, and of the attention baseline that solves multi-query
-associative recall in Zoology. `model.short_conv` sets K (0: none).
+H3, Based, Mamba and the flash-linear-attention layers (Zoology's MQAR configs likewise put a kernel-3
+convolution layer before attention, in one hybrid mixer). `model.short_conv` sets K (0: none).
 
 Decoding keeps the inputs (and their segment ids) in the 'cache' collection, so a token generated one at a time
 gets exactly the convolution it gets in a full forward pass.
