@@ -74,14 +74,19 @@ def _load_experiment(spec: str, module=None):
     if not callable(getattr(module, "get_config", None)):
         raise UserError(f"--config {path}: has no get_config(); an experiment file defines get_config(arg=None) "
                         "returning a ConfigDict (see experiments/)")
-    try:
-        config = module.get_config(arg) if arg else module.get_config()
-    except Exception as e:
-        raise UserError(f"--config {spec}: get_config raised {type(e).__name__}: {_one_line(e)}") from None
+    config = call_experiment(module, "get_config", arg, f"--config {spec}")
     if not isinstance(config, ConfigDict):
         raise UserError(f"--config {spec}: get_config() returned {type(config).__name__}, not a ConfigDict; start "
                         "from llm.config.get_base_config()")
     return config
+
+
+def call_experiment(module, name: str, arg: str, where: str):
+    """module.<name>(arg) (no argument when arg is empty); what it raises becomes a one-line UserError."""
+    try:
+        return getattr(module, name)(arg) if arg else getattr(module, name)()
+    except Exception as e:
+        raise UserError(f"{where}: {name} raised {type(e).__name__}: {_one_line(e)}") from None
 
 
 def _check_override_keys(config, argv: list[str]) -> None:
@@ -137,9 +142,10 @@ def _parse_train(argv: list[str]):
         config_flags.DEFINE_config_dict("config", config, flag_values=fv, lock_config=True, sys_argv=argv)
         rest = fv(argv)
         config = fv.config
+        defaults = llm.config.get_base_config() if nones else None
         for key in nones:
             *sections, name = key.split(".")
-            node, base = config, llm.config.get_base_config()
+            node, base = config, defaults
             for section in sections:
                 node, base = node[section], base.get(section) if isinstance(base, dict | ConfigDict) else None
             default = base.get(name, node[name]) if isinstance(base, dict | ConfigDict) else node[name]

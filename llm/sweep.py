@@ -205,7 +205,7 @@ class Run:
 
 def load_sweep(spec: str) -> tuple[Any, list[Run]]:
     """`FILE[:arg]` -> (the experiment's config, its runs). UserError for a file without get_sweep()."""
-    from llm.cli import UserError, _load_experiment, _load_experiment_module, _one_line
+    from llm.cli import UserError, _load_experiment, _load_experiment_module, _one_line, call_experiment
     from llm.model.config import ConfigError
 
     module, path, arg = _load_experiment_module(spec)  # the file runs once, for get_config and get_sweep
@@ -213,10 +213,7 @@ def load_sweep(spec: str) -> tuple[Any, list[Run]]:
     if not callable(getattr(module, "get_sweep", None)):
         raise UserError(f"{path}: has no get_sweep(); a sweep's experiment file defines get_sweep(arg=None) returning "
                         "a list of override dicts, e.g. llm.sweep.product(**{'seed': [0, 1]})")
-    try:
-        overrides = module.get_sweep(arg) if arg else module.get_sweep()
-    except Exception as e:
-        raise UserError(f"{spec}: get_sweep raised {type(e).__name__}: {_one_line(e)}") from None
+    overrides = call_experiment(module, "get_sweep", arg, spec)
     if not isinstance(overrides, list | tuple) or not all(isinstance(o, dict) for o in overrides):
         raise UserError(f"{spec}: get_sweep() must return a list of override dicts, got {type(overrides).__name__}")
     if not overrides:
