@@ -253,8 +253,8 @@ def finished_step(run_dir: Path) -> int | None:
     return last
 
 
-def is_finished(run_dir: Path, steps: int) -> bool:
-    step = finished_step(run_dir)
+def is_finished(step: int | None, steps: int) -> bool:
+    """Whether a run whose `finished_step` is `step` has trained all its `steps`."""
     return step is not None and step >= steps
 
 
@@ -328,12 +328,12 @@ def run_sweep(spec: str, workdir: str | Path, *, parallel: int = 1, only: list[s
     from llm.cli import UserError
 
     sweep_dir = Path(workdir)
+    if parallel < 1:  # before anything is written
+        raise UserError(f"--parallel must be >= 1, got {parallel}")
     _, runs = load_sweep(spec)
     selected = select(runs, only=only, index=index)
     sweep_dir.mkdir(parents=True, exist_ok=True)
     (sweep_dir / LOG_DIR).mkdir(exist_ok=True)
-    if parallel < 1:
-        raise UserError(f"--parallel must be >= 1, got {parallel}")
     previous = read_records(sweep_dir)
     env = dict(os.environ)
     repo = str(Path(__file__).resolve().parents[1])
@@ -341,13 +341,12 @@ def run_sweep(spec: str, workdir: str | Path, *, parallel: int = 1, only: list[s
     failed = False
     todo: list[Run] = []
     for run in selected:
-        run_dir = sweep_dir / run.name
         if run.error is not None:
             log(f"[{run.name}] failed: {run.error}")
             write_record(sweep_dir, spec, runs, _record(run, "failed", 2, 0.0, run.error))
             failed = True
-        elif is_finished(run_dir, run.config.train.steps):
-            log(f"[{run.name}] skipped: finished (step {finished_step(run_dir)})")
+        elif is_finished(step := finished_step(sweep_dir / run.name), run.config.train.steps):
+            log(f"[{run.name}] skipped: finished (step {step})")
             wall = previous.get(run.name, {}).get("wall_time")
             write_record(sweep_dir, spec, runs, _record(run, "skipped", 0, wall))
         else:

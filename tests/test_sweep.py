@@ -197,3 +197,14 @@ def test_report_variants_group_seeds_by_name_and_show_accuracy():
     assert variants(runs) == [("mqar-mha", 2.0, 2 ** 0.5, 2), ("x=2", 2.0, 0.0, 1)]
     [(label, mean, std, n)] = variants(runs, "final_val_accuracy")  # "plain" logs no accuracy
     assert (label, n) == ("mqar-mha", 2) and mean == pytest.approx(0.6) and std == pytest.approx(0.02 ** 0.5)
+
+
+def test_bad_parallel_is_refused_before_anything_is_written(tmp_path, capsys):
+    from pathlib import Path
+
+    from llm.cli import main
+
+    spec = str(Path(__file__).resolve().parents[1] / "experiments" / "attention_ablation.py")
+    assert main(["sweep", spec, "--workdir", str(tmp_path / "s"),
+                 "--parallel", "0"]) == 2
+    assert "--parallel must be >= 1" in capsys.readouterr().err and not (tmp_path / "s").exists()
