@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from llm.host_memory import keep_freed_host_memory
 from llm.model import ModelConfig, Transformer
 from llm.model.params import count_params
 from llm.sampling import generate
@@ -84,6 +85,7 @@ def main(argv=None) -> int:
     cfg = ModelConfig(vocab_size=256, max_len=args.prompt_len + args.new_tokens, d_model=args.d_model,
                       n_layers=args.layers, n_heads=max(1, args.d_model // 64), position="rope", norm="rmsnorm",
                       ffn="swiglu", use_bias=False)
+    malloc_tuned = keep_freed_host_memory()  # as `llm sample` runs
     model, params = build(cfg)
     rng = np.random.default_rng(0)
     rows = []
@@ -114,6 +116,7 @@ def main(argv=None) -> int:
     scaling = {bb: r["tokens_per_s"] / rows[0]["tokens_per_s"] for bb, r in zip(batches, rows, strict=False)}
 
     meta = {"device": device.device_kind, "platform": device.platform, "jax": jax.__version__,
+            "host_malloc_tuned": malloc_tuned,
             "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"), "host": platform.node(),
             "command": "python -m benchmarks.sampling " + " ".join(sys.argv[1:] if argv is None else argv),
             "model": {k: getattr(cfg, k) for k in ("vocab_size", "max_len", "d_model", "n_layers", "n_heads",

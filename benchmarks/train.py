@@ -66,6 +66,7 @@ import numpy as np
 
 from llm.config import model_config, validate_config
 from llm.hardware import PEAK_FLOPS, peak_flops
+from llm.host_memory import keep_freed_host_memory
 from llm.model import Transformer
 from llm.model.params import count_params, flops_params, param_count_formula, train_flops_per_token
 from llm.optim import make_optimizer
@@ -258,6 +259,7 @@ def run_spec(spec: Spec, *, steps: int | None = None, warmup: int | None = None,
     row: dict[str, Any] = {"name": spec.name, "kind": "compile" if spec.compile_only else "train",
                            "group": spec.group, "status": "error"}
     try:
+        row["host_malloc_tuned"] = keep_freed_host_memory()  # as `llm train` runs
         row.update(device_info())
         config = build_config(spec)
         cfg = model_config(config)

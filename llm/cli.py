@@ -24,6 +24,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from llm.host_memory import keep_freed_host_memory
+
 EXIT_USER_ERROR = 2
 EXIT_DIVERGED = 3
 EXIT_PREEMPTED = 75  # = llm.preemption.EXIT_PREEMPTED (not imported: the CLI starts without jax)
@@ -374,6 +376,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"llm: unknown command {command!r}; choose one of: {', '.join(COMMANDS)}", file=sys.stderr)
         return EXIT_USER_ERROR
     debug = "--debug" in rest
+    keep_freed_host_memory()  # every command runs XLA:CPU programs repeatedly (llm/host_memory.py)
     try:
         return COMMANDS[command](rest)
     except KeyboardInterrupt:

@@ -30,6 +30,7 @@ from llm.data.synthetic import SyntheticTask
 from llm.faults import NO_FAULTS, Faults, kill_now, kill_when_save_starts
 from llm.hardware import peak_flops
 from llm.health import LossMonitor, TrainingDiverged
+from llm.host_memory import keep_freed_host_memory
 from llm.inference import encode_prompts, sample_texts
 from llm.model import Transformer
 from llm.model.config import ConfigError
@@ -235,6 +236,7 @@ def train(config: ConfigDict, workdir: str | Path, *, log=print, stop_after: int
     """
     t_start = time.time()
     validate_config(config)
+    keep_freed_host_memory()  # XLA:CPU's per-step buffers would page-fault anew at every step otherwise
     initialize_distributed(config.distributed)  # before any other JAX call
     primary = jax.process_index() == 0  # the one process that logs and writes the run's files
     if not primary:

@@ -6,6 +6,9 @@ import numpy as np
 import pytest
 
 from llm.config import get_base_config
+from llm.host_memory import keep_freed_host_memory
+
+keep_freed_host_memory()  # as `llm train` does: the suite's many small steps stop page-faulting their buffers
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"

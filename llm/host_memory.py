@@ -1,0 +1,37 @@
+"""Keep freed host memory in the process, so XLA:CPU's per-call buffers do not page-fault at every step.
+
+XLA:CPU allocates an executable's temporary buffers with malloc at each call and frees them afterwards. glibc
+gives freed memory at the top of its heap back to the kernel once more than M_TRIM_THRESHOLD is free, and serves
+large requests (above M_MMAP_THRESHOLD, 128 KiB to 32 MiB, adaptive) with fresh mmaps, so every training step
+touched its temporaries as new pages: a page fault and a kernel zero-fill per 4 KiB. On the 2-core development
+machine that was ~11 ms of the 42 ms shakespeare_char:baby step (benchmarks/results/perf_before_after.md).
+Raising both thresholds keeps the pages for the next call. The cost: up to `threshold` bytes of freed memory stay
+mapped to the process instead of going back to the system.
+
+`keep_freed_host_memory()` is called by `llm.train.train`, the CLI and the benchmarks; set LLM_MALLOC_DEFAULTS=1
+to leave glibc's defaults alone (e.g. to measure the difference).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import sys
+
+_M_TRIM_THRESHOLD = -1  # glibc's mallopt parameter numbers (malloc.h)
+_M_MMAP_THRESHOLD = -3
+
+
+def keep_freed_host_memory(threshold: int = 1 << 30) -> bool:
+    """Set glibc's trim and mmap thresholds to `threshold` bytes for this process; True if both are set.
+
+    False (nothing changed) off Linux, with a C library without mallopt (musl), or with LLM_MALLOC_DEFAULTS=1.
+    """
+    if not sys.platform.startswith("linux") or os.environ.get("LLM_MALLOC_DEFAULTS", "") not in ("", "0"):
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
+    return bool(mallopt(_M_TRIM_THRESHOLD, threshold)) and bool(mallopt(_M_MMAP_THRESHOLD, threshold))
