@@ -29,6 +29,8 @@ def get_config(arg=None):
     c.model.use_bias = True
     c.model.tie_embeddings = True
     c.model.dropout = 0.0
+    if arg != "tiny":
+        c.model.attention_impl = "xla"  # GPU-sized: "cudnn" or "flash" are faster there (benchmarks/train.py)
     c.data.tokenizer = "bpe"
     c.data.vocab_size = 50257 if arg != "tiny" else 1024
     c.train.batch_size = 8

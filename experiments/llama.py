@@ -32,6 +32,7 @@ def get_config(arg=None):
     c.model.dropout = 0.0
     if arg != "tiny":
         c.model.dtype = "bfloat16"
+        c.model.attention_impl = "xla"  # GPU-sized: "cudnn" or "flash" are faster there (benchmarks/train.py)
         c.model.scan_layers = True
         c.model.remat = "dots"
         c.data.tokenizer = "bpe"

@@ -72,10 +72,11 @@ def reference_for(case_name, dtype):
     return loss_and_grads("reference", q, k, v, kw, {})
 
 
-IMPL_EXTRA = {"xla": {}, "chunked": {"block_k": 8}}
+# dense: 5-row query blocks, so most cases have several blocks and the causal / windowed ones skip key ranges.
+IMPL_EXTRA = {"xla": {}, "chunked": {"block_k": 8}, "dense": {"block_q": 5}}
 
 
-@pytest.mark.parametrize("impl", ["xla", "chunked"])
+@pytest.mark.parametrize("impl", ["xla", "chunked", "dense"])
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=["f32", "bf16"])
 def test_matches_reference(impl, case, dtype):
@@ -90,14 +91,36 @@ def test_matches_reference(impl, case, dtype):
         np.testing.assert_allclose(np.float32(g), np.float32(rg), **tol)
 
 
-def test_chunked_softcap_matches_reference():
+@pytest.mark.parametrize("impl, extra", [("chunked", {"block_k": 5}), ("dense", {"block_q": 5})])
+def test_softcap_matches_reference(impl, extra):
     q, k, v, kw = make_inputs(2, 23, 23, 4, 2, 8, dict(causal=True), jnp.float32)
     kw["softcap"] = 2.5
-    out, grads = loss_and_grads("chunked", q, k, v, kw, {"block_k": 5})
+    out, grads = loss_and_grads(impl, q, k, v, kw, extra)
     ref_out, ref_grads = loss_and_grads("reference", q, k, v, kw, {})
     np.testing.assert_allclose(out, ref_out, atol=2e-5)
     for g, rg in zip(grads, ref_grads):
         np.testing.assert_allclose(g, rg, atol=2e-5)
+
+
+def test_dense_with_traced_offset_matches_reference():
+    """A traced query offset (KV-cache decoding under jit): the blocks span all keys, the mask does the rest."""
+    q, k, v, _ = make_inputs(2, 6, 29, 4, 2, 8, dict(causal=True, window=9), jnp.float32)
+    run = jax.jit(lambda off, impl: attention(q, k, v, impl=impl, q_offset=off, causal=True, window=9,
+                                              **({"block_q": 4} if impl == "dense" else {})), static_argnums=1)
+    for off in (0, 11, 23):
+        np.testing.assert_allclose(run(jnp.int32(off), "dense"), run(jnp.int32(off), "reference"), atol=2e-5)
+
+
+def test_dense_skips_invisible_key_blocks():
+    """Causal 4 x 16-row blocks over 64 keys compute 10/16 of the scores: XLA's FLOP count drops accordingly."""
+    q, k, v, _ = make_inputs(1, 64, 64, 2, 2, 32, dict(causal=True), jnp.float32)
+
+    def flops(block_q):
+        f = jax.jit(jax.grad(lambda q, k, v: attention(q, k, v, impl="dense", block_q=block_q).sum(), (0, 1, 2)))
+        return f.lower(q, k, v).compile().cost_analysis()["flops"]
+
+    ratio = flops(16) / flops(64)
+    assert 0.55 < ratio < 0.75, ratio
 
 
 def test_reference_is_softmax_attention():
@@ -117,9 +140,13 @@ def test_fully_masked_rows_are_zero():
     q, k, v, _ = make_inputs(1, 4, 4, 2, 2, 4, dict(causal=True), jnp.float32)
     seg_q = jnp.array([[5, 5, 5, 5]])
     seg_k = jnp.array([[1, 1, 1, 1]])
-    for impl in ("reference", "chunked"):
+    for impl in ("reference", "chunked", "dense"):
         out = attention(q, k, v, impl=impl, causal=False, segment_ids=seg_q, kv_segment_ids=seg_k)
         assert np.all(np.asarray(out) == 0), impl
+        loss = functools.partial(lambda q, k, v, impl: attention(
+            q, k, v, impl=impl, causal=False, segment_ids=seg_q, kv_segment_ids=seg_k).sum(), impl=impl)
+        grads = jax.grad(loss, (0, 1, 2))(q, k, v)
+        assert all(np.all(np.asarray(g) == 0) for g in grads), impl
 
 
 def test_mask_rule():

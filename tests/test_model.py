@@ -241,11 +241,11 @@ def test_untied_embeddings_have_own_output_matrix():
     (dict(n_kv_heads=3), "not divisible by model.n_kv_heads"),
     (dict(window=64), "larger than the context"),
     (dict(position="spiral"), "model.position='spiral' is not one of: learned, sinusoidal, rope, alibi, none"),
-    (dict(attention_impl="magic"), "reference, xla, cudnn, chunked, flash"),
+    (dict(attention_impl="magic"), "reference, dense, xla, cudnn, chunked, flash"),
     (dict(n_layers=0), "model.n_layers must be positive"),
     (dict(n_layers=2.5), "model.n_layers must be int"),
     (dict(dropout=1.5), "dropout must be in"),
-    (dict(attn_softcap=3.0), "no logit soft-cap"),
+    (dict(attn_softcap=3.0, attention_impl="xla"), "no logit soft-cap"),
     (dict(short_conv=-1), "model.short_conv is a kernel size >= 0"),
     (dict(colour="blue"), "unknown model config key"),
 ])

@@ -47,7 +47,9 @@ class ModelConfig:
     norm_position: str = "pre"
     position: str = "learned"
     rope_base: float = 10000.0
-    attention_impl: str = "xla"
+    # llm/ops/attention.py; "dense" measured fastest on CPU (benchmarks/results/perf_before_after.md), on GPU
+    # choose "cudnn" or "flash" (benchmarks/train.py --preset gpu)
+    attention_impl: str = "dense"
     window: int | None = None  # sliding-window attention: each token sees at most this many tokens
     qk_norm: bool = False
     # Kernel size of a causal depthwise convolution over the sequence applied to the queries, keys and values
@@ -152,7 +154,7 @@ class ModelConfig:
                               ) from None
         if self.attn_softcap is not None and self.attention_impl in ("xla", "cudnn"):
             raise ConfigError(f"model.attention_impl={self.attention_impl!r} has no logit soft-cap; use "
-                              "'reference', 'chunked' or 'flash' with model.attn_softcap")
+                              "'dense', 'reference', 'chunked' or 'flash' with model.attn_softcap")
 
 
 def _coerce(name: str, value: Any, hint: Any) -> Any:
