@@ -287,7 +287,8 @@ def _compile_only(spec: Spec, config, cfg, row: dict[str, Any]) -> None:
     tokens = jax.ShapeDtypeStruct((batch, seq_len), jnp.int32)
     best = None
     for _ in range(max(1, spec.compile_repeats)):
-        step = make_train_step(model, tx, lr, 1, jax.random.PRNGKey(1))  # a fresh jit: no cached trace
+        step = make_train_step(model, tx, lr, 1, jax.random.PRNGKey(1),  # a fresh jit: no cached trace
+                               dropout_rng=config.train.dropout_rng)
         t0 = time.perf_counter()
         lowered = step.lower(abstract, tokens, tokens)
         t1 = time.perf_counter()
@@ -311,7 +312,7 @@ def _train(spec: Spec, config, cfg, row: dict[str, Any], *, steps: int, warmup: 
     row["params"] = count_params(state.params)
     batches = synthetic_batches(cfg.vocab_size, batch, seq_len)
 
-    step = make_train_step(model, tx, lr, 1, jax.random.PRNGKey(1))
+    step = make_train_step(model, tx, lr, 1, jax.random.PRNGKey(1), dropout_rng=config.train.dropout_rng)
     t0 = time.perf_counter()
     lowered = step.lower(state, *batches[0])
     t1 = time.perf_counter()

@@ -20,6 +20,7 @@ from llm.model.config import ConfigError, ModelConfig
 OPTIMIZERS = ("adamw", "sgd", "lion", "adafactor")
 SCHEDULES = ("cosine", "linear", "constant")
 TOKENIZERS = ("char", "byte", "bpe")
+DROPOUT_RNGS = ("rbg", "threefry")
 
 
 def _model_section() -> ConfigDict:
@@ -70,6 +71,9 @@ def get_base_config() -> ConfigDict:
     c.train.batch_size = 16
     c.train.seq_len = config_dict.placeholder(int)  # None: model.max_len
     c.train.grad_accum = 1  # micro-batches per step (batch_size must divide by it)
+    # Generator of the dropout masks: 'rbg' (XLA's RngBitGenerator, cheaper than threefry on CPU) or 'threefry'
+    # (JAX's default, as in runs before this option existed).
+    c.train.dropout_rng = "rbg"
     c.train.eval_every = 250
     c.train.eval_batches = 20
     c.train.log_every = 50
@@ -185,6 +189,7 @@ def validate_config(config: ConfigDict) -> None:
     choice("optim.name", o.name, OPTIMIZERS)
     choice("optim.schedule", o.schedule, SCHEDULES)
     choice("data.tokenizer", d.tokenizer, TOKENIZERS)
+    choice("train.dropout_rng", t.dropout_rng, DROPOUT_RNGS)
     for name in ("steps", "batch_size", "seq_len", "grad_accum", "eval_every", "eval_batches", "log_every",
                  "checkpoint_every", "keep_checkpoints", "max_bad_steps", "spike_window"):
         positive(f"train.{name}", t[name])

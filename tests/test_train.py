@@ -2,7 +2,9 @@
 
 import json
 
+import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
@@ -182,3 +184,23 @@ def test_stopping_early_flushes_pending_metrics(tmp_path):
     rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "loss" in r] == [5, 7]
     assert Checkpointer(tmp_path / "run" / "checkpoints").latest_step() == 7
+
+
+def test_dropout_rng_choices():
+    """'rbg' and 'threefry' dropout: each deterministic per step, different from each other, masks at rate p."""
+    cfg = ModelConfig(vocab_size=16, max_len=8, d_model=16, n_layers=1, n_heads=2, dropout=0.3)
+    model = Transformer(cfg)
+    o = get_base_config().optim
+    tx, lr = make_optimizer(o, 10)
+    state = jax.jit(create_train_state, static_argnums=(0, 1, 3))(model, tx, jax.random.PRNGKey(0), 8)
+    x = np.tile(np.arange(8, dtype=np.int32), (4, 1))
+    losses = {}
+    for rng in ("rbg", "threefry"):
+        step = make_train_step(model, tx, lr, 1, jax.random.PRNGKey(3), dropout_rng=rng)
+        runs = [float(step(jax.tree.map(jnp.copy, state), x, x)[1]["loss"]) for _ in range(2)]
+        assert runs[0] == runs[1], rng
+        losses[rng] = runs[0]
+    assert losses["rbg"] != losses["threefry"]
+    key = jax.random.wrap_key_data(jax.random.bits(jax.random.PRNGKey(0), (4,), jnp.uint32), impl="rbg")
+    kept = nn.Dropout(0.3, deterministic=False).apply({}, jnp.ones((100_000,)), rngs={"dropout": key}) != 0
+    assert abs(float(kept.mean()) - 0.7) < 0.01
