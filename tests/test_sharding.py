@@ -18,7 +18,7 @@ from llm.parallel import logical_rules, mesh_shape
 from llm.parallel.distributed import initialize_distributed
 
 HERE = Path(__file__).parent
-MESHES = ["8,1,1", "1,8,1", "2,2,2", "1,2,4", "2,2,2,flash"]
+MESHES = ["8,1,1", "1,8,1", "2,2,2", "1,2,4", "2,2,2,flash", "2,2,2,dense"]
 
 
 def run_worker(corpus, out, meshes, devices):
