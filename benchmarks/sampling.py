@@ -85,7 +85,7 @@ def main(argv=None) -> int:
     cfg = ModelConfig(vocab_size=256, max_len=args.prompt_len + args.new_tokens, d_model=args.d_model,
                       n_layers=args.layers, n_heads=max(1, args.d_model // 64), position="rope", norm="rmsnorm",
                       ffn="swiglu", use_bias=False)
-    malloc_tuned = keep_freed_host_memory()  # as `llm sample` runs
+    malloc_tuned = keep_freed_host_memory()  # as `llm sample` runs (before the first computation)
     model, params = build(cfg)
     rng = np.random.default_rng(0)
     rows = []

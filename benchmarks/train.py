@@ -628,6 +628,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--child-out", help=argparse.SUPPRESS)
     p.add_argument("--child-deadline", type=float, default=None, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
+    keep_freed_host_memory()  # before the first computation: it also chooses how XLA:CPU runs programs
 
     if a.child_spec:  # one isolated configuration, run by run_isolated
         row = run_spec(Spec.from_json(a.child_spec), steps=a.steps, warmup=a.warmup, deadline=a.child_deadline)

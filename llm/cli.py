@@ -376,7 +376,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"llm: unknown command {command!r}; choose one of: {', '.join(COMMANDS)}", file=sys.stderr)
         return EXIT_USER_ERROR
     debug = "--debug" in rest
-    keep_freed_host_memory()  # every command runs XLA:CPU programs repeatedly (llm/host_memory.py)
+    if command not in ("sweep", "report"):  # these two run no XLA program themselves
+        import jax  # noqa: F401  (imported first so that the next call also sets how XLA:CPU runs programs)
+    keep_freed_host_memory()  # llm/host_memory.py: no page faults for XLA:CPU's per-call buffers
     try:
         return COMMANDS[command](rest)
     except KeyboardInterrupt:

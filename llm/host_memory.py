@@ -8,6 +8,12 @@ machine that was ~11 ms of the 42 ms shakespeare_char:baby step (benchmarks/resu
 Raising both thresholds keeps the pages for the next call. The cost: up to `threshold` bytes of freed memory stay
 mapped to the process instead of going back to the system.
 
+That covers the main heap only. JAX's CPU client runs programs on a worker thread by default, and glibc gives
+worker threads arenas made of 64 MiB heaps: a block larger than that (XLA allocates a program's temporaries as
+one block; 65 MB for the default experiment's step at batch 16) is mapped and unmapped at every call regardless of
+the thresholds. So, when jax is imported and its CPU client not yet created, programs are run on the calling
+thread instead (`jax_cpu_enable_async_dispatch=False`): the default `llm train` went from 55 to 42 ms/step.
+
 `keep_freed_host_memory()` is called by `llm.train.train`, the CLI and the benchmarks; set LLM_MALLOC_DEFAULTS=1
 to leave glibc's defaults alone (e.g. to measure the difference).
 """
@@ -34,4 +40,11 @@ def keep_freed_host_memory(threshold: int = 1 << 30) -> bool:
     except (OSError, AttributeError):
         return False
     mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
-    return bool(mallopt(_M_TRIM_THRESHOLD, threshold)) and bool(mallopt(_M_MMAP_THRESHOLD, threshold))
+    ok = bool(mallopt(_M_TRIM_THRESHOLD, threshold)) and bool(mallopt(_M_MMAP_THRESHOLD, threshold))
+    if ok and "jax" in sys.modules:
+        # glibc gives worker threads their own arenas, whose heaps hold at most 64 MiB: a larger block (XLA:CPU
+        # allocates a program's temporaries as one) is mapped afresh at every call whatever the thresholds. Run
+        # programs on the calling thread instead, which allocates from the main heap. Only read when the CPU
+        # client is created, so a no-op after the first computation.
+        sys.modules["jax"].config.update("jax_cpu_enable_async_dispatch", False)
+    return ok
