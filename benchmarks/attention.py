@@ -492,7 +492,7 @@ def main(argv=None) -> int:
         a.warmup, a.iters = 1, 3
         common = dict(head_dims=[64], causals=[True], dtypes=["float32"], tokens=0, heads_x_dim=4 * 64,
                       kv_ratio=2, tuning=tuple(flash_knobs.items()))
-        impls = ["reference", "xla", "chunked", "flash"]
+        impls = ["reference", "dense", "xla", "chunked", "flash"]
         cases = sweep(impls, [1024, 4096], modes=["fwd", "fwd_bwd"], **common)
         why = ("the reference's and XLA's [S, S] float32 scores need tens of GiB here (24 GiB machine); "
                "chunked and flash are timed at 16k below")
