@@ -184,9 +184,13 @@ def _probabilities(q, k, *, causal, window, segment_ids, kv_segment_ids, q_offse
         s_bkgqs = s_bkgqs + bias.reshape(kh, h // kh, tq, tk)
     mask = make_mask(tq, k.shape[1], causal=causal, window=window, segment_ids=segment_ids,
                      kv_segment_ids=kv_segment_ids, q_offset=q_offset)[:, :, None]  # [B, 1, 1, Tq, Tk]
-    s_bkgqs = jnp.where(mask, s_bkgqs, -jnp.inf)
-    m = jnp.max(s_bkgqs, axis=-1, keepdims=True)
-    p = jnp.exp(s_bkgqs - jnp.where(jnp.isfinite(m), m, 0.0))
+    return softmax_or_zeros(jnp.where(mask, s_bkgqs, -jnp.inf))
+
+
+def softmax_or_zeros(s: Array) -> Array:
+    """Softmax over the last axis of scores that are -inf where masked; a row with no visible key is all zeros."""
+    m = jnp.max(s, axis=-1, keepdims=True)
+    p = jnp.exp(s - jnp.where(jnp.isfinite(m), m, 0.0))
     denom = jnp.sum(p, axis=-1, keepdims=True)
     return p / jnp.where(denom == 0, 1.0, denom)
 

@@ -21,7 +21,7 @@ import typing
 import jax
 import jax.numpy as jnp
 
-from llm.ops.attention import alibi_bias, allowed, cap_logits
+from llm.ops.attention import alibi_bias, allowed, cap_logits, softmax_or_zeros
 
 Array = jax.Array
 
@@ -95,11 +95,7 @@ def _block_probs(st, lay, q_blk, k_rng, q_seg, k_seg, q_offset, slopes, i0, lo):
     seg = {} if q_seg is None else {"q_seg": q_seg[:, :, None], "k_seg": k_seg[:, None, :]}
     ok = allowed(q_slot, k_slot, causal=st.causal, window=st.window, **seg)  # [bq, n] or [B, bq, n]
     ok = ok.reshape((-1 if ok.ndim == 3 else 1), *(1,) * head_axes, bq, n)
-    s = jnp.where(ok, s, -jnp.inf)
-    m = jnp.max(s, axis=-1, keepdims=True)
-    e = jnp.exp(s - jnp.where(jnp.isfinite(m), m, 0.0))
-    denom = jnp.sum(e, axis=-1, keepdims=True)
-    return e / jnp.where(denom == 0, 1.0, denom), raw  # a row with no visible key is all zeros
+    return softmax_or_zeros(jnp.where(ok, s, -jnp.inf)), raw
 
 
 def _forward(st, q, k, v, q_seg, kv_seg, q_offset, slopes):
