@@ -27,6 +27,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
+from llm.parallel.distributed import sync_processes
+
 TMP_MARKER = ".orbax-checkpoint-tmp"
 DAMAGED_DIR = "damaged-checkpoints"
 
@@ -198,10 +200,7 @@ class Checkpointer:
         if jax.process_index() == 0:  # every process found the same damage (the checksums are global)
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.move(str(self.directory / str(step)), target)
-        if jax.process_count() > 1:
-            from jax.experimental import multihost_utils
-
-            multihost_utils.sync_global_devices(f"quarantine checkpoint {step}")
+        sync_processes(f"quarantine checkpoint {step}")
         self.manager.reload()
         return target
 

@@ -9,6 +9,8 @@ variable LLM_FAULTS, e.g. `LLM_FAULTS="nan_steps=5,6;kill_in_save=8"`:
     kill_after_step=4   SIGKILL the process once this many steps are done and earlier saves are committed
     kill_in_save=8      SIGKILL the process while the checkpoint of this step is being written
     sleep_ms=20         sleep this long after every step (slow steps, so a test can signal a run mid-way)
+    start_delay_ms=900  sleep this long before looking at the workdir (a process of a multi-process run that
+                        starts late, after another may have begun writing the run)
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ class Faults:
     kill_after_step: int | None = None
     kill_in_save: int | None = None
     sleep_ms: int = 0
+    start_delay_ms: int = 0
 
     @property
     def active(self) -> bool:

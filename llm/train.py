@@ -47,6 +47,7 @@ from llm.parallel import (
     make_mesh,
     make_shardings,
     memory_report,
+    sync_processes,
 )
 from llm.preemption import StopSignals
 from llm.train_state import TrainState, abstract_train_state, boxed_abstract_train_state, create_train_state
@@ -256,6 +257,7 @@ def train(config: ConfigDict, workdir: str | Path, *, log=print, stop_after: int
     # A fine-tuning run takes its source model's architecture (into config.model, so config.json tells it).
     source = finetune.resolve_init(config) if config.finetune.init_from else None
     # Every check that can refuse the run comes before the first write into the workdir.
+    time.sleep(faults.start_delay_ms / 1000)
     mode = run_lib.check_workdir(config, workdir, resume_anyway=resume_anyway, overwrite=overwrite)
     data = run_lib.prepare_data(config, workdir if mode == "resume" else None,
                                 base_tokenizer=None if source is None else source.tokenizer)
@@ -263,6 +265,9 @@ def train(config: ConfigDict, workdir: str | Path, *, log=print, stop_after: int
         encode_prompts(data.tokenizer, [config.sample.prompt], data.model.max_len)
     if mode == "resume":
         _check_checkpoints_fit(config, workdir, data)
+    # Every process has judged the workdir as it was; only now may the primary write into it (else another process
+    # could see a half-made run, take it for one to resume, and disagree with the primary on what to do).
+    sync_processes("llm.train: workdir checked")
     lock = None
     if primary:
         workdir.mkdir(parents=True, exist_ok=True)

@@ -125,14 +125,21 @@ def test_sigterm_to_one_of_two_processes_stops_both_at_one_step(tmp_path):
     args = [*flags(tmp_path, run), "--config.train.steps=400", "--config.train.checkpoint_every=1000",
             "--config.distributed.enabled=True", f"--config.distributed.coordinator_address=127.0.0.1:{port}",
             "--config.distributed.num_processes=2"]
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
-           "LLM_FAULTS": "sleep_ms=30"}
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+    # Process 1 looks at the workdir late, after process 0 could have begun writing the run into it: it must
+    # still judge the run new (a barrier holds the first write back until every process has looked).
+    faults = ["sleep_ms=30", "sleep_ms=30;start_delay_ms=1500"]
     procs = [subprocess.Popen([sys.executable, "-m", "llm.cli", *args, f"--config.distributed.process_id={i}"],
-                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                              env={**env, "LLM_FAULTS": faults[i]}, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
              for i in range(2)]
     deadline = time.time() + 240
     while len(logged_steps(run)) < 3:
-        assert all(p.poll() is None for p in procs) and time.time() < deadline
+        if not all(p.poll() is None for p in procs) or time.time() > deadline:
+            for p in procs:
+                p.kill()
+            outs = [f"--- process {i} (exit {p.wait()}):\n{p.stdout.read()}" for i, p in enumerate(procs)]
+            pytest.fail("a process ended (or none logged 3 steps in 240 s) before the SIGTERM:\n" + "\n".join(outs))
         time.sleep(0.05)
     procs[1].send_signal(signal.SIGTERM)
     results = [finish(p) for p in procs]

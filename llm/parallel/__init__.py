@@ -1,6 +1,6 @@
 """Device meshes, logical-axis sharding rules, and multi-process start-up."""
 
-from llm.parallel.distributed import initialize_distributed
+from llm.parallel.distributed import initialize_distributed, sync_processes
 from llm.parallel.mesh import MESH_AXES, make_mesh, mesh_shape
 from llm.parallel.sharding import (
     Shardings,
@@ -15,4 +15,4 @@ from llm.parallel.sharding import (
 
 __all__ = ["MESH_AXES", "Shardings", "batch_sharding", "format_memory_report", "global_batch",
            "initialize_distributed", "logical_rules", "make_mesh", "make_shardings", "memory_report", "mesh_shape",
-           "state_shardings"]
+           "state_shardings", "sync_processes"]

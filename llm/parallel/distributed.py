@@ -36,3 +36,11 @@ def initialize_distributed(d: ConfigDict) -> None:
         kwargs["local_device_ids"] = [int(i) for i in d.local_device_ids.split(",")]
     jax.distributed.initialize(**kwargs)
     _initialized = True
+
+
+def sync_processes(name: str) -> None:
+    """Block until every process of a multi-process run reaches the barrier `name` (nothing when single)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
