@@ -177,14 +177,29 @@ def _probabilities(q, k, *, causal, window, segment_ids, kv_segment_ids, q_offse
     kh = k.shape[2]
     q_bqkgd = q.astype(jnp.float32).reshape(b, tq, kh, h // kh, d)
     s_bkgqs = jnp.einsum("bqkgd,bskd->bkgqs", q_bqkgd, k.astype(jnp.float32)) * scale
-    s_bkgqs = cap_logits(s_bkgqs, softcap)
+    s_bkgqs = masked_scores(s_bkgqs, (jnp.arange(tq) + q_offset)[:, None], jnp.arange(k.shape[1])[None, :],
+                            causal=causal, window=window, softcap=softcap, alibi_slopes=alibi_slopes,
+                            q_seg=segment_ids, k_seg=kv_segment_ids)
+    return softmax_or_zeros(s_bkgqs)
+
+
+def masked_scores(raw: Array, q_slot: Array, k_slot: Array, *, causal: bool, window: int | None,
+                  softcap: float | None, alibi_slopes: Array | None, q_seg: Array | None = None,
+                  k_seg: Array | None = None) -> Array:
+    """Scaled scores [B, *heads, Tq, Tk] -> soft-capped, plus ALiBi's bias, -inf where `allowed` says no.
+
+    q_slot [Tq, 1] and k_slot [1, Tk] are the rows' and columns' slots (any key offset included); q_seg [B, Tq]
+    and k_seg [B, Tk] the segment ids or None; the head axes (H, or K and G) are those of `alibi_slopes` [H].
+    Shared by the reference, the chunked and the dense implementations, each with its own layout and key range.
+    """
+    heads, (tq, tk) = raw.shape[1:-2], raw.shape[-2:]
+    s = cap_logits(raw, softcap)
     if alibi_slopes is not None:
-        tk = k.shape[1]
-        bias = alibi_bias(alibi_slopes, (jnp.arange(tq) + q_offset)[:, None], jnp.arange(tk)[None, :])
-        s_bkgqs = s_bkgqs + bias.reshape(kh, h // kh, tq, tk)
-    mask = make_mask(tq, k.shape[1], causal=causal, window=window, segment_ids=segment_ids,
-                     kv_segment_ids=kv_segment_ids, q_offset=q_offset)[:, :, None]  # [B, 1, 1, Tq, Tk]
-    return softmax_or_zeros(jnp.where(mask, s_bkgqs, -jnp.inf))
+        s = s + alibi_bias(alibi_slopes, q_slot, k_slot).reshape(*heads, tq, tk)
+    segments = {} if q_seg is None else {"q_seg": q_seg[:, :, None], "k_seg": k_seg[:, None, :]}
+    ok = allowed(q_slot, k_slot, causal=causal, window=window, **segments)  # [Tq, Tk] or [B, Tq, Tk]
+    ok = ok.reshape(-1 if ok.ndim == 3 else 1, *(1,) * len(heads), tq, tk)
+    return jnp.where(ok, s, -jnp.inf)
 
 
 def softmax_or_zeros(s: Array) -> Array:
@@ -277,15 +292,11 @@ def _blocks(x, block):
 def _block_scores(st: _ChunkStatic, q_bqkgd, k_blk, q_seg, kseg_blk, q_offset, slopes, j):
     """Scores [B, K, G, Tq, bk] of one key block (capped, biased, masked entries -inf) and the raw scores."""
     raw = jnp.einsum("bqkgd,bskd->bkgqs", q_bqkgd, k_blk, preferred_element_type=jnp.float32) * st.scale
-    tq, kh, g = q_bqkgd.shape[1:4]
-    q_slot = (jnp.arange(tq) + q_offset)[:, None]
+    q_slot = (jnp.arange(q_bqkgd.shape[1]) + q_offset)[:, None]
     k_slot = (j * st.block_k + jnp.arange(st.block_k))[None, :]
-    s = cap_logits(raw, st.softcap)
-    if slopes is not None:
-        s = s + alibi_bias(slopes, q_slot, k_slot).reshape(kh, g, tq, st.block_k)
-    ok = allowed(q_slot, k_slot, causal=st.causal, window=st.window,
-                 q_seg=q_seg[:, :, None], k_seg=kseg_blk[:, None, :])  # [B, Tq, bk]
-    return jnp.where(ok[:, None, None], s, -jnp.inf), raw
+    s = masked_scores(raw, q_slot, k_slot, causal=st.causal, window=st.window, softcap=st.softcap,
+                      alibi_slopes=slopes, q_seg=q_seg, k_seg=kseg_blk)
+    return s, raw
 
 
 def _chunked_fwd_impl(st, q, k, v, q_seg, kv_seg, q_offset, slopes):

@@ -21,7 +21,7 @@ import typing
 import jax
 import jax.numpy as jnp
 
-from llm.ops.attention import alibi_bias, allowed, cap_logits, softmax_or_zeros
+from llm.ops.attention import masked_scores, softmax_or_zeros
 
 Array = jax.Array
 
@@ -86,16 +86,10 @@ def _block_probs(st, lay, q_blk, k_rng, q_seg, k_seg, q_offset, slopes, i0, lo):
     """Probabilities [B, *heads, bq, n] of one query block over its key range, and the raw (uncapped) scores."""
     bq, n = q_blk.shape[1], k_rng.shape[1]
     raw = jnp.einsum(f"bq{lay.qh}d,bs{lay.kh}d->b{lay.qh}qs", q_blk, k_rng) * st.scale
-    s = cap_logits(raw, st.softcap)
-    q_slot = (q_offset + i0 + jnp.arange(bq))[:, None]
-    k_slot = (lo + jnp.arange(n))[None, :]
-    head_axes = len(lay.qh)
-    if slopes is not None:
-        s = s + alibi_bias(slopes, q_slot, k_slot).reshape(*raw.shape[1:1 + head_axes], bq, n)
-    seg = {} if q_seg is None else {"q_seg": q_seg[:, :, None], "k_seg": k_seg[:, None, :]}
-    ok = allowed(q_slot, k_slot, causal=st.causal, window=st.window, **seg)  # [bq, n] or [B, bq, n]
-    ok = ok.reshape((-1 if ok.ndim == 3 else 1), *(1,) * head_axes, bq, n)
-    return softmax_or_zeros(jnp.where(ok, s, -jnp.inf)), raw
+    s = masked_scores(raw, (q_offset + i0 + jnp.arange(bq))[:, None], (lo + jnp.arange(n))[None, :],
+                      causal=st.causal, window=st.window, softcap=st.softcap, alibi_slopes=slopes,
+                      q_seg=q_seg, k_seg=k_seg)
+    return softmax_or_zeros(s), raw
 
 
 def _forward(st, q, k, v, q_seg, kv_seg, q_offset, slopes):
