@@ -21,7 +21,8 @@ excluded), attention counted over the full T^2 (no causal halving, although caus
 
 Presets:
   cpu        shakespeare_char baby (4x4x128, ctx 64, batch 12) and small (6x6x384, ctx 256, batch 64; ~8 s/step
-             here, so only a couple of steps), then a compile-only comparison of 48 vs 4 layers (tiny width),
+             here, so only a couple of steps), both again with bfloat16 matmul operands (model.matmul_dtype;
+             float32 sums and activations), then a compile-only comparison of 48 vs 4 layers (tiny width),
              scanned (scan_layers=True: the ratio should stay near 1) and unrolled for contrast
   cpu-quick  baby only, a few steps (the test's preset; well under a minute)
   gpu        Llama-style (RoPE, RMSNorm, SwiGLU, GQA) ~1B and ~350M, vocab 32000, bf16 compute, float32 params,
@@ -118,8 +119,11 @@ def _llama(size: str, attn: str, remat: str, batch: int) -> Spec:
                 warmup=2, steps=10)
 
 
-def _shakespeare(preset: str, **kw) -> Spec:
-    return Spec(preset, "shakespeare_char", preset, (("model.vocab_size", 65),), **kw)
+def _shakespeare(preset: str, matmul_dtype: str | None = None, **kw) -> Spec:
+    if matmul_dtype is None:
+        return Spec(preset, "shakespeare_char", preset, (("model.vocab_size", 65),), **kw)
+    return Spec(f"{preset}-{matmul_dtype}-matmuls", "shakespeare_char", preset,
+                (("model.vocab_size", 65), ("model.matmul_dtype", matmul_dtype)), **kw)
 
 
 def _compile_case(layers: int, scan: bool) -> Spec:
@@ -136,6 +140,8 @@ def preset_specs(preset: str) -> list[Spec]:
         return [_shakespeare("baby", warmup=2, steps=5)]
     if preset == "cpu":
         return [_shakespeare("baby", warmup=3, steps=30), _shakespeare("small", warmup=1, steps=2),
+                _shakespeare("baby", "bfloat16", warmup=3, steps=30),
+                _shakespeare("small", "bfloat16", warmup=1, steps=2),
                 _compile_case(4, True), _compile_case(48, True), _compile_case(4, False), _compile_case(48, False)]
     if preset == "gpu":
         # Batch sizes from JAX's saved residuals of the loss (jax.ad_checkpoint's saved_residuals, 'chunked'

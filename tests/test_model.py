@@ -220,6 +220,28 @@ def test_bfloat16_compute_is_close_to_float32():
     assert not np.array_equal(a, b)
 
 
+@pytest.mark.parametrize("name", ["gpt2", "llama"])  # tied / untied output projection
+def test_bfloat16_matmuls_are_close_to_float32(name):
+    """model.matmul_dtype: bfloat16 operands, float32 sums and activations; logits and gradients within the
+    operands' rounding of the float32 model's, parameters and gradients still float32."""
+    f32, params = model_and_params(name)
+    low, _ = model_and_params(name, matmul_dtype="bfloat16")
+    x = tokens(2, 16)
+
+    def loss_and_grads(model):
+        return jax.jit(jax.value_and_grad(lambda p: jnp.mean(model.apply({"params": p}, x) ** 2)))(params)
+
+    a, b = forward(f32)(params, x), forward(low)(params, x)
+    assert b.dtype == jnp.float32 and not np.array_equal(a, b)
+    np.testing.assert_allclose(a, b, atol=0.02 * float(jnp.abs(a).max()))
+    (la, ga), (lb, gb) = loss_and_grads(f32), loss_and_grads(low)
+    np.testing.assert_allclose(la, lb, rtol=0.02)
+    for u, v in zip(jax.tree_util.tree_leaves(ga), jax.tree_util.tree_leaves(gb), strict=True):
+        assert v.dtype == jnp.float32
+        # 1e-8: the key biases' gradients are zero up to float32 noise (softmax ignores a shift of all scores).
+        assert float(jnp.linalg.norm(u - v)) <= 0.02 * float(jnp.linalg.norm(u)) + 1e-8
+
+
 def test_dropout_only_in_training():
     model, params = model_and_params("gpt2", dropout=0.3)
     x = tokens(2, 12)
@@ -248,6 +270,7 @@ def test_untied_embeddings_have_own_output_matrix():
     (dict(attn_softcap=3.0, attention_impl="xla"), "no logit soft-cap"),
     (dict(short_conv=-1), "model.short_conv is a kernel size >= 0"),
     (dict(colour="blue"), "unknown model config key"),
+    (dict(matmul_dtype="int8"), "model.matmul_dtype='int8' is not one of: float32, bfloat16, float16"),
 ])
 def test_config_validation(overrides, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):

@@ -49,7 +49,8 @@ class SelfAttention(nn.Module):
 
         def proj(heads, names, name):
             return Projection((heads, d), ("embed",), names, use_bias=cfg.use_bias, kernel_init=init, dtype=dtype,
-                              param_dtype=param_dtype, lora=cfg, deterministic=self.deterministic, name=name)
+                              param_dtype=param_dtype, matmul_dtype=cfg.matmul_dtype, lora=cfg,
+                              deterministic=self.deterministic, name=name)
 
         q_BTHD = proj(h, ("heads", "kv"), "query")(x_BTE)
         k_BTKD = proj(kv, ("kv_heads", "kv"), "key")(x_BTE)
@@ -85,8 +86,8 @@ class SelfAttention(nn.Module):
             out_BTHD = self._attend(q_BTHD, k_BTKD, v_BTKD, segment_ids_BT, kw)
         out_BTHD = nn.with_logical_constraint(out_BTHD, ("batch", "length", "heads", "kv"))
         return Projection((cfg.d_model,), ("heads", "kv"), ("embed",), use_bias=cfg.use_bias, kernel_init=out_init,
-                          dtype=dtype, param_dtype=param_dtype, lora=cfg, deterministic=self.deterministic,
-                          name="out")(out_BTHD)
+                          dtype=dtype, param_dtype=param_dtype, matmul_dtype=cfg.matmul_dtype, lora=cfg,
+                          deterministic=self.deterministic, name="out")(out_BTHD)
 
     def _attend(self, q_BTHD, k_BTKD, v_BTKD, segment_ids_BT, kw):
         """The attention op; a Pallas kernel (a per-device program) runs under shard_map on a mesh."""

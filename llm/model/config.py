@@ -61,6 +61,9 @@ class ModelConfig:
     tie_embeddings: bool = True
     dtype: str = "float32"  # compute dtype
     param_dtype: str = "float32"
+    # Operand dtype of the projections' matmuls (None: `dtype`); "bfloat16" with float32 accumulation, the
+    # activations staying in `dtype` (llm/ops/matmul.py): AMX on CPUs that have it, tensor cores on GPUs.
+    matmul_dtype: str | None = None
     init_std: float = 0.02
     scan_layers: bool = False
     remat: str = "none"
@@ -126,6 +129,8 @@ class ModelConfig:
                               ("param_dtype", DTYPES), ("remat", REMAT_POLICIES),
                               ("attention_impl", IMPLEMENTATIONS)]:
             choice(name, options)
+        if self.matmul_dtype is not None:
+            choice("matmul_dtype", DTYPES)
         for name in ("vocab_size", "max_len", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim",
                      "d_ff", "ff_multiple_of", "norm_eps", "rope_base", "window", "attn_softcap", "init_std"):
             positive(name)

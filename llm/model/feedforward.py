@@ -28,8 +28,8 @@ class FeedForward(nn.Module):
 
         def dense(features, names, name, kernel_init=init):
             return Projection((features,), names[:1], names[1:], use_bias=cfg.use_bias, kernel_init=kernel_init,
-                              dtype=dtype, param_dtype=param_dtype, lora=cfg, deterministic=self.deterministic,
-                              name=name)
+                              dtype=dtype, param_dtype=param_dtype, matmul_dtype=cfg.matmul_dtype, lora=cfg,
+                              deterministic=self.deterministic, name=name)
 
         hidden = cfg.hidden_ff
         if cfg.gated:

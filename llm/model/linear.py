@@ -17,6 +17,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from llm.model.config import ModelConfig
+from llm.ops.matmul import matmul
 
 
 class Projection(nn.Module):
@@ -35,6 +36,7 @@ class Projection(nn.Module):
     kernel_init: nn.initializers.Initializer = nn.initializers.normal(0.02)
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
+    matmul_dtype: str | None = None  # low-precision matmul operands (llm/ops/matmul.py)
     lora: ModelConfig | None = None
     deterministic: bool = True  # no LoRA dropout
 
@@ -44,7 +46,7 @@ class Projection(nn.Module):
         in_shape = x.shape[x.ndim - n_in:]
         kernel = self.param("kernel", nn.with_logical_partitioning(self.kernel_init, (*self.in_names, *self.out_names)),
                             (*in_shape, *self.out_shape), self.param_dtype)
-        y = matmul_2d(x, kernel, n_in, dtype=self.dtype)
+        y = matmul_2d(x, kernel, n_in, dtype=self.dtype, matmul_dtype=self.matmul_dtype)
         if self.use_bias:
             bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, tuple(self.out_names)),
                               tuple(self.out_shape), self.param_dtype)
@@ -67,10 +69,11 @@ def lora_applies(cfg: ModelConfig, path: str) -> bool:
     return cfg.lora_rank > 0 and any(re.search(p, path) for p in cfg.lora_targets.split(",") if p)
 
 
-def matmul_2d(x: jnp.ndarray, kernel: jnp.ndarray, n_in: int, *, dtype) -> jnp.ndarray:
-    """x [..., *in] . kernel [*in, *out] -> [..., *out], computed as one [tokens, in] x [in, out] matmul."""
+def matmul_2d(x: jnp.ndarray, kernel: jnp.ndarray, n_in: int, *, dtype, matmul_dtype=None) -> jnp.ndarray:
+    """x [..., *in] . kernel [*in, *out] -> [..., *out] in `dtype`, computed as one [tokens, in] x [in, out]
+    matmul (with `matmul_dtype` operands and float32 sums when that is set)."""
     lead, in_shape = x.shape[: x.ndim - n_in], x.shape[x.ndim - n_in:]
     out_shape = kernel.shape[n_in:]
-    y = jnp.dot(x.reshape(math.prod(lead), math.prod(in_shape)).astype(dtype),
-                kernel.reshape(math.prod(in_shape), math.prod(out_shape)).astype(dtype))
+    y = matmul(x.reshape(math.prod(lead), math.prod(in_shape)).astype(dtype),
+               kernel.reshape(math.prod(in_shape), math.prod(out_shape)).astype(dtype), matmul_dtype)
     return y.reshape(*lead, *out_shape)

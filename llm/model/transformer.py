@@ -110,10 +110,11 @@ class Transformer(nn.Module):
             x_BTE = make_norm(cfg.norm, eps=cfg.norm_eps, use_bias=cfg.use_bias, dtype=dtype,
                               param_dtype=param_dtype, name="final_norm")(x_BTE)
         if cfg.tie_embeddings:
-            logits_BTV = matmul_2d(x_BTE, jnp.asarray(embed.embedding).T, 1, dtype=dtype)
+            logits_BTV = matmul_2d(x_BTE, jnp.asarray(embed.embedding).T, 1, dtype=dtype,
+                                   matmul_dtype=cfg.matmul_dtype)
         else:
             logits_BTV = Projection((cfg.vocab_size,), ("embed",), ("vocab",), use_bias=False,
                                     kernel_init=nn.initializers.normal(cfg.init_std), dtype=dtype,
-                                    param_dtype=param_dtype, name="unembed")(x_BTE)
+                                    param_dtype=param_dtype, matmul_dtype=cfg.matmul_dtype, name="unembed")(x_BTE)
         logits_BTV = nn.with_logical_constraint(logits_BTV, ("batch", "length", "vocab"))
         return logits_BTV.astype(jnp.float32)
