@@ -210,14 +210,15 @@ def first_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {lines[0] if lines else ''}"[:300]
 
 
-def device_info() -> dict[str, Any]:
+def device_info(matmul_dtype: str | None = None) -> dict[str, Any]:
+    """The device, and its peak FLOP/s for matmuls with `matmul_dtype` operands (on CPU: measured)."""
     dev = jax.devices()[0]
-    peak = peak_flops(dev)
+    peak = peak_flops(dev, matmul_dtype)
     table = any(kind.lower() in dev.device_kind.lower() for kind in PEAK_FLOPS)
+    measured = f"measured {matmul_dtype or 'float32'} 1024^3 matmul, best of 5"
     return {"platform": dev.platform, "device_kind": dev.device_kind, "device_count": jax.device_count(),
             "peak_flops": peak,
-            "peak_source": "data sheet, dense bf16" if table else
-            ("measured float32 1024^3 matmul, best of 5" if dev.platform == "cpu" else "unknown")}
+            "peak_source": "data sheet, dense bf16" if table else (measured if dev.platform == "cpu" else "unknown")}
 
 
 def memory_analysis(compiled) -> dict[str, float]:
@@ -248,6 +249,7 @@ def describe(spec: Spec, config, cfg) -> dict[str, Any]:
         "head_dim": cfg.dim_per_head, "d_ff": cfg.hidden_ff, "vocab_size": cfg.vocab_size,
         "batch": config.train.batch_size, "seq_len": seq_len, "attention_impl": cfg.attention_impl,
         "remat": cfg.remat, "scan_layers": cfg.scan_layers, "dtype": cfg.dtype, "param_dtype": cfg.param_dtype,
+        "matmul_dtype": cfg.matmul_dtype,
         "dropout": cfg.dropout, "params_formula": param_count_formula(cfg)["total"],
         "flops_params": flops_params(cfg), "flops_per_token": train_flops_per_token(cfg, seq_len),
         "optimizer": config.optim.name,
@@ -266,8 +268,8 @@ def run_spec(spec: Spec, *, steps: int | None = None, warmup: int | None = None,
                            "group": spec.group, "status": "error"}
     try:
         row["host_malloc_tuned"] = keep_freed_host_memory()  # as `llm train` runs
-        row.update(device_info())
         config = build_config(spec)
+        row.update(device_info(config.model.matmul_dtype))
         cfg = model_config(config)
         row.update(describe(spec, config, cfg))
         if spec.compile_only:
@@ -535,6 +537,10 @@ def markdown(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
            "(arguments + outputs + temporaries - donated). peak: device allocator's peak_bytes_in_use (GPU only).",
            ""]
     train = [r for r in rows if r["kind"] == "train"]
+    other_peaks = [r for r in train if r.get("peak_flops") and r["peak_flops"] != meta.get("peak_flops")]
+    if other_peaks:
+        out += ["MFU of " + "; ".join(f"{r['name']} against {r['peak_flops'] / 1e12:.4g} TFLOP/s ({r['peak_source']})"
+                                       for r in other_peaks) + ".", ""]
     if train:
         out += ["| config | model | params | batch x seq | attention | remat | dtype | ms/step | tokens/s | TFLOP/s "
                 "| MFU | compile s | 1st step s | XLA mem GiB | peak GiB | loss | status |",
@@ -548,9 +554,10 @@ def markdown(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
                 status += f": {r['error']}"
             if r.get("note"):
                 status += f" ({r['note']})"
+            dtype = r.get("dtype", "") + (f", {r['matmul_dtype']} matmuls" if r.get("matmul_dtype") else "")
             out.append("| " + " | ".join([
                 r["name"], r.get("model", ""), _fmt(params, ",.0f"), shape, r.get("attention_impl", ""),
-                r.get("remat", ""), r.get("dtype", ""), _fmt(r.get("ms_per_step"), ".1f"),
+                r.get("remat", ""), dtype, _fmt(r.get("ms_per_step"), ".1f"),
                 _fmt(r.get("tokens_per_s"), ",.0f"), _fmt(r.get("tflops"), ".3g"), _fmt(r.get("mfu"), ".1%"),
                 _fmt(r.get("compile_s"), ".1f"), _fmt(r.get("first_step_s"), ".2f"),
                 _fmt(r.get("xla_mem_bytes"), ".2f", gib), _fmt(r.get("peak_bytes"), ".1f", gib), loss, status,

@@ -1,7 +1,8 @@
 """Peak FLOP/s of the devices this code runs on, for MFU estimates.
 
 Accelerators: dense bf16 peaks from the vendors' data sheets. CPUs have no honest data-sheet number for
-JAX's matmuls, so the peak is *measured*: the best of a few float32 matmuls (cached for the process).
+JAX's matmuls, so the peak is *measured*: the best of a few matmuls (cached for the process) with the operand
+dtype the model's matmuls use (float32, or bfloat16 with float32 sums: `model.matmul_dtype`).
 """
 
 from __future__ import annotations
@@ -26,22 +27,24 @@ PEAK_FLOPS = {
 }
 
 
-def peak_flops(device: jax.Device | None = None) -> float:
-    """Peak FLOP/s of one device: the table above, or a measured matmul peak on a CPU."""
+def peak_flops(device: jax.Device | None = None, matmul_dtype: str | None = None) -> float:
+    """Peak FLOP/s of one device: the table above, or a measured matmul peak on a CPU (float32 operands, or
+    `matmul_dtype`'s)."""
     device = device or jax.devices()[0]
     for kind, flops in PEAK_FLOPS.items():
         if kind.lower() in device.device_kind.lower():
             return flops
     if device.platform == "cpu":
-        return measured_cpu_matmul_flops()
+        return measured_cpu_matmul_flops(dtype=matmul_dtype or "float32")
     return float("nan")
 
 
 @functools.cache
-def measured_cpu_matmul_flops(n: int = 1024, repeats: int = 5) -> float:
-    """Best float32 FLOP/s of an n x n x n matmul on the default CPU device (all its threads)."""
-    a = jnp.ones((n, n), jnp.float32)
-    f = jax.jit(lambda a: a @ a)
+def measured_cpu_matmul_flops(n: int = 1024, repeats: int = 5, dtype: str = "float32") -> float:
+    """Best FLOP/s of an n x n x n matmul with `dtype` operands and float32 sums on the default CPU device (all
+    its threads)."""
+    a = jnp.ones((n, n), dtype)
+    f = jax.jit(lambda a: jnp.dot(a, a, preferred_element_type=jnp.float32))
     f(a).block_until_ready()
     best = float("inf")
     for _ in range(repeats):

@@ -362,7 +362,7 @@ def _train(config, workdir, data, mesh, rules, *, log, primary, stop_after, faul
 
         n_params = count_params(state.params)
         flops_per_token = train_flops_per_token(cfg, seq_len)
-        peak = peak_flops()
+        peak = peak_flops(matmul_dtype=cfg.matmul_dtype)
         log(f"model: {n_params:,} parameters, {cfg.n_layers} layers x {cfg.d_model} wide, context {cfg.max_len}; "
             f"{data.describe()} ({data.tokenizer.kind} tokenizer, vocab {data.tokenizer.vocab_size}); "
             f"{jax.device_count()} x {jax.devices()[0].device_kind} in {jax.process_count()} process(es)")
