@@ -12,6 +12,7 @@ import types
 import typing
 from typing import Any
 
+from llm.model.dropout import DROPOUT_MASKS
 from llm.ops.attention import IMPLEMENTATIONS
 
 POSITIONS = ("learned", "sinusoidal", "rope", "alibi", "none")
@@ -57,6 +58,7 @@ class ModelConfig:
     short_conv: int = 0
     attn_softcap: float | None = None
     dropout: float = 0.0
+    dropout_mask: str = "hash"  # how masks are drawn: "hash" (fast) or "bernoulli" (llm/model/dropout.py)
     use_bias: bool = True
     tie_embeddings: bool = True
     dtype: str = "float32"  # compute dtype
@@ -127,7 +129,7 @@ class ModelConfig:
         for name, options in [("position", POSITIONS), ("ffn", FFNS), ("activation", ACTIVATIONS),
                               ("norm", NORMS), ("norm_position", NORM_POSITIONS), ("dtype", DTYPES),
                               ("param_dtype", DTYPES), ("remat", REMAT_POLICIES),
-                              ("attention_impl", IMPLEMENTATIONS)]:
+                              ("attention_impl", IMPLEMENTATIONS), ("dropout_mask", DROPOUT_MASKS)]:
             choice(name, options)
         if self.matmul_dtype is not None:
             choice("matmul_dtype", DTYPES)

@@ -17,6 +17,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from llm.model.config import ModelConfig
+from llm.model.dropout import Dropout
 from llm.ops.matmul import matmul
 
 
@@ -58,7 +59,7 @@ class Projection(nn.Module):
                            (*in_shape, cfg.lora_rank), self.param_dtype)
             b = self.param("lora_b", nn.with_logical_partitioning(nn.initializers.zeros, (None, *self.out_names)),
                            (cfg.lora_rank, *self.out_shape), self.param_dtype)
-            x_drop = nn.Dropout(cfg.lora_dropout, deterministic=self.deterministic)(x)
+            x_drop = Dropout(cfg.lora_dropout, deterministic=self.deterministic, mask=cfg.dropout_mask)(x)
             low_rank = matmul_2d(matmul_2d(x_drop, a, n_in, dtype=self.dtype), b, 1, dtype=self.dtype)
             y = y + (cfg.lora_alpha / cfg.lora_rank) * low_rank
         return y

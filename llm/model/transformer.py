@@ -8,6 +8,7 @@ import jax.numpy as jnp
 
 from llm.model.attention import SelfAttention
 from llm.model.config import ModelConfig
+from llm.model.dropout import Dropout
 from llm.model.feedforward import FeedForward
 from llm.model.linear import Projection, matmul_2d
 from llm.model.norms import make_norm
@@ -42,7 +43,7 @@ class Block(nn.Module):
 
         attn = SelfAttention(cfg, decode=self.decode, deterministic=self.deterministic, name="attention")
         ffn = FeedForward(cfg, deterministic=self.deterministic, name="feed_forward")
-        drop = nn.Dropout(cfg.dropout, deterministic=self.deterministic)
+        drop = Dropout(cfg.dropout, deterministic=self.deterministic, mask=cfg.dropout_mask)
         if cfg.norm_position == "pre":
             x_BTE = x_BTE + drop(attn(norm("attention_norm")(x_BTE), positions_BT, segment_ids_BT, decode_index))
             x_BTE = x_BTE + drop(ffn(norm("ffn_norm")(x_BTE)))
@@ -90,7 +91,7 @@ class Transformer(nn.Module):
                                              name="positions")(positions_BT)
         elif cfg.position == "sinusoidal":
             x_BTE = x_BTE + sinusoidal(positions_BT, cfg.d_model).astype(dtype)
-        x_BTE = nn.Dropout(cfg.dropout, deterministic=not train)(x_BTE)
+        x_BTE = Dropout(cfg.dropout, deterministic=not train, mask=cfg.dropout_mask)(x_BTE)
         x_BTE = nn.with_logical_constraint(x_BTE, ("batch", "length", "embed"))
 
         block = Block
