@@ -3,8 +3,8 @@
 "hash" (the default): a few rounds of MurmurHash3's 32-bit finaliser over the element's index along each axis and
 two 32-bit words drawn from the module's 'dropout' key; an element is kept when its hash is at least
 rate * 2^32. The whole mask is integer arithmetic on iotas that XLA fuses into the multiply that applies it, so
-it costs about as much as the multiply: 1.4 ms for a [64, 256, 384] activation on the development CPU, where
-drawing the same mask with `jax.random.bernoulli` took 34-42 ms (rbg or threefry keys; the 12 masks of the
+it costs about as much as the multiply: 1.6 ms for a [64, 256, 384] activation on the development CPU, where
+drawing the same mask with `jax.random.bernoulli` took 34-42 ms (rbg or threefry keys; the 13 masks of the
 shakespeare_char `small` step, benchmarks/results/perf_before_after.md). The mask depends only on the key and the
 coordinates, not on how the array is sharded: a run resumed on another mesh draws the same masks.
 
