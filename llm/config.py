@@ -71,8 +71,9 @@ def get_base_config() -> ConfigDict:
     c.train.batch_size = 16
     c.train.seq_len = config_dict.placeholder(int)  # None: model.max_len
     c.train.grad_accum = 1  # micro-batches per step (batch_size must divide by it)
-    # Generator of the dropout masks: 'rbg' (XLA's RngBitGenerator, cheaper than threefry on CPU) or 'threefry'
-    # (JAX's default, as in runs before this option existed).
+    # Generator of the dropout keys: 'rbg' (XLA's RngBitGenerator) or 'threefry' (JAX's default, as in runs before
+    # this option existed). It draws the masks themselves only with model.dropout_mask='bernoulli' (where rbg is
+    # the cheaper on CPU); 'hash' masks take two words of it each.
     c.train.dropout_rng = "rbg"
     c.train.eval_every = 250
     c.train.eval_batches = 20

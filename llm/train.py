@@ -73,8 +73,9 @@ def make_train_step(model: Transformer, tx: optax.GradientTransformation, lr_sch
     """(state, inputs, targets) -> (state, metrics); one optimizer update per call, the state donated.
 
     The dropout key of step s is fold_in(dropout_root, s), derived inside the compiled step; with dropout_rng
-    'rbg' the masks are drawn from it by XLA's RngBitGenerator instead of threefry (dropout 0.2 added 0.6-0.9 s to
-    the 6.8 s shakespeare_char:small step on CPU with threefry, 0.3-0.4 s with rbg; perf_before_after.md). With
+    'rbg' the keys the dropout layers draw from it are XLA RngBitGenerator keys instead of threefry ones (with
+    model.dropout_mask='bernoulli', 0.3-0.4 s instead of 0.6-0.9 s of a 6.8 s shakespeare_char:small step on
+    CPU; 'hash' masks take two words from the key; perf_before_after.md). With
     `shardings`, the step is jitted with the state's and batches' shardings (the state stays where it is).
 
     With grad_accum > 1 the batch is split into micro-batches whose gradients are summed in a lax.scan, so
