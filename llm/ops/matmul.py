@@ -33,7 +33,7 @@ def matmul(x: Array, w: Array, operand_dtype: jnp.dtype | None = None) -> Array:
     if operand_dtype.itemsize > 2:
         return jnp.dot(x.astype(operand_dtype), w.astype(operand_dtype),
                        preferred_element_type=jnp.float32).astype(x.dtype)
-    return _low_precision_matmul(x, w, operand_dtype, jax.default_backend() == "cpu")
+    return _low_precision_matmul(x, w, operand_dtype, jax.default_backend() == "cpu", x.dtype, w.dtype)
 
 
 def _row_major_transpose(a: Array) -> Array:
@@ -49,26 +49,26 @@ def _dot(a: Array, b: Array, cpu: bool) -> Array:
     return jax.lax.optimization_barrier(y) if cpu else y
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _low_precision_matmul(x: Array, w: Array, operand_dtype: jnp.dtype, cpu: bool) -> Array:
-    return _dot(x.astype(operand_dtype), w.astype(operand_dtype), cpu).astype(x.dtype)
+# The inputs' dtypes are static arguments too: the gradients come back in them.
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
+def _low_precision_matmul(x: Array, w: Array, operand_dtype: jnp.dtype, cpu: bool, x_dtype: jnp.dtype,
+                          w_dtype: jnp.dtype) -> Array:
+    return _dot(x.astype(operand_dtype), w.astype(operand_dtype), cpu).astype(x_dtype)
 
 
-def _fwd(x, w, operand_dtype, cpu):
+def _fwd(x, w, operand_dtype, cpu, x_dtype, w_dtype):
     x_low, w_low = x.astype(operand_dtype), w.astype(operand_dtype)
-    # The residuals are the low-precision operands (half the memory of float32 ones) and zero-size arrays that
-    # remember the inputs' dtypes for the gradients.
-    dtypes = (jnp.zeros((0,), x.dtype), jnp.zeros((0,), w.dtype))
-    return _dot(x_low, w_low, cpu).astype(x.dtype), (x_low, w_low, dtypes)
+    # The residuals are the low-precision operands: half the memory of float32 ones.
+    return _dot(x_low, w_low, cpu).astype(x_dtype), (x_low, w_low)
 
 
-def _bwd(operand_dtype, cpu, res, dy):
-    x_low, w_low, (x_dtype, w_dtype) = res
+def _bwd(operand_dtype, cpu, x_dtype, w_dtype, res, dy):
+    x_low, w_low = res
     dy_low = dy.astype(operand_dtype)
     transpose = _row_major_transpose if cpu else jnp.transpose
     dx = _dot(dy_low, transpose(w_low), cpu)  # [M, N] x [N, K]
     dw = _dot(transpose(x_low), dy_low, cpu)  # [K, M] x [M, N]
-    return dx.astype(x_dtype.dtype), dw.astype(w_dtype.dtype)
+    return dx.astype(x_dtype), dw.astype(w_dtype)
 
 
 _low_precision_matmul.defvjp(_fwd, _bwd)
