@@ -120,10 +120,11 @@ def _llama(size: str, attn: str, remat: str, batch: int) -> Spec:
 
 
 def _shakespeare(preset: str, matmul_dtype: str | None = None, **kw) -> Spec:
+    overrides = (("model.vocab_size", 65),)
     if matmul_dtype is None:
-        return Spec(preset, "shakespeare_char", preset, (("model.vocab_size", 65),), **kw)
-    return Spec(f"{preset}-{matmul_dtype}-matmuls", "shakespeare_char", preset,
-                (("model.vocab_size", 65), ("model.matmul_dtype", matmul_dtype)), **kw)
+        return Spec(preset, "shakespeare_char", preset, overrides, **kw)
+    overrides += (("model.matmul_dtype", matmul_dtype),)
+    return Spec(f"{preset}-{matmul_dtype}-matmuls", "shakespeare_char", preset, overrides, **kw)
 
 
 def _compile_case(layers: int, scan: bool) -> Spec:
