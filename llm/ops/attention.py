@@ -189,7 +189,8 @@ def masked_scores(raw: Array, q_slot: Array, k_slot: Array, *, causal: bool, win
     """Scaled scores [B, *heads, Tq, Tk] -> soft-capped, plus ALiBi's bias, -inf where `allowed` says no.
 
     q_slot [Tq, 1] and k_slot [1, Tk] are the rows' and columns' slots (any key offset included); q_seg [B, Tq]
-    and k_seg [B, Tk] the segment ids or None; the head axes (H, or K and G) are those of `alibi_slopes` [H].
+    and k_seg [B, Tk] the segment ids or None; `alibi_slopes` [H] is reshaped to the scores' head axes (H, or K
+    and G).
     Shared by the reference, the chunked and the dense implementations, each with its own layout and key range.
     """
     heads, (tq, tk) = raw.shape[1:-2], raw.shape[-2:]
