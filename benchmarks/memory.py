@@ -36,10 +36,10 @@ def main(argv=None) -> None:
 
     from llm.config import model_config
     from llm.model import Transformer
-    from llm.optim import make_optimizer
     from llm.parallel import logical_rules, make_mesh, make_shardings, memory_report
-    from llm.train import make_train_step
-    from llm.train_state import abstract_train_state, boxed_abstract_train_state
+    from llm.state.optimizers import make_optimizer
+    from llm.state.train_state import abstract_train_state, boxed_abstract_train_state
+    from llm.training.steps import make_train_step
 
     path, _, preset = a.config.partition(":")
     sys.path.insert(0, str(Path(path).parent))

@@ -1,9 +1,9 @@
-"""Sampling throughput: the KV-cache decoder (`llm.sampling.generate`) against recomputing the whole prefix.
+"""Sampling throughput: the KV-cache decoder (`llm.inference.generate`) against recomputing the whole prefix.
 
 For one model (random weights: speed does not depend on them) and a 64-token prompt, each method generates
 `--new-tokens` (512) tokens greedily:
 
-  kv-cache    `llm.sampling.generate`: one prefill, then one compiled decode step per token inside a lax.scan
+  kv-cache    `llm.inference.generate`: one prefill, then one compiled decode step per token inside a lax.scan
               (the whole generation is one jitted call), at batch sizes 1, 8, 32
   recompute   no cache: every new token runs the full forward pass over the prefix so far and takes the last
               position's logits; the prefix is padded to the next multiple of 64 tokens (a handful of compiled
@@ -32,10 +32,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from llm.host_memory import keep_freed_host_memory
+from llm.config.sampling import SamplingParams
+from llm.inference import generate
 from llm.model import ModelConfig, Transformer
 from llm.model.params import count_params
-from llm.sampling import generate
+from llm.runtime.host_memory import keep_freed_host_memory
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 BUCKET = 64
@@ -103,8 +104,8 @@ def main(argv=None) -> int:
     kv_tokens = {}
     for b in batches:
         prompts = rng.integers(0, 256, (b, args.prompt_len), dtype=np.int32)
-        seconds, out = timed(lambda prompts=prompts: np.stack(generate(
-            model, params, list(prompts), max_new_tokens=args.new_tokens, temperature=0.0)), args.repeats)
+        greedy = SamplingParams(max_new_tokens=args.new_tokens, temperature=0.0)
+        seconds, out = timed(lambda p=prompts, s=greedy: np.stack(generate(model, params, list(p), s)), args.repeats)
         kv_tokens[b] = (prompts, out)
         row("kv-cache", b, seconds)
     b = batches[0]

@@ -2,13 +2,13 @@
 
 Each configuration is an experiment preset (experiments/*.py) plus config overrides. For each one the benchmark
 builds the model, optimizer (the experiment's AdamW) and train state exactly as `llm train` does, times
-`llm.train.make_train_step`'s jitted, donating step on synthetic random token batches of the configured shape
+`llm.training.steps.make_train_step`'s jitted, donating step on synthetic random token batches of the configured shape
 (no data loading), and reports:
 
   ms/step     median wall time of the timed steps (after `--warmup` untimed steps, the first of which is also
               reported alone), each blocked with `jax.block_until_ready` on the step's metrics
   tokens/s    batch * seq_len / (ms/step)
-  TFLOP/s     tokens/s * FLOPs/token, and MFU = that / the device's peak (`llm.hardware.peak_flops`: data
+  TFLOP/s     tokens/s * FLOPs/token, and MFU = that / the device's peak (`llm.runtime.hardware.peak_flops`: data
               sheet dense bf16 on GPU/TPU, a measured float32 matmul peak on CPU)
   compile s   `jit(step).lower(...)` + `.compile()` wall time (tracing and XLA compilation, before any run)
   1st step s  the first execution of the compiled step, alone
@@ -66,13 +66,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from llm.config import model_config, validate_config
-from llm.hardware import PEAK_FLOPS, peak_flops
-from llm.host_memory import keep_freed_host_memory
 from llm.model import Transformer
 from llm.model.params import count_params, flops_params, param_count_formula, train_flops_per_token
-from llm.optim import make_optimizer
-from llm.train import make_train_step
-from llm.train_state import create_train_state
+from llm.runtime.hardware import PEAK_FLOPS, peak_flops
+from llm.runtime.host_memory import keep_freed_host_memory
+from llm.state.optimizers import make_optimizer
+from llm.state.train_state import create_train_state
+from llm.training.steps import make_train_step
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS_DIR = REPO / "benchmarks" / "results"

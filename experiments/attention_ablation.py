@@ -57,7 +57,7 @@ def get_config(arg=None):
 
 
 def _mqar(length, variant, **overrides):
-    """An MQAR run of `length` tokens named 'mqar256-gqa-s0' (the `_name` key names a run; see llm/sweep.py)."""
+    """An MQAR run of `length` tokens named 'mqar256-gqa-s0' (the `_name` key names a run; see llm/sweep/spec.py)."""
     seed = overrides.get("seed", 0)
     return {"_name": f"mqar{length}-{variant}-s{seed}", "model.max_len": length, "data.synthetic": _task(length),
             **overrides}

@@ -1,27 +1,35 @@
-"""Shared fixtures: a tiny experiment config and a small corpus, so tests share compiled programs."""
+"""Shared fixtures: a tiny experiment config, a small corpus, one tiny trained run, and a persistent compilation
+cache, so that tests (and the processes they start) compile each program once."""
 
+import os
 from pathlib import Path
-
-import numpy as np
-import pytest
-
-from llm.config import get_base_config
-from llm.host_memory import keep_freed_host_memory
-
-keep_freed_host_memory()  # as `llm train` does: the suite's many small steps stop page-faulting their buffers
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
+# JAX reads these when it is imported (here, and in every subprocess a test starts, which inherits them): compiled
+# programs are kept on disk, and a program compiled once (the same tiny train step in many tests and processes)
+# is loaded afterwards instead of compiled again.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(REPO / ".pytest_cache" / "jax-compilation"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from llm.config import get_base_config  # noqa: E402
+from llm.runtime.host_memory import keep_freed_host_memory  # noqa: E402
+
+keep_freed_host_memory()  # as `llm train` does: the suite's many small steps stop page-faulting their buffers
 
 
 def make_corpus(path: Path, n_chars: int = 30_000, seed: int = 0) -> Path:
     """A learnable text: words from a small vocabulary in a Markov-ish order, so loss falls fast."""
     rng = np.random.default_rng(seed)
     words = ["the", "cat", "sat", "on", "a", "mat", "and", "dog", "ran", "to", "its", "bed", "while", "sun", "set"]
-    out, w = [], 0
-    while sum(len(x) + 1 for x in out) < n_chars:
+    out, w, length = [], 0, 0
+    while length < n_chars:
         w = (w + rng.integers(1, 3)) % len(words)
         out.append(words[w])
+        length += len(words[w]) + 1
     path.write_text(" ".join(out) + "\n")
     return path
 
@@ -49,6 +57,43 @@ def tiny_config(tmp: Path, **overrides):
     return c
 
 
+def tiny_run_flags(tmp: Path) -> list[str]:
+    """`llm train` flags of the tiny run (1 layer, 32 wide, context 32, 6 steps of batch 4, checkpoints at steps 3
+    and 6) on tmp/corpus.txt, written if absent."""
+    corpus = tmp / "corpus.txt"
+    if not corpus.exists():
+        make_corpus(corpus)
+    return [f"--config.data.corpus={corpus}", f"--config.data.cache_dir={tmp / 'cache'}",
+            "--config.model.n_layers=1", "--config.model.d_model=32", "--config.model.max_len=32",
+            "--config.train.steps=6", "--config.train.eval_every=3", "--config.train.eval_batches=1",
+            "--config.train.batch_size=4", "--config.train.checkpoint_every=3", "--config.train.progress=False",
+            "--config.sample.num_samples=0"]
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory) -> Path:
+    """A directory with one tiny trained run (`run/`, the default experiment with `tiny_run_flags`), its corpus
+    (`corpus.txt`) and token cache (`cache/`), trained once per session through `llm train`. Tests only read it;
+    one that changes a run copies it first (shutil.copytree)."""
+    from llm.cli import main
+
+    tmp = tmp_path_factory.mktemp("trained")
+    assert main(["train", "--config", str(REPO / "experiments" / "default.py"), "--workdir", str(tmp / "run"),
+                 *tiny_run_flags(tmp)]) == 0
+    return tmp
+
+
 @pytest.fixture
 def tiny(tmp_path):
     return tiny_config(tmp_path)
+
+
+# The longest files (mostly real `llm` processes: several meshes, signals, sweeps), run first: with
+# `-n auto --dist loadfile` (pyproject.toml) each goes to a worker as soon as the session starts, while the
+# other worker takes the many short files.
+FIRST = ("test_sharding.py", "test_preemption.py", "test_sweep.py", "test_finetune.py", "test_faults.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(FIRST)))  # stable: the rest keep their order

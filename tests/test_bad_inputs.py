@@ -26,11 +26,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import make_corpus
 
-import llm.train
+import llm.training.trainer
 from llm.cli import main
-from llm.model.config import ConfigError
+from llm.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -108,7 +107,7 @@ _HELD_LOCKS = []
 
 def hold_lock(relpath: str) -> Callable[[Path], None]:
     """A setup that holds the workdir's flock, as a running `llm train` would."""
-    from llm.run import WorkdirLock
+    from llm.runs import WorkdirLock
 
     return lambda tmp: _HELD_LOCKS.append(WorkdirLock(tmp / relpath))
 
@@ -151,7 +150,7 @@ CASES: list[Case] = [
     Case("override-scalar-for-section", train("--config.model=3"), "--config.model"),
     Case("override-unknown-key", train("--config.model.colour=blue"), "model.colour"),
     Case("override-unknown-section", train("--config.colour.red=1"), "colour.red"),
-    # ---- invalid values (llm/config.py, llm/model/config.py) ----------------------------------------------
+    # ---- invalid values (llm/config/options.py, llm/model/config.py) ---------------------------------------
     Case("steps-zero", train("--config.train.steps=0"), "train.steps must be positive, got 0"),
     Case("batch-size-zero", train("--config.train.batch_size=0"), "train.batch_size must be positive, got 0"),
     Case("heads-do-not-divide-d_model", train("--config.model.n_heads=5"),
@@ -187,12 +186,18 @@ CASES: list[Case] = [
          "train.dropout_rng='philox' is not one of: rbg, threefry"),
     Case("softcap-with-xla-attention", train("--config.model.attn_softcap=30.0", "--config.model.attention_impl=xla"),
          "model.attention_impl='xla' has no logit soft-cap"),
+    Case("alibi-with-flash-attention", train("--config.model.position=alibi", "--config.model.attention_impl=flash"),
+         "model.attention_impl='flash' has no ALiBi bias (model.position='alibi'); use 'reference', 'dense'"),
+    Case("attention-impl-for-another-backend", train("--config.model.attention_impl=cudnn"),
+         "model.attention_impl='cudnn' runs on gpu only, and this run's devices are cpu"),
+    Case("sft-and-synthetic-both-set", train("--config.data.sft=task:dates", "--config.data.synthetic=copy"),
+         "data.sft='task:dates' and data.synthetic='copy' are both set"),
     Case("unknown-tokenizer", train("--config.data.tokenizer=word"),
          "data.tokenizer='word' is not one of: char, byte, bpe"),
     Case("model-vocab-smaller-than-tokenizer", train("--config.model.vocab_size=5"),
          "model.vocab_size=5 is smaller than the tokenizer's vocabulary"),
     Case("config-sample-temperature-negative", train("--config.sample.temperature=-1.0"),
-         "sample.temperature must be >= 0"),
+         "sample.temperature must be a number >= 0 (0 is greedy), got -1.0"),
     Case("config-sample-top_p-above-one", train("--config.sample.top_p=2.0"), "sample.top_p must be in (0, 1]"),
     Case("distributed-partial-settings",
          train("--config.distributed.enabled=True", "--config.distributed.num_processes=2"),
@@ -253,12 +258,12 @@ CASES: list[Case] = [
     Case("sample-temperature-negative", sample("--temperature", "-0.5"), "--temperature must be a number >= 0"),
     Case("sample-temperature-nan", sample("--temperature", "nan"),
          "--temperature must be a number >= 0 (0 is greedy), got nan"),
-    Case("sample-top-k-zero", sample("--top-k", "0"), "--top-k must be >= 1, got 0"),
+    Case("sample-top-k-negative", sample("--top-k", "-1"), "--top-k must be >= 0 (0: off), got -1"),
     Case("sample-top-k-not-int", sample("--top-k", "1.5"), "argument --top-k/--top_k: invalid int value: '1.5'"),
-    Case("sample-top-p-zero", sample("--top-p", "0"), "--top-p must be in (0, 1], got 0.0"),
-    Case("sample-top-p-above-one", sample("--top-p", "1.5"), "--top-p must be in (0, 1], got 1.5"),
+    Case("sample-top-p-zero", sample("--top-p", "0"), "--top-p must be in (0, 1] (1: off), got 0.0"),
+    Case("sample-top-p-above-one", sample("--top-p", "1.5"), "--top-p must be in (0, 1] (1: off), got 1.5"),
     Case("sample-seed-not-int", sample("--seed", "abc"), "argument --seed: invalid int value: 'abc'"),
-    Case("sample-seed-too-big", sample("--seed", str(2**64)), "--seed must fit in 64 bits"),
+    Case("sample-seed-too-big", sample("--seed", str(2**64)), "--seed must lie in [-2**62, 2**62)"),
     Case("sample-checkpoint-unknown-step", sample("--checkpoint", "77"),
          "checkpoint '77' not found; choose latest, best or one of the steps [3, 6]"),
     Case("sample-checkpoint-not-a-step", sample("--checkpoint", "newest"), "checkpoint 'newest' not found"),
@@ -316,6 +321,8 @@ CASES: list[Case] = [
          "holds a run with a different config (optim.lr: 0.002 -> 0.01); use another --workdir for a new run, "
          "--resume_anyway to continue this one with the new config, or --overwrite"),
     Case("workdir-is-a-file", train("--workdir", "{tmp}/f"), "f is a file, not a directory", setup=write("f", "x")),
+    Case("workdir-cannot-be-created", train("--workdir", "/proc/forbidden/run"),
+         "--workdir /proc/forbidden/run cannot be created"),
     Case("workdir-not-empty-and-not-a-run", train("--workdir", "{tmp}/thesis"),
          "thesis is not empty and holds no run (found chapter1.tex); choose a new or empty directory",
          setup=write("thesis/chapter1.tex", "x")),
@@ -337,18 +344,9 @@ def _params() -> list:
 
 
 @pytest.fixture(scope="module")
-def shared(tmp_path_factory):
-    """A small corpus, a token cache, and one tiny trained run (checkpoints at steps 3 and 6)."""
-    d = tmp_path_factory.mktemp("bad_inputs")
-    make_corpus(d / "corpus.txt")
-    flags = [f"--config.data.corpus={d / 'corpus.txt'}", f"--config.data.cache_dir={d / 'cache'}",
-             "--config.model.n_layers=1", "--config.model.d_model=32", "--config.model.max_len=32",
-             "--config.train.steps=6", "--config.train.eval_every=3", "--config.train.eval_batches=1",
-             "--config.train.batch_size=4", "--config.train.checkpoint_every=3", "--config.train.progress=False",
-             "--config.sample.num_samples=0"]
-    assert main(["train", "--config", str(REPO / "experiments" / "default.py"), "--workdir", str(d / "run"),
-                 *flags]) == 0
-    return d
+def shared(trained):
+    """A small corpus, a token cache, and one tiny trained run (checkpoints at steps 3 and 6): conftest's."""
+    return trained
 
 
 def snapshot(path: Path) -> dict[str, str] | None:
@@ -396,7 +394,7 @@ def test_bad_input(case: Case, shared, tmp_path, capsys, monkeypatch):
     def no_compile(*args, **kwargs):
         raise AssertionError(f"{case.id}: got as far as compiling the train step")
 
-    monkeypatch.setattr(llm.train, "make_train_step", no_compile, raising=False)
+    monkeypatch.setattr(llm.training.trainer, "make_train_step", no_compile)
     argv = expand(case, tmp_path, shared)
     workdir = workdir_of(argv, tmp_path)
     before = snapshot(workdir)

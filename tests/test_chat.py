@@ -10,17 +10,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import tiny_config
 from ml_collections import ConfigDict
 
-from llm import chat as chat_lib
-from llm.chat import ChatSession, chat_main
-from llm.cli import UserError
+from llm.cli.chat import main as chat_main
+from llm.config.sampling import SamplingParams
 from llm.data.sft import ChatTemplate
-from llm.inference import LoadedRun
+from llm.errors import ConfigError, PromptError, UserError
+from llm.inference import chat as chat_lib
+from llm.inference import generate, prefill_bucket, stream_generate
+from llm.inference.chat import ChatSession
+from llm.inference.streaming import compiled_programs
 from llm.model import ModelConfig, Transformer
-from llm.model.config import ConfigError
-from llm.sampling import PromptError, _decode_step, _prefill, generate, prefill_bucket, stream_generate
+from llm.runs import LoadedRun
 from llm.tokenizers import ByteTokenizer, train_tokenizer
 
 TEMPLATE = ChatTemplate()
@@ -63,41 +64,42 @@ def test_stream_equals_generate_greedy(overrides, lengths):
     model, params = model_and_params(**overrides)
     prompts = [(np.arange(n) * 7 + 3) % 23 for n in lengths]
     # One batch: generate compiles once per shape (rows are as if alone: test_batched_prompts_equal_one_at_a_time).
-    expected = generate(model, params, prompts, max_new_tokens=6, temperature=0.0)
+    expected = generate(model, params, prompts, SamplingParams(max_new_tokens=6, temperature=0.0))
     for prompt, want in zip(prompts, expected):
-        streamed = list(stream_generate(model, params, prompt, max_new_tokens=6, temperature=0.0))
+        streamed = list(stream_generate(model, params, prompt, SamplingParams(max_new_tokens=6, temperature=0.0)))
         assert streamed == want.tolist(), len(prompt)
 
 
 def test_prompts_in_one_bucket_share_compiled_programs():
     model, params = model_and_params()
     assert [prefill_bucket(n, 40) for n in (1, 16, 17, 32, 33, 39)] == [16, 16, 32, 32, 40, 40]
-    list(stream_generate(model, params, np.arange(3) + 1, max_new_tokens=3, temperature=0.0))
-    sizes = _prefill._cache_size(), _decode_step._cache_size()
-    list(stream_generate(model, params, np.arange(11) + 1, max_new_tokens=5, temperature=0.7, seed=4))
-    assert (_prefill._cache_size(), _decode_step._cache_size()) == sizes
+    list(stream_generate(model, params, np.arange(3) + 1, SamplingParams(max_new_tokens=3, temperature=0.0)))
+    sizes = compiled_programs()
+    list(stream_generate(model, params, np.arange(11) + 1, SamplingParams(max_new_tokens=5, temperature=0.7, seed=4)))
+    assert compiled_programs() == sizes
 
 
 def test_stream_stops_at_eos_without_yielding_it_and_at_a_full_context():
     model, params = model_and_params()
     prompt = np.array([1, 2, 3])
-    greedy = list(stream_generate(model, params, prompt, max_new_tokens=8, temperature=0.0))
+    greedy = list(stream_generate(model, params, prompt, SamplingParams(max_new_tokens=8, temperature=0.0)))
     assert len(greedy) == 8
     eos = greedy[3]
-    cut = list(stream_generate(model, params, prompt, max_new_tokens=8, temperature=0.0, eos_id=eos))
+    cut = list(stream_generate(model, params, prompt, SamplingParams(max_new_tokens=8, temperature=0.0), eos_id=eos))
     assert cut == greedy[: greedy.index(eos)]
     # 35 prompt tokens in a 40-token context: 5 more fill it, and the stream ends there.
-    assert len(list(stream_generate(model, params, np.arange(35) % 23, max_new_tokens=50, temperature=0.0))) == 5
+    greedy = SamplingParams(max_new_tokens=50, temperature=0.0)
+    assert len(list(stream_generate(model, params, np.arange(35) % 23, greedy))) == 5
 
 
 def test_stream_prompt_errors_come_at_the_call():
     model, params = model_and_params()
     with pytest.raises(PromptError, match="at least one token"):
-        stream_generate(model, params, np.array([], np.int32), max_new_tokens=2)
+        stream_generate(model, params, np.array([], np.int32), SamplingParams(max_new_tokens=2))
     with pytest.raises(PromptError, match="does not fit the model's context of 40"):
-        stream_generate(model, params, np.arange(40) % 23, max_new_tokens=2)
-    with pytest.raises(PromptError, match="max_new_tokens"):
-        stream_generate(model, params, np.array([1]), max_new_tokens=0)
+        stream_generate(model, params, np.arange(40) % 23, SamplingParams(max_new_tokens=2))
+    with pytest.raises(ConfigError, match="max_new_tokens must be >= 1"):
+        stream_generate(model, params, np.array([1]), SamplingParams(max_new_tokens=0))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -127,7 +129,7 @@ def make_run(*, chat: bool = True, labels: bool = True) -> LoadedRun:
 
 
 def test_reply_streams_exactly_the_returned_text_and_grows_the_history():
-    session = ChatSession(make_run(), TEMPLATE, max_new_tokens=5, system="be brief.")
+    session = ChatSession(make_run(), TEMPLATE, SamplingParams(max_new_tokens=5), system="be brief.")
     assert session.mode == "chat" and session.notice is None
     for i, message in enumerate(["hi", "and now", "a fox"]):  # 3 turns fit in 64 tokens: nothing is dropped
         pieces = []
@@ -142,17 +144,17 @@ def test_reply_streams_exactly_the_returned_text_and_grows_the_history():
 
 def test_greedy_reply_is_generate_cut_at_the_end_marker():
     run = make_run()
-    session = ChatSession(run, TEMPLATE, temperature=0.0, max_new_tokens=10)
+    session = ChatSession(run, TEMPLATE, SamplingParams(temperature=0.0, max_new_tokens=10))
     answer = session.reply("a dog")
     prompt = run.tokenizer.encode(TEMPLATE.render_prompt([{"role": "user", "content": "a dog"}]))
-    out = generate(run.model, run.params, [prompt], max_new_tokens=10, temperature=0.0)[0].tolist()
+    out = generate(run.model, run.params, [prompt], SamplingParams(max_new_tokens=10, temperature=0.0))[0].tolist()
     markers = set(run.tokenizer.special_ids.values())
     cut = next((i for i, t in enumerate(out) if t in markers), len(out))
     assert answer == run.tokenizer.decode(np.array(out[:cut]))
 
 
 def test_commands():
-    session = ChatSession(make_run(), TEMPLATE, max_new_tokens=4, system="sys")
+    session = ChatSession(make_run(), TEMPLATE, SamplingParams(max_new_tokens=4), system="sys")
     assert session.handle_command("hello") is None and session.handle_command("//not a command") is None
     assert session.message_text("//not a command") == "/not a command"
     session.reply("hi")
@@ -163,15 +165,18 @@ def test_commands():
     assert session.handle_command("/temp 0.3") == "temperature 0.3" and session.temperature == 0.3
     for bad in ("/temp", "/temp abc", "/temp -1", "/temp nan", "/temp inf"):
         message = session.handle_command(bad)
-        assert message.startswith("/temp needs") and "\n" not in message and session.temperature == 0.3
+        assert message.startswith("/temp: temperature must be a number") and "\n" not in message
+        assert message.endswith("it stays 0.3") and session.temperature == 0.3
     assert session.handle_command("/topk 5") == "top-k 5" and session.top_k == 5
     assert session.handle_command("/topk 0") == "top-k off" and session.top_k is None
-    assert session.handle_command("/topk 2.5").startswith("/topk needs") and session.top_k is None
+    assert session.handle_command("/topk 2.5").startswith("/topk: top-k must be a whole number")
+    assert session.top_k is None
     assert session.handle_command("/topp 0.9") == "top-p 0.9" and session.top_p == 0.9
-    assert session.handle_command("/topp 1.5").startswith("/topp needs") and session.top_p == 0.9
+    assert session.handle_command("/topp 1.5").startswith("/topp: top-p must be in (0, 1]") and session.top_p == 0.9
     assert session.handle_command("/topp 1") == "top-p off" and session.top_p is None
     assert session.handle_command("/max 7") and session.max_new_tokens == 7
-    assert session.handle_command("/max 0").startswith("/max needs") and session.max_new_tokens == 7
+    assert session.handle_command("/max 0").startswith("/max: max new tokens must be >= 1")
+    assert session.max_new_tokens == 7
     assert session.handle_command("/system be kind") == "system message set" and session.system == "be kind"
     assert "marker" in session.handle_command("/system a <|user|> b") and session.system == "be kind"
     assert session.handle_command("/system") == "system message removed" and session.history == []
@@ -187,7 +192,7 @@ def test_commands():
 
 def test_truncation_drops_the_oldest_turns_and_keeps_the_system_message():
     run = make_run()
-    session = ChatSession(run, TEMPLATE, max_new_tokens=6, system="sys")
+    session = ChatSession(run, TEMPLATE, SamplingParams(max_new_tokens=6), system="sys")
     messages = [f"message {c} of the fox" for c in "abcdefgh"]  # ~20 tokens with its markers: 3 turns fill 64
     for m in messages:
         session.reply(m)
@@ -201,7 +206,7 @@ def test_truncation_drops_the_oldest_turns_and_keeps_the_system_message():
 
 
 def test_a_message_longer_than_the_context_is_a_prompt_error():
-    session = ChatSession(make_run(), TEMPLATE, max_new_tokens=4)
+    session = ChatSession(make_run(), TEMPLATE, SamplingParams(max_new_tokens=4))
     session.reply("short")
     before = list(session.history)
     with pytest.raises(PromptError, match="does not fit the model's context"):
@@ -216,7 +221,7 @@ def test_a_message_longer_than_the_context_is_a_prompt_error():
 def test_plain_completion_mode_without_markers():
     # With "U", "A", ":" in the vocabulary the turns are labelled lines.
     run = make_run(chat=False)
-    session = ChatSession(run, TEMPLATE, max_new_tokens=30, system="a dog")
+    session = ChatSession(run, TEMPLATE, SamplingParams(max_new_tokens=30), system="a dog")
     assert session.mode == "plain" and "plain-completion mode" in session.notice and '"User:"' in session.notice
     session.history.append({"role": "user", "content": "the fox"})
     session.history.append({"role": "assistant", "content": "jumps"})
@@ -226,7 +231,8 @@ def test_plain_completion_mode_without_markers():
     answer = session.reply("a fox", on_token=pieces.append)
     assert "".join(pieces) == answer and "\n" not in answer
     # Without them, one line per message.
-    plain = ChatSession(make_run(chat=False, labels=False), TEMPLATE, temperature=0.0, max_new_tokens=30)
+    plain = ChatSession(make_run(chat=False, labels=False), TEMPLATE,
+                        SamplingParams(temperature=0.0, max_new_tokens=30))
     assert "one line per message" in plain.notice
     assert plain._render([{"role": "user", "content": "the fox"}]) == "the fox\n"
     plain.reply("the fox")
@@ -238,7 +244,7 @@ def test_multibyte_characters_stream_whole(monkeypatch):
     run = LoadedRun(ConfigDict(), make_run().model, None, ByteTokenizer(), step=0)
     text = "héllo → ok"
     monkeypatch.setattr(chat_lib, "stream_generate", lambda *a, **k: (b for b in text.encode("utf-8")))
-    session = ChatSession(run, TEMPLATE, max_new_tokens=100)
+    session = ChatSession(run, TEMPLATE, SamplingParams(max_new_tokens=100))
     pieces = []
     assert session.reply("x", on_token=pieces.append) == text
     assert "".join(pieces) == text and "\ufffd" not in "".join(pieces)
@@ -250,14 +256,8 @@ def test_multibyte_characters_stream_whole(monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-    from llm.train import train
-
-    tmp = tmp_path_factory.mktemp("chat")
-    config = tiny_config(tmp, **{"model.n_layers": 1, "train.steps": 6, "train.eval_every": 6,
-                                 "train.checkpoint_every": 6, "train.eval_batches": 1, "sample.num_samples": 0})
-    train(config, tmp / "run", log=lambda *_: None)
-    return str(tmp / "run")
+def workdir(trained):
+    return str(trained / "run")
 
 
 def test_chat_main_with_scripted_stdin(workdir, monkeypatch, capsys):
@@ -266,7 +266,7 @@ def test_chat_main_with_scripted_stdin(workdir, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "(step 6, plain mode)" in out and "plain-completion mode" in out
     assert "you> hello\nbot> " in out and "you> hi\nbot> " in out
-    assert "temperature 0.0" in out and "/temp needs a number" in out
+    assert "temperature 0.0" in out and "/temp: temperature must be a number" in out
     assert out.rstrip().endswith("you> /quit\nbye") and "never read" not in out
 
 

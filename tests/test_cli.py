@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import make_corpus
+from conftest import tiny_run_flags
 
 from llm.cli import main
 
@@ -14,22 +14,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def tiny_flags(tmp: Path) -> list[str]:
-    corpus = tmp / "corpus.txt"
-    if not corpus.exists():
-        make_corpus(corpus)
-    return [f"--config.data.corpus={corpus}", f"--config.data.cache_dir={tmp / 'cache'}",
-            "--config.model.n_layers=1", "--config.model.d_model=32", "--config.model.max_len=32",
-            "--config.train.steps=6", "--config.train.eval_every=3", "--config.train.eval_batches=1",
-            "--config.train.batch_size=4", "--config.train.checkpoint_every=3", "--config.train.progress=False",
-            "--config.sample.num_samples=1", "--config.sample.max_new_tokens=5"]
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("cli")
-    assert main(["train", "--config", str(REPO / "experiments" / "default.py"), "--workdir", str(tmp / "run"),
-                 *tiny_flags(tmp)]) == 0
-    return tmp
+    return [*tiny_run_flags(tmp), "--config.sample.num_samples=1", "--config.sample.max_new_tokens=5"]
 
 
 def run_llm(*args, cwd=None):
@@ -38,6 +23,7 @@ def run_llm(*args, cwd=None):
                           env=env, timeout=300)
 
 
+@pytest.mark.slow
 def test_train_and_sample_subprocesses(tmp_path):
     """The real commands, as a user runs them: train prints samples; sample continues several prompts."""
     out = run_llm("train", "--workdir", str(tmp_path / "run"), *tiny_flags(tmp_path))
@@ -57,12 +43,12 @@ def test_sample_options_in_process(trained, capsys):
 
 def test_none_overrides_reach_nullable_fields():
     """--config.a.b=None sets a field whose default is None (ml_collections alone would parse int('None'))."""
-    from llm.cli import _parse_train
+    from llm.cli.train import parse_train
 
-    config, _, _ = _parse_train(["--config", "experiments/attention_ablation.py", "--config.model.n_kv_heads=2",
+    config, _, _ = parse_train(["--config", "experiments/attention_ablation.py", "--config.model.n_kv_heads=2",
                                  "--config.model.window=None", "--config.model.n_kv_heads=None"])
     assert config.model.n_kv_heads is None and config.model.window is None
-    config, _, _ = _parse_train(["--config.model.window=None", "--config.model.window=8"])
+    config, _, _ = parse_train(["--config.model.window=None", "--config.model.window=8"])
     assert config.model.window == 8  # the last one wins
 
 

@@ -1,13 +1,29 @@
 """Experiment configs: the base config, every shipped experiment, overrides and validation errors."""
 
+import dataclasses
 import importlib.util
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from ml_collections import ConfigDict
 
 from llm.config import get_base_config, model_config, validate_config
-from llm.model import ConfigError
+from llm.config.options import (
+    ADAPTERS,
+    CONTEXT,
+    FIXED,
+    FREE,
+    OPTIONS,
+    RUNTIME,
+    SOURCE,
+    UNSUPPORTED,
+    WEIGHTS,
+    model_fields,
+)
+from llm.errors import ConfigError
+from llm.model import ModelConfig
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 
@@ -104,3 +120,77 @@ def test_unknown_and_missing_keys():
     c.extra = ConfigDict({"x": 1})
     with pytest.raises(ConfigError, match="unknown key"):
         validate_config(c)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the option table: every option defined once, every model field classified
+
+
+def test_the_base_config_is_the_option_table():
+    from llm.config.experiments import flatten
+
+    flat = flatten(get_base_config().to_dict())
+    assert set(flat) == set(OPTIONS)
+    for key, option in OPTIONS.items():
+        assert flat[key] == option.default, key
+        assert option.resume in (FIXED, FREE), key
+        assert option.nullable or option.default is not None, key
+
+
+def test_every_model_field_is_classified():
+    """A new ModelConfig field must say whether a fine-tune takes it from its source model and how HF conversion
+    treats it: a missing row fails here, not in a user's run."""
+    fields = {f.name for f in dataclasses.fields(ModelConfig)}
+    assert {k.split(".", 1)[1] for k in OPTIONS if k.startswith("model.")} == fields
+    for name in fields:
+        option = OPTIONS[f"model.{name}"]
+        assert option.finetune in (SOURCE, FREE), name
+        assert option.hf in (WEIGHTS, CONTEXT, RUNTIME, ADAPTERS, UNSUPPORTED), name
+        assert option.resume == FIXED, name  # the model is what a step computes
+
+
+def test_the_columns_drive_resume_finetune_and_hf():
+    from llm.config.experiments import resume_differences
+    from llm.hf.configs import OVERRIDABLE
+
+    base = get_base_config()
+    saved = base.to_dict()
+    changed = get_base_config()
+    changed.train.log_every, changed.eval.split, changed.mesh.rules.batch = 7, "train", "data"
+    assert resume_differences(saved, changed) == []  # all FREE
+    changed.train.steps = 9
+    assert resume_differences(saved, changed) == ["train.steps: 2000 -> 9"]
+    assert set(OVERRIDABLE) == {"max_len"} | set(model_fields("hf", RUNTIME))
+    assert "short_conv" in model_fields("hf", UNSUPPORTED) and "attention_impl" in model_fields("finetune", FREE)
+
+
+def test_importing_the_config_loads_no_jax():
+    code = ("import sys, llm.config, llm.sweep; "
+            "print(sorted(m for m in ('jax', 'flax', 'optax', 'orbax') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
+
+
+@pytest.mark.parametrize("preset", ["alice_full", "alice_lora", "alice_scratch", "num2words", "dates", "fields"])
+def test_every_finetune_preset_validates(preset):
+    module = load_experiment("finetune")
+    assert preset in module.PRESETS
+    config = module.get_config(preset)
+    validate_config(config)
+    assert config.finetune.init_from in ("", module.BASE)
+
+
+def test_sampling_rules_are_one_for_flags_and_config():
+    """The config's sample section and the flags take the same rule from SamplingParams."""
+    from llm.config.sampling import SamplingParams
+
+    for field, bad in (("temperature", -1.0), ("top_k", -1), ("top_p", 1.5), ("max_new_tokens", 0), ("seed", 2**62)):
+        rule = SamplingParams(**{field: bad}).problem(field)
+        assert rule
+        with pytest.raises(ConfigError) as info:
+            validate_config(_with(**{f"sample__{field}": bad}))
+        assert str(info.value) == f"sample.{field} {rule}"
+        with pytest.raises(ConfigError) as info:
+            SamplingParams(**{field: bad}).check(lambda f: "--" + f.replace("_", "-"))
+        assert str(info.value) == f"--{field.replace('_', '-')} {rule}"
+    validate_config(_with(sample__top_k=0, sample__top_p=1.0))  # 0 and 1: off, as for the flags

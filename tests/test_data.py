@@ -10,8 +10,6 @@ import pytest
 from llm.data import (
     KNOWN_CORPORA,
     Corpus,
-    DataError,
-    TokenDataset,
     batches,
     eval_batches,
     load_corpus,
@@ -23,6 +21,8 @@ from llm.data import (
     tokenize_to_memmap,
 )
 from llm.data.corpus import KnownCorpus
+from llm.data.dataset import CorpusDataset
+from llm.errors import DataError
 from llm.tokenizers import ByteTokenizer, Tokenizer, train_tokenizer
 
 # The shared data folder sits next to the repository (see SOURCES.md there); tests needing it skip without it.
@@ -240,13 +240,15 @@ def test_sample_batch_determinism() -> None:
     assert not np.array_equal(a[0], sample_batch(TOKENS, seed=2, step=5, batch_size=8, seq_len=16)[0])
 
 
+def corpus_dataset(tokens, seq_len: int, split: str = "train") -> CorpusDataset:
+    return CorpusDataset(Corpus.from_text("t", "t", "test"), ByteTokenizer(), seq_len, {split: tokens})
+
+
 def test_resume_gives_the_batches_of_an_unbroken_run() -> None:
-    train = TokenDataset(TOKENS, seq_len=16, name="train")
-    unbroken = [train.sample_batch(seed=7, step=s, batch_size=4)[0] for s in range(10)]
+    train = corpus_dataset(TOKENS, 16)
+    unbroken = [train.batch(7, s, 4)["inputs"] for s in range(10)]
     # "Restart" at step 6: a fresh dataset object; nothing but (seed, step) carries over.
-    resumed = [
-        TokenDataset(TOKENS, seq_len=16).sample_batch(seed=7, step=s, batch_size=4)[0] for s in range(6, 10)
-    ]
+    resumed = [corpus_dataset(TOKENS, 16).batch(7, s, 4)["inputs"] for s in range(6, 10)]
     for a, b in zip(unbroken[6:], resumed, strict=True):
         np.testing.assert_array_equal(a, b)
 
@@ -337,11 +339,11 @@ def test_too_short_split_errors() -> None:
     with pytest.raises(DataError, match="16 tokens") as err:
         sample_batch(short, seed=0, step=0, batch_size=2, seq_len=16)
     assert "17" in str(err.value) and "shorter context" in str(err.value)
-    with pytest.raises(DataError, match="val has 16 tokens"):
-        TokenDataset(short, seq_len=16, name="val")
+    with pytest.raises(DataError, match="16 tokens"):
+        corpus_dataset(short, 16, "val").eval_batches("val", seed=0, n_batches=1, batch_size=2)
     with pytest.raises(DataError):
         eval_batches(short, seed=0, n_batches=1, batch_size=2, seq_len=16)  # fails at the call, not later
-    assert TokenDataset(short, seq_len=15).sample_batch(seed=0, step=0, batch_size=2)[0].shape == (2, 15)
+    assert corpus_dataset(short, 15).batch(0, 0, 2)["inputs"].shape == (2, 15)
     assert len(list(sequential_batches(short, batch_size=2, seq_len=64))) == 1  # a partial window is fine
     with pytest.raises(DataError, match="no next-token targets"):
         sequential_batches(short[:1], batch_size=2, seq_len=64)
@@ -350,9 +352,11 @@ def test_too_short_split_errors() -> None:
 def test_end_to_end_char_pipeline(tmp_path: Path, python_docs: Corpus) -> None:
     train_text, val_text = split_text(python_docs.text, 0.1)
     tok: Tokenizer = train_tokenizer("char", python_docs.text)
-    train = TokenDataset(tokenize_to_memmap(train_text, tok, tmp_path), seq_len=64, name="train")
-    x, y = train.sample_batch(seed=0, step=0, batch_size=4)
+    splits = {"train": tokenize_to_memmap(train_text, tok, tmp_path),
+              "val": tokenize_to_memmap(val_text, tok, tmp_path)}
+    data = CorpusDataset(python_docs, tok, 64, splits)
+    batch = data.batch(0, 0, 4)
+    x, y = batch["inputs"], batch["targets"]
     assert tok.decode(x[0])[1:] == tok.decode(y[0])[:-1]
     assert tok.decode(x[0]) in train_text
-    val = TokenDataset(tokenize_to_memmap(val_text, tok, tmp_path), seq_len=64, name="val")
-    assert sum(float(w.sum()) for *_, w in val.sequential_batches(batch_size=8)) == len(val_text) - 1
+    assert sum(float(b["weights"].sum()) for b in data.full_batches("val", batch_size=8)) == len(val_text) - 1

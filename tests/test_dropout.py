@@ -7,7 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from llm.model import ConfigError, ModelConfig
+from llm.errors import ConfigError
+from llm.model import ModelConfig
 from llm.model.dropout import Dropout, hash_keep_mask
 
 SHAPE = (32, 128, 96)  # 393,216 elements

@@ -8,10 +8,10 @@ import pytest
 from conftest import tiny_config
 
 from llm.cli import main
-from llm.evaluate import run_evaluation
-from llm.inference import load_run
+from llm.evaluation import run_evaluation
 from llm.ops import cross_entropy
-from llm.train import train
+from llm.runs import load_run
+from llm.training import train
 
 QUIET = dict(log=lambda *_: None)
 
@@ -55,7 +55,7 @@ def test_corpus_loss_and_bits_per_byte(runs):
 def test_sft_run_metrics_and_cli(runs, capsys):
     assert main(["eval", "--workdir", str(runs / "sft"), "--batch-size", "4"]) == 0
     out = capsys.readouterr().out
-    assert "exact_match" in out and "chrf" in out and "completion loss" in out
+    assert "exact_match" in out and "chrf" in out and "held-out examples" in out and "| loss" in out
     (path,) = (runs / "sft" / "eval").glob("*.json")
     results = json.loads(path.read_text())
     assert results["kind"] == "sft" and results["examples"] == 6 and len(results["samples"]) == 5

@@ -90,7 +90,7 @@ def softmax(logits, temperature=1.0):
 
 
 def nucleus(logits, temperature, top_k, top_p):
-    """llm.sampling's order: softmax(logits / T), top-k, then the smallest set with mass >= top_p; renormalised."""
+    """llm.ops.sampling's order: softmax(logits / T), top-k, then the smallest set with mass >= top_p; renormalised."""
     x = np.sort(np.asarray(logits, np.float64))[::-1] / temperature
     if top_k:
         x = x[x >= x[top_k - 1]]
@@ -182,9 +182,40 @@ def test_server_api_and_limits():
         _stop(server, thread)
 
 
+@pytest.mark.slow
+def test_llm_explain_serve_on_a_trained_run(trained):
+    """The real command, as a user starts it: `llm explain --serve` on a trained run answers the page and the API
+    with that run's data, and stops on SIGINT."""
+    import signal
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "llm.cli", "explain", "--workdir", str(trained / "run"), "--serve", "--port",
+               "0", "--prompt", "the cat", "--temperature", "0.5"]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    try:
+        lines = [proc.stdout.readline()]
+        while lines[-1] and "serving on" not in lines[-1]:  # until the URL (or the end of the output)
+            lines.append(proc.stdout.readline())
+        line = lines[-1]
+        assert "serving on http://127.0.0.1:" in line, "".join(lines)
+        url = line.split("serving on ", 1)[1].split()[0]
+        status, _, body = _request(url)
+        assert status == 200 and '"prompt":"the cat"' in body.decode() and '"temperature":0.5' in body.decode()
+        status, _, body = _request(url + "api/explain", data=json.dumps({"prompt": "a mat"}).encode(),
+                                       headers={"Content-Type": "application/json"})
+        data = json.loads(body)
+        assert status == 200 and data["model"]["step"] == 6 and [t["text"] for t in data["tokens"]] == list("a mat")
+        assert len(data["attention"]["weights"]) == 1  # the run's one layer
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 0
+
+
 def test_cli_flag_mistakes(tmp_path):
-    from llm.cli import UserError
-    from llm.explain.cli import explain_main
+    from llm.cli.explain import main as explain_main
+    from llm.errors import UserError
 
     assert explain_main(["--help"]) == 0
     for argv, needle in [([], "--workdir"), (["--workdir", "w", "--serve", "--out", "x.html"], "--serve"),
@@ -201,10 +232,11 @@ def test_cli_writes_the_page_and_pngs(tmp_path, monkeypatch):
     import llm.explain.data
     import llm.explain.figures
     import llm.inference
-    from llm.explain.cli import explain_main
+    from llm.cli.explain import main as explain_main
+    from llm.explain.data import EXPLAIN_SAMPLING
 
     calls = []
-    monkeypatch.setattr(llm.inference, "load_run", lambda workdir, checkpoint, prompts=None: ("RUN", workdir))
+    monkeypatch.setattr(llm.inference, "load_for_prompts", lambda workdir, checkpoint, prompts: ("RUN", workdir))
     monkeypatch.setattr(llm.explain.data, "explain_data",
                         lambda run, prompt, **kw: calls.append((run, prompt, kw)) or synthetic_data(T=3))
     monkeypatch.setattr(llm.explain.figures, "write_pngs",
@@ -212,7 +244,9 @@ def test_cli_writes_the_page_and_pngs(tmp_path, monkeypatch):
     out = tmp_path / "e.html"
     assert explain_main(["--workdir", "runs/x", "--prompt", "hello", "--out", str(out), "--png",
                          str(tmp_path / "png")]) == 0
-    assert calls == [(("RUN", "runs/x"), "hello", {"workdir": "runs/x"})]
+    assert calls == [(("RUN", "runs/x"), "hello", {"workdir": "runs/x", "sampling": EXPLAIN_SAMPLING})]
+    assert explain_main(["--workdir", "runs/x", "--prompt", "hi", "--out", str(out), "--top-k", "5"]) == 0
+    assert calls[-1][2]["sampling"].top_k == 5
     assert '"workdir":"runs/synthetic"' in out.read_text() and (tmp_path / "png" / "tokens.png").exists()
 
 
@@ -472,8 +506,8 @@ def test_page_of_a_real_model(page, tmp_path):
     from ml_collections import ConfigDict
 
     from llm.explain.data import explain_data
-    from llm.inference import LoadedRun
     from llm.model import ModelConfig, Transformer
+    from llm.runs import LoadedRun
     from llm.tokenizers import ByteTokenizer
 
     tok = ByteTokenizer()

@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 from ml_collections import ConfigDict
 
+from llm.errors import PromptError
 from llm.explain import explain_data, explain_json, write_pngs
 from llm.explain.data import forward, row_entropy
-from llm.inference import LoadedRun
 from llm.model import ModelConfig, Transformer, stack_layers
 from llm.model.positions import alibi_slopes
 from llm.ops.attention import attention, attention_weights
-from llm.sampling import PromptError
+from llm.runs import LoadedRun
 from llm.tokenizers import ByteTokenizer, CharTokenizer
 
 TEXT = "the cat sat on a mat\nand the dog ran to its bed"
@@ -58,7 +58,9 @@ def causal_window_mask(t, window=None):
 
 def test_schema_keys_and_shapes():
     d = data_of()
-    assert set(d) == {"model", "prompt", "tokens", "tokenizers", "embeddings", "positions", "attention", "prediction"}
+    assert set(d) == {"model", "prompt", "tokens", "tokenizers", "embeddings", "positions", "attention", "prediction",
+                      "sampling"}
+    assert d["sampling"] == {"temperature": 1.0, "top_k": 0, "top_p": 1.0}  # the controls start "off", at T = 1
     m = d["model"]
     assert set(m) == {"workdir", "step", "n_layers", "n_heads", "kv_heads", "d_model", "max_len", "vocab_size",
                       "position", "window", "attention_impl", "tokenizer", "weights_source", "note"}

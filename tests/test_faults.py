@@ -10,16 +10,18 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import tiny_config
+from faults import FaultHooks
 
-from llm import run as run_lib
-from llm.checkpoint import Checkpointer, CheckpointError, DamagedCheckpoint, checksums
-from llm.faults import Faults
-from llm.health import LossMonitor, TrainingDiverged
-from llm.inference import load_run
-from llm.model import ConfigError, ModelConfig, Transformer
-from llm.optim import make_optimizer
-from llm.train import make_train_step, train
-from llm.train_state import create_train_state
+from llm import runs as run_lib
+from llm.errors import CheckpointError, ConfigError, TrainingDiverged
+from llm.model import ModelConfig, Transformer
+from llm.runs import load_run
+from llm.runs.checkpoints import Checkpointer, DamagedCheckpoint, checksums
+from llm.state.optimizers import make_optimizer
+from llm.state.train_state import create_train_state
+from llm.training import train
+from llm.training.health import LossMonitor
+from llm.training.steps import make_train_step
 
 QUIET = dict(log=lambda *_: None)
 
@@ -93,7 +95,7 @@ def test_loss_monitor_counts_runs_and_spikes():
 
 
 def test_isolated_nan_step_is_skipped_and_logged(tmp_path):
-    result = train(config_for(tmp_path), tmp_path / "run", faults=Faults(nan_steps=(5,)), **QUIET)
+    result = train(config_for(tmp_path), tmp_path / "run", hooks=FaultHooks(nan_steps=(5,)), **QUIET)
     assert (result.step, result.skipped_steps, result.rollbacks) == (12, 1, 0)
     rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     skipped = {r["step"]: r["skipped_steps"] for r in rows if "skipped_steps" in r}
@@ -107,7 +109,7 @@ def test_transient_nans_roll_back_and_end_like_a_clean_run(tmp_path, clean_run):
     the run ends bit-identical to the unbroken one."""
     config = config_for(tmp_path, **{"train.max_bad_steps": 3})
     messages = []
-    result = train(config, tmp_path / "run", faults=Faults(nan_steps=(5, 6, 7), passes=1), log=messages.append)
+    result = train(config, tmp_path / "run", hooks=FaultHooks(nan_steps=(5, 6, 7), passes=1), log=messages.append)
     assert (result.rollbacks, result.skipped_steps) == (1, 3)
     assert any("rolled back to step 4" in m for m in messages)
     assert_trees_equal(load_run(tmp_path / "run").params, clean_run[1])
@@ -118,14 +120,14 @@ def test_transient_nans_roll_back_and_end_like_a_clean_run(tmp_path, clean_run):
 def test_persistent_nans_stop_the_run_with_a_clear_message(tmp_path):
     config = config_for(tmp_path, **{"train.max_bad_steps": 2, "train.max_rollbacks": 2})
     with pytest.raises(TrainingDiverged, match=r"after 2 rollback.*lower optim\.lr"):
-        train(config, tmp_path / "run", faults=Faults(nan_steps=(5, 6, 7, 8), passes=100), **QUIET)
+        train(config, tmp_path / "run", hooks=FaultHooks(nan_steps=(5, 6, 7, 8), passes=100), **QUIET)
     assert Checkpointer(tmp_path / "run" / "checkpoints").all_steps() == [4]  # the good checkpoint is kept
 
 
 def test_loss_spike_rolls_back_with_a_learning_rate_cut(tmp_path):
     config = config_for(tmp_path, **{"train.spike_factor": 3.0, "train.spike_window": 4,
                                      "train.rollback_lr_factor": 0.5})
-    result = train(config, tmp_path / "run", faults=Faults(spike_steps=(9,), passes=1), **QUIET)
+    result = train(config, tmp_path / "run", hooks=FaultHooks(spike_steps=(9,), passes=1), **QUIET)
     assert (result.step, result.rollbacks, result.skipped_steps) == (12, 1, 0)
     rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [(r["to_step"], r["reason"][:21]) for r in rows if r.get("event") == "rollback"] == [
@@ -140,7 +142,7 @@ def test_loss_spike_repeating_diverges(tmp_path):
     config = config_for(tmp_path, **{"train.spike_factor": 3.0, "train.spike_window": 4,
                                      "train.rollback_lr_factor": 0.5, "train.max_rollbacks": 1})
     with pytest.raises(TrainingDiverged, match="loss spike at step 10"):
-        train(config, tmp_path / "run", faults=Faults(spike_steps=(9,), passes=100), **QUIET)
+        train(config, tmp_path / "run", hooks=FaultHooks(spike_steps=(9,), passes=100), **QUIET)
     meta = Checkpointer(tmp_path / "run" / "checkpoints").restore_meta(8)
     assert meta["rollbacks"] == 0  # written before the spike
 
@@ -243,13 +245,11 @@ def test_flipped_bytes_are_detected_and_the_run_falls_back(tmp_path, clean_run):
 
 
 def load_run_target(workdir):
-    from llm.train_state import abstract_train_state
+    from llm.state.train_state import abstract_train_state
 
-    config = run_lib.load_config(workdir)
-    tok = run_lib.load_tokenizer(workdir / "tokenizer.json")
-    model = Transformer(run_lib.config_lib.model_config(config, vocab_size=tok.vocab_size))
-    tx, _ = make_optimizer(config.optim, config.train.steps)
-    return abstract_train_state(model, tx, config.model.max_len)
+    files = run_lib.open_run(workdir)
+    tx, _ = make_optimizer(files.config.optim, files.config.train.steps)
+    return abstract_train_state(files.model, tx, files.config.model.max_len)
 
 
 # --------------------------------------------------------------------------------------------------------

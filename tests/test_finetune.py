@@ -10,9 +10,11 @@ import optax
 import pytest
 
 from llm.config import get_base_config
-from llm.finetune import merge_lora, overlay
-from llm.model import ConfigError, ModelConfig, Transformer
-from llm.optim import make_optimizer, param_path
+from llm.errors import ConfigError
+from llm.model import ModelConfig, Transformer
+from llm.model.lora import merge_lora
+from llm.state.optimizers import make_optimizer, param_path
+from llm.training.finetune import overlay
 
 BASE = ModelConfig(vocab_size=23, d_model=32, n_layers=2, n_heads=4, max_len=16, ffn="swiglu", position="rope")
 TOKENS = jnp.asarray(np.random.default_rng(0).integers(0, 23, (2, 16)), jnp.int32)
@@ -117,7 +119,7 @@ def test_overlay_grows_the_vocabulary_and_refuses_other_shapes():
 def base_run(tmp_path_factory):
     from conftest import tiny_config
 
-    from llm.train import train
+    from llm.training import train
 
     tmp = tmp_path_factory.mktemp("base")
     config = tiny_config(tmp, **{"train.steps": 30, "model.max_len": 64, "sample.num_samples": 0})
@@ -125,11 +127,12 @@ def base_run(tmp_path_factory):
     return tmp / "run"
 
 
+@pytest.mark.slow
 def test_lora_sft_run_from_a_base_run_trains_only_the_adapters(base_run, tmp_path):
     from conftest import tiny_config
 
-    from llm.inference import load_run
-    from llm.train import train
+    from llm.runs import load_run
+    from llm.training import train
 
     config = tiny_config(tmp_path, **{"train.steps": 12, "train.eval_every": 12, "train.checkpoint_every": 12,
                                       "sample.num_samples": 0})

@@ -477,13 +477,14 @@ def test_gpu_vmap_grad_jit():
         assert_close_to_scale(g, w, 2e-2)
 
 
+@pytest.mark.slow
 def test_model_trains_the_same_with_flash_as_with_reference():
     """A few optimizer steps of a small model: flash follows the reference's loss curve and parameters."""
     from llm.config import get_base_config
     from llm.model import ModelConfig, Transformer
-    from llm.optim import make_optimizer
-    from llm.train import make_train_step
-    from llm.train_state import create_train_state
+    from llm.state.optimizers import make_optimizer
+    from llm.state.train_state import create_train_state
+    from llm.training.steps import make_train_step
 
     o = get_base_config().optim
     o.warmup_steps, o.lr = 0, 3e-3

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
+from llm.config.sampling import SamplingParams
 from llm.hf import HFConversionError, export_hf, export_workdir, import_hf, import_to_workdir
 from llm.model import ModelConfig, Transformer
 from llm.tokenizers import train_tokenizer
@@ -96,7 +97,6 @@ def explicit(cfg):
 
 
 def test_lora_adapters_are_folded_into_the_export(tmp_path):
-    pytest.importorskip("llm.finetune")
     cfg = ModelConfig(**SMALL, lora_rank=2)
     params = random_params(cfg)
     assert "lora_a" in params["layers_0"]["attention"]["query"]
@@ -348,8 +348,8 @@ def hf_tokenizer_file(path):
 
 
 def test_workdir_sampling_matches_transformers_generate(hf, tmp_path):
-    from llm.inference import load_run, sample
-    from llm.sampling import generate
+    from llm.inference import generate, sample_texts
+    from llm.runs import load_run
 
     model = hf_gpt2(hf)
     model.save_pretrained(tmp_path / "hf", safe_serialization=True)
@@ -361,13 +361,14 @@ def test_workdir_sampling_matches_transformers_generate(hf, tmp_path):
     run = load_run(tmp_path / "run")
     assert run.step == 0 and run.tokenizer.eos_id == EOS and run.model.cfg.max_len == 64
     prompt = run.tokenizer.encode("Hello, world")
-    ours = generate(run.model, run.params, [prompt], max_new_tokens=10, temperature=0.0, eos_id=EOS)[0]
+    ours = generate(run.model, run.params, [prompt], SamplingParams(max_new_tokens=10, temperature=0.0), eos_id=EOS)[0]
     with hf.torch.no_grad():
         ids = hf.torch.tensor(prompt[None], dtype=hf.torch.long)
         theirs = model.generate(ids, attention_mask=hf.torch.ones_like(ids), max_new_tokens=10, do_sample=False,
                                 pad_token_id=EOS)[0, len(prompt):].numpy()
     np.testing.assert_array_equal(ours, theirs)
-    text = sample(run, ["Hello, world"], max_new_tokens=10, temperature=0.0)[0]
+    text = sample_texts(run.model, run.params, run.tokenizer, ["Hello, world"],
+                        SamplingParams(max_new_tokens=10, temperature=0.0))[0]
     assert text == "Hello, world" + run.tokenizer.decode(ours)
 
     export_workdir(tmp_path / "run", tmp_path / "out", "gpt2")
@@ -376,3 +377,55 @@ def test_workdir_sampling_matches_transformers_generate(hf, tmp_path):
     assert reloaded.config.eos_token_id == EOS and reloaded.config.bos_token_id == EOS
     hf_tok = hf.transformers.AutoTokenizer.from_pretrained(tmp_path / "out")
     assert hf_tok("Hello, world")["input_ids"] == prompt.tolist() and hf_tok.eos_token_id == EOS
+
+
+def test_convert_from_the_command_line(tmp_path, capsys):
+    """`llm convert import` / `export`: a folder without tokenizer.json needs --tokenizer, which the message names;
+    nothing is written when it is refused."""
+    from llm.cli import main
+
+    cfg = ModelConfig(**SMALL)
+    export_hf(cfg, random_params(cfg), tmp_path / "hf", arch="gpt2")  # model only, no tokenizer.json
+    assert main(["convert", "import", str(tmp_path / "hf"), str(tmp_path / "run")]) == 2
+    assert "llm convert import --tokenizer PATH" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+    hf_tokenizer_file(tmp_path / "tokenizer.json")
+    assert main(["convert", "import", str(tmp_path / "hf"), str(tmp_path / "run"), "--tokenizer",
+                 str(tmp_path / "tokenizer.json")]) == 0
+    assert main(["convert", "export", str(tmp_path / "run"), str(tmp_path / "out"), "--arch", "gpt2"]) == 0
+    capsys.readouterr()
+    assert_same_params(import_hf(tmp_path / "out")[1], import_hf(tmp_path / "hf")[1])
+    assert main(["convert", "export", str(tmp_path / "run"), str(tmp_path / "out"), "--arch", "gpt2"]) == 2
+    assert "already holds" in capsys.readouterr().err  # never overwritten
+    assert main(["convert", "import", str(tmp_path / "hf"), str(tmp_path / "run2"), "--tokenizer",
+                 str(tmp_path / "nope.json")]) == 2
+    assert "--tokenizer" in capsys.readouterr().err and not (tmp_path / "run2").exists()
+
+
+def test_finetune_starts_from_a_hugging_face_folder(tmp_path):
+    """finetune.init_from=hf:DIR: the run takes the folder's architecture, weights and tokenizer; its step-0
+    losses are the imported model's, and the first checkpoint's parameters differ from them only by training."""
+    from conftest import make_corpus
+
+    from llm.config import get_base_config
+    from llm.runs import load_run
+    from llm.training import train
+
+    cfg = ModelConfig(**SMALL)
+    params = random_params(cfg)
+    (tmp_path / "hf").mkdir()
+    hf_tokenizer_file(tmp_path / "hf" / "tokenizer.json")
+    export_hf(cfg, params, tmp_path / "hf", arch="gpt2", overwrite=True)
+    c = get_base_config()
+    c.data.corpus, c.data.cache_dir = str(make_corpus(tmp_path / "corpus.txt")), str(tmp_path / "cache")
+    c.finetune.init_from = f"hf:{tmp_path / 'hf'}"
+    c.model.max_len = 32
+    c.train.steps, c.train.batch_size, c.train.eval_every, c.train.eval_batches, c.train.progress = 2, 4, 2, 1, False
+    c.optim.lr, c.optim.warmup_steps, c.sample.num_samples = 1e-9, 0, 0  # a step that barely moves the weights
+    train(c, tmp_path / "run", log=lambda *_: None)
+    run = load_run(tmp_path / "run")
+    assert (run.model.cfg.d_model, run.model.cfg.n_layers, run.tokenizer.kind) == (32, 2, "bpe")
+    first = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
+    assert first["step"] == 0 and np.isfinite(first["val_loss"])
+    for k, v in leaves(params).items():
+        np.testing.assert_allclose(leaves(run.params)[k], v, atol=1e-6)

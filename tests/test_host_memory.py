@@ -1,4 +1,4 @@
-"""llm.host_memory: after keep_freed_host_memory(), repeated train steps stop page-faulting their buffers
+"""llm.runtime.host_memory: after keep_freed_host_memory(), repeated train steps stop page-faulting their buffers
 (both glibc's thresholds and, for blocks over 64 MiB, running programs on the calling thread)."""
 
 import os
@@ -14,13 +14,13 @@ REPO = Path(__file__).resolve().parents[1]
 SCRIPT = r"""
 import resource, sys
 import jax
-from llm.host_memory import keep_freed_host_memory
+from llm.runtime.host_memory import keep_freed_host_memory
 tuned = keep_freed_host_memory()
 from llm.model import ModelConfig, Transformer
-from llm.optim import make_optimizer
+from llm.state.optimizers import make_optimizer
 from llm.config import get_base_config
-from llm.train import make_train_step
-from llm.train_state import create_train_state
+from llm.training.steps import make_train_step
+from llm.state.train_state import create_train_state
 c = get_base_config()
 # nanoGPT's baby shape at batch 16: ~65 MB of temporaries a step, one block larger than a thread arena's heap
 cfg = ModelConfig(vocab_size=65, max_len=64, d_model=128, n_layers=4, n_heads=4)
@@ -46,6 +46,7 @@ def _faults_per_step(defaults: bool) -> tuple[bool, float]:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+@pytest.mark.slow
 def test_train_steps_stop_page_faulting():
     tuned, faults = _faults_per_step(defaults=False)
     untuned, default_faults = _faults_per_step(defaults=True)

@@ -4,8 +4,8 @@ import math
 
 import pytest
 
-from llm import metrics
-from llm.metrics import (
+from llm.data import metrics
+from llm.data.metrics import (
     METRICS,
     bits_per_byte,
     bleu,

@@ -9,7 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from llm.model import ConfigError, ModelConfig, Transformer, count_params, param_count_formula, stack_layers
+from llm.errors import ConfigError
+from llm.model import ModelConfig, Transformer, count_params, param_count_formula, stack_layers
 from llm.model.positions import alibi_slopes, apply_rope, sinusoidal
 
 BASE = dict(vocab_size=37, max_len=32, d_model=32, n_layers=2, n_heads=4)
@@ -171,15 +172,16 @@ def test_scan_equals_unrolled_with_same_weights():
     np.testing.assert_allclose(forward(scanned)(stack_layers(params), x), forward(unrolled)(params, x), atol=1e-5)
 
 
-def test_remat_does_not_change_gradients():
+@pytest.mark.parametrize("policy", ["full", "dots", "dots_no_batch"])
+def test_remat_does_not_change_gradients(policy):
     plain, params = model_and_params("llama")
-    remat, _ = model_and_params("llama", remat="dots")
+    remat, _ = model_and_params("llama", remat=policy)
     x = tokens(2, 16)
 
     def grads(model):
         return jax.jit(jax.grad(lambda p: jnp.mean(model.apply({"params": p}, x) ** 2)))(params)
 
-    for a, b in zip(jax.tree_util.tree_leaves(grads(plain)), jax.tree_util.tree_leaves(grads(remat))):
+    for a, b in zip(jax.tree_util.tree_leaves(grads(plain)), jax.tree_util.tree_leaves(grads(remat)), strict=True):
         np.testing.assert_allclose(a, b, atol=1e-6)
 
 
@@ -216,7 +218,9 @@ def test_bfloat16_compute_is_close_to_float32():
     x = tokens(2, 16)
     a, b = forward(f32)(params, x), forward(bf16)(params, x)
     assert b.dtype == jnp.float32  # logits are returned in float32
-    np.testing.assert_allclose(a, b, atol=0.1)
+    # Within four bfloat16 roundings (2^-8 each, relative) of the logits' scale: measured 0.4-0.5% of max|logit|
+    # (0.0018-0.0022 here), so the bound (about 0.007) is 3-4x the real error.
+    np.testing.assert_allclose(a, b, atol=4 * 2.0**-8 * float(np.abs(a).max()), rtol=0)
     assert not np.array_equal(a, b)
 
 

@@ -14,9 +14,14 @@ import numpy as np
 import pytest
 from conftest import make_corpus
 
-from llm.checkpoint import TMP_MARKER
-from llm.cli import EXIT_PREEMPTED
-from llm.inference import load_run
+from llm.errors import ExitCode
+from llm.runs import load_run
+from llm.runs.checkpoints import TMP_MARKER
+
+pytestmark = pytest.mark.slow  # real `llm` processes: minutes on 2 cores (-m 'not slow' skips them)
+
+EXIT_PREEMPTED = ExitCode.PREEMPTED
+FAULTS = Path(__file__).with_name("faults.py")  # `llm` with injected faults (tests/faults.py)
 
 STEPS = 40
 
@@ -34,8 +39,10 @@ def flags(tmp: Path, workdir: Path) -> list[str]:
 
 
 def launch(args, faults: str = "") -> subprocess.Popen:
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "LLM_FAULTS": faults}
-    return subprocess.Popen([sys.executable, "-m", "llm.cli", *args], stdout=subprocess.PIPE,
+    """A real `llm` process; with `faults`, through tests/faults.py (the production command reads no faults)."""
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    command = [str(FAULTS), faults] if faults else ["-m", "llm.cli"]
+    return subprocess.Popen([sys.executable, *command, *args], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, env=env)
 
 
@@ -129,9 +136,8 @@ def test_sigterm_to_one_of_two_processes_stops_both_at_one_step(tmp_path):
     # Process 1 looks at the workdir late, after process 0 could have begun writing the run into it: it must
     # still judge the run new (a barrier holds the first write back until every process has looked).
     faults = ["sleep_ms=30", "sleep_ms=30;start_delay_ms=1500"]
-    procs = [subprocess.Popen([sys.executable, "-m", "llm.cli", *args, f"--config.distributed.process_id={i}"],
-                              env={**env, "LLM_FAULTS": faults[i]}, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True)
+    procs = [subprocess.Popen([sys.executable, str(FAULTS), faults[i], *args, f"--config.distributed.process_id={i}"],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for i in range(2)]
     deadline = time.time() + 240
     while len(logged_steps(run)) < 3:

@@ -8,8 +8,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from llm.config.sampling import SamplingParams
+from llm.errors import PromptError
+from llm.inference import generate, left_pad
 from llm.model import ModelConfig, Transformer
-from llm.sampling import PromptError, filter_logits, generate, left_pad, sample_logits
+from llm.ops.sampling import filter_logits, sample_logits
 
 
 @functools.cache
@@ -24,7 +27,7 @@ def model_and_params(**overrides):
 def test_greedy_equals_argmax_of_full_forward(overrides):
     model, params = model_and_params(**overrides)
     prompts = [np.array([3, 1, 4, 1, 5]), np.array([9, 2, 6])]
-    outs = generate(model, params, prompts, max_new_tokens=12, temperature=0.0)
+    outs = generate(model, params, prompts, SamplingParams(max_new_tokens=12, temperature=0.0))
     forward = jax.jit(lambda x: model.apply({"params": params}, x))
     for prompt, out in zip(prompts, outs):
         seq = np.concatenate([prompt, out])
@@ -32,31 +35,35 @@ def test_greedy_equals_argmax_of_full_forward(overrides):
         np.testing.assert_array_equal(out, np.argmax(logits[len(prompt) - 1:-1], axis=-1))
 
 
+def greedy(max_new_tokens: int) -> SamplingParams:
+    return SamplingParams(temperature=0.0, max_new_tokens=max_new_tokens)
+
+
 def test_batched_prompts_equal_one_at_a_time():
     model, params = model_and_params()
     prompts = [np.array([1, 2, 3, 4, 5, 6]), np.array([7]), np.array([8, 9, 10])]
-    batched = generate(model, params, prompts, max_new_tokens=6, temperature=0.0)
+    batched = generate(model, params, prompts, SamplingParams(max_new_tokens=6, temperature=0.0))
     for p, b in zip(prompts, batched):
-        np.testing.assert_array_equal(generate(model, params, [p], max_new_tokens=6, temperature=0.0)[0], b)
+        np.testing.assert_array_equal(generate(model, params, [p], greedy(6))[0], b)
 
 
 def test_sampling_is_seeded():
     model, params = model_and_params()
     p = [np.array([1, 2, 3])]
-    a = generate(model, params, p, max_new_tokens=10, temperature=1.0, seed=5)[0]
-    b = generate(model, params, p, max_new_tokens=10, temperature=1.0, seed=5)[0]
-    c = generate(model, params, p, max_new_tokens=10, temperature=1.0, seed=6)[0]
+    a = generate(model, params, p, SamplingParams(max_new_tokens=10, temperature=1.0, seed=5))[0]
+    b = generate(model, params, p, SamplingParams(max_new_tokens=10, temperature=1.0, seed=5))[0]
+    c = generate(model, params, p, SamplingParams(max_new_tokens=10, temperature=1.0, seed=6))[0]
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a, c)
 
 
 def test_stops_at_eos():
     model, params = model_and_params()
-    greedy = generate(model, params, [np.array([1, 2, 3])], max_new_tokens=10, temperature=0.0)[0]
-    eos = int(greedy[3])  # pretend the 4th generated token is the end token
-    cut = generate(model, params, [np.array([1, 2, 3])], max_new_tokens=10, temperature=0.0, eos_id=eos)[0]
-    first = int(np.flatnonzero(greedy == eos)[0])
-    np.testing.assert_array_equal(cut, greedy[: first + 1])
+    full = generate(model, params, [np.array([1, 2, 3])], greedy(10))[0]
+    eos = int(full[3])  # pretend the 4th generated token is the end token
+    cut = generate(model, params, [np.array([1, 2, 3])], greedy(10), eos_id=eos)[0]
+    first = int(np.flatnonzero(full == eos)[0])
+    np.testing.assert_array_equal(cut, full[: first + 1])
 
 
 def test_top_k_and_top_p_filtering():
@@ -94,18 +101,18 @@ def test_generation_runs_past_the_context():
     """Past max_len the sampler slides: later tokens are greedy continuations of the last half-context."""
     model, params = model_and_params()
     prompt = np.arange(10) % 23
-    out = generate(model, params, [prompt], max_new_tokens=50, temperature=0.0)[0]
+    out = generate(model, params, [prompt], SamplingParams(max_new_tokens=50, temperature=0.0))[0]
     assert len(out) == 50
-    first = generate(model, params, [prompt], max_new_tokens=30, temperature=0.0)[0]
+    first = generate(model, params, [prompt], SamplingParams(max_new_tokens=30, temperature=0.0))[0]
     np.testing.assert_array_equal(out[:30], first)  # the first chunk fills the 40-token context
     # The next chunk continues from the last 20 tokens of prompt + generated text.
     context = np.concatenate([prompt, out[:30]])[-20:]
-    np.testing.assert_array_equal(out[30:], generate(model, params, [context], max_new_tokens=20, temperature=0.0)[0])
+    np.testing.assert_array_equal(out[30:], generate(model, params, [context], greedy(20))[0])
 
 
 def test_prompt_errors():
     model, params = model_and_params()
     with pytest.raises(PromptError, match="does not fit the model's context of 40"):
-        generate(model, params, [np.arange(40) % 23], max_new_tokens=2)
+        generate(model, params, [np.arange(40) % 23], SamplingParams(max_new_tokens=2))
     with pytest.raises(PromptError, match="at least one token"):
-        generate(model, params, [np.array([], np.int32)], max_new_tokens=2)
+        generate(model, params, [np.array([], np.int32)], SamplingParams(max_new_tokens=2))

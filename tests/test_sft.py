@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from llm.data import DataError
 from llm.data.sft import (
     ChatTemplate,
     SFTDataset,
@@ -18,7 +17,8 @@ from llm.data.sft import (
     parse_record,
     tokenize_example,
 )
-from llm.tokenizers import ByteTokenizer, CharTokenizer, train_tokenizer
+from llm.errors import DataError
+from llm.tokenizers import ByteTokenizer, CharTokenizer, load_tokenizer, train_tokenizer
 
 T = ChatTemplate()
 CHAT = {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
@@ -326,3 +326,28 @@ def test_packed_logits_equal_each_example_alone(tok, position: str) -> None:
     total, count = cross_entropy(packed, arrays["targets"], arrays["weights"])
     assert float(count) == stats.n_trained
     np.testing.assert_allclose(float(total), alone_total, rtol=1e-5)
+
+
+def test_a_run_trains_on_a_jsonl_file(tmp_path) -> None:
+    """data.sft = a JSONL file: its last data.val_fraction of records held out, a char tokenizer grown by the
+    chat markers (eos = the end marker), the loss on completions only; `llm eval` scores the held-out ones."""
+    from conftest import tiny_config
+
+    from llm.evaluation import run_evaluation
+    from llm.training import train
+
+    path = tmp_path / "train.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records(40, seed=3)))
+    config = tiny_config(tmp_path, **{"train.steps": 8, "train.eval_every": 4, "train.checkpoint_every": 4,
+                                      "sample.num_samples": 0, "model.max_len": 64})
+    config.data.sft = str(path)
+    config.eval.max_examples, config.eval.max_new_tokens = 3, 6
+    result = train(config, tmp_path / "run", log=lambda *_: None)
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert manifest["corpus"]["name"] == str(path) and manifest["tokens"]["train_rows"] > 0
+    tok = load_tokenizer(tmp_path / "run" / "tokenizer.json")
+    assert tok.kind == "char" and tok.eos_id == tok.token_id(T.end)
+    assert np.isfinite(result.val_loss)
+    scores = run_evaluation(tmp_path / "run", batch_size=4, log=lambda *_: None)
+    assert scores["kind"] == "sft" and scores["examples"] == 3 and set(scores["metrics"]) == {
+        "exact_match", "chrf", "rouge_l"}

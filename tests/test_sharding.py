@@ -12,10 +12,12 @@ import numpy as np
 import pytest
 from conftest import make_corpus, tiny_config
 
-from llm.inference import load_run
-from llm.model import ConfigError
+from llm.errors import ConfigError
 from llm.parallel import logical_rules, mesh_shape
 from llm.parallel.distributed import initialize_distributed
+from llm.runs import load_run
+
+pytestmark = pytest.mark.slow  # real `llm` processes: minutes on 2 cores (-m 'not slow' skips them)
 
 HERE = Path(__file__).parent
 # Attention: 'xla' unless named; the 2 x 2 x 2 mesh runs the default ('dense') and the Pallas kernel.

@@ -8,46 +8,46 @@ import subprocess
 
 import pytest
 
-from llm import sweep
 from llm.cli import main
-from llm.config import get_base_config
-from llm.model.config import ConfigError
+from llm.config import apply_overrides, get_base_config
+from llm.errors import ConfigError
+from llm.sweep import runner, spec
 from tests.conftest import make_corpus
 
 
 def test_product_zip_chain():
-    runs = sweep.product(**{"model.position": ["rope", "alibi"], "seed": [0, 1]})
+    runs = spec.product(**{"model.position": ["rope", "alibi"], "seed": [0, 1]})
     assert runs == [{"model.position": "rope", "seed": 0}, {"model.position": "rope", "seed": 1},
                     {"model.position": "alibi", "seed": 0}, {"model.position": "alibi", "seed": 1}]
-    assert sweep.zip_(**{"optim.lr": [1e-3, 3e-4], "train.steps": [10, 20]}) == [
+    assert spec.zip_(**{"optim.lr": [1e-3, 3e-4], "train.steps": [10, 20]}) == [
         {"optim.lr": 1e-3, "train.steps": 10}, {"optim.lr": 3e-4, "train.steps": 20}]
     with pytest.raises(ValueError, match="differ in length"):
-        sweep.zip_(a=[1, 2], b=[1])
+        spec.zip_(a=[1, 2], b=[1])
     with pytest.raises(ValueError, match="list of values"):
-        sweep.product(seed=3)
-    assert sweep.chain(sweep.product(seed=[0]), [{"optim.lr": 0.1}]) == [{"seed": 0}, {"optim.lr": 0.1}]
+        spec.product(seed=3)
+    assert spec.chain(spec.product(seed=[0]), [{"optim.lr": 0.1}]) == [{"seed": 0}, {"optim.lr": 0.1}]
 
 
 def test_run_names():
-    assert sweep.run_name({"model.position": "rope", "seed": 0}) == "position=rope,seed=0"
-    assert sweep.run_name({"optim.lr": 0.0003}) == "lr=0.0003"
-    assert sweep.run_name({}) == "base"
-    assert sweep.run_name({"a.x": 1, "b.x": 2}) == "a.x=1,b.x=2"  # same last component: the full keys
-    assert "/" not in sweep.run_name({"data.corpus": "/some/dir/file.txt"})
-    long = sweep.run_name({"data.corpus": "x" * 300})
-    assert len(long) <= sweep.MAX_NAME_CHARS and long != sweep.run_name({"data.corpus": "x" * 299})
-    names = sweep.run_names([{"model.position": "ro/pe"}, {"model.position": "ro pe"}, {"seed": 0}])
+    assert spec.run_name({"model.position": "rope", "seed": 0}) == "position=rope,seed=0"
+    assert spec.run_name({"optim.lr": 0.0003}) == "lr=0.0003"
+    assert spec.run_name({}) == "base"
+    assert spec.run_name({"a.x": 1, "b.x": 2}) == "a.x=1,b.x=2"  # same last component: the full keys
+    assert "/" not in spec.run_name({"data.corpus": "/some/dir/file.txt"})
+    long = spec.run_name({"data.corpus": "x" * 300})
+    assert len(long) <= spec.MAX_NAME_CHARS and long != spec.run_name({"data.corpus": "x" * 299})
+    names = spec.run_names([{"model.position": "ro/pe"}, {"model.position": "ro pe"}, {"seed": 0}])
     assert names == ["position=ro-pe", "position=ro-pe-2", "seed=0"]
-    assert sweep.run_name({"model.position": "rope"}) == sweep.run_name({"model.position": "rope"})  # stable
+    assert spec.run_name({"model.position": "rope"}) == spec.run_name({"model.position": "rope"})  # stable
 
 
 def test_apply_overrides():
     base = get_base_config()
-    c = sweep.apply_overrides(base, {"model.position": "rope", "seed": 3, "optim.lr": 1, "train.seq_len": 16})
+    c = apply_overrides(base, {"model.position": "rope", "seed": 3, "optim.lr": 1, "train.seq_len": 16})
     assert (c.model.position, c.seed, c.optim.lr, c.train.seq_len) == ("rope", 3, 1.0, 16)
     assert base.model.position == "learned" and base.seed == 0  # the base is not changed
-    for overrides, message in [({"model.nope": 1}, "unknown config key; keys in model: activation"),
-                               ({"nope.x": 1}, "unknown config key; keys in the config"),
+    for overrides, message in [({"model.nope": 1}, "unknown config key model.nope; keys in model: activation"),
+                               ({"nope.x": 1}, "unknown config key nope.x; keys in the config"),
                                ({"seed.x": 1}, "not a section"),
                                ({"model": 1}, "is a section"),
                                ({"model.n_layers": 1.5}, "must be int, got float"),
@@ -56,8 +56,8 @@ def test_apply_overrides():
                                ({"optim.lr": -1.0}, "optim.lr must be positive"),
                                ({"model.position": "xx"}, "is not one of")]:
         with pytest.raises(ConfigError, match=message):
-            sweep.apply_overrides(base, overrides)
-    assert sweep.override_flags({"model.position": "rope", "optim.lr": 0.001, "train.progress": False}) == [
+            apply_overrides(base, overrides)
+    assert spec.override_flags({"model.position": "rope", "optim.lr": 0.001, "train.progress": False}) == [
         "--config.model.position=rope", "--config.optim.lr=0.001", "--config.train.progress=false"]
 
 
@@ -115,6 +115,7 @@ def test_invalid_override_is_recorded_without_running(experiment, tmp_path, caps
     assert "no such run" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_sweep_end_to_end(experiment, tmp_path, capsys):
     sweep_dir = tmp_path / "sweep"
     names = ["position=rope,seed=0", "position=alibi,seed=0"]
@@ -129,7 +130,7 @@ def test_sweep_end_to_end(experiment, tmp_path, capsys):
     bad = list(records.values())[2]
     assert bad["exit_code"] == 2 and "no-such-corpus" in bad["stderr_tail"]
     for name in names:
-        assert sweep.finished_step(sweep_dir / name) == 4
+        assert runner.finished_step(sweep_dir / name) == 4
         config = json.loads((sweep_dir / name / "config.json").read_text())
         assert config["model"]["position"] == name.split(",")[0].split("=")[1]
 
@@ -160,14 +161,15 @@ def test_sweep_end_to_end(experiment, tmp_path, capsys):
     proc = subprocess.run(["bash", str(sweep_dir / "sweep.slurm")], env=env, capture_output=True, text=True,
                           timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert sweep.finished_step(sweep_dir / names[0]) == 4
+    assert runner.finished_step(sweep_dir / names[0]) == 4
     assert _records(sweep_dir)[names[0]]["status"] == "done"
 
 
 def test_named_runs_and_the_attention_ablation_sweep_is_valid():
     from pathlib import Path
 
-    from llm.sweep import load_sweep, run_name
+    from llm.sweep.runner import load_sweep
+    from llm.sweep.spec import run_name
 
     assert run_name({"_name": "mqar 256/gqa", "seed": 0}) == "mqar-256-gqa"
     spec = str(Path(__file__).resolve().parents[1] / "experiments" / "attention_ablation.py")
@@ -177,16 +179,16 @@ def test_named_runs_and_the_attention_ablation_sweep_is_valid():
     assert all("_name" not in r.overrides for r in runs)
     assert {r.config.model.n_kv_heads for r in runs if r.name.startswith("mqar256-")} == {None, 2, 1}
     # The same overrides as the command-line flags a run gets give the same config (None values included).
-    from llm.cli import _parse_train
-    from llm.sweep import override_flags
+    from llm.cli.train import parse_train
+    from llm.sweep.spec import override_flags
 
     for r in runs:
-        config, _, _ = _parse_train(["--config", spec, *override_flags(r.overrides)])
+        config, _, _ = parse_train(["--config", spec, *override_flags(r.overrides)])
         assert config.to_dict() == r.config.to_dict(), r.name
 
 
 def test_report_variants_group_seeds_by_name_and_show_accuracy():
-    from llm.report import variants
+    from llm.sweep.report import variants
 
     def run(name, seed, loss, acc=None, **overrides):
         return {"name": name, "overrides": {"seed": seed, **overrides}, "config": {}, "final_val_loss": loss,

@@ -228,8 +228,8 @@ def test_a_run_trains_on_a_synthetic_task_and_reports_accuracy(tmp_path):
 
     from conftest import tiny_config
 
-    from llm.inference import load_run
-    from llm.train import train
+    from llm.runs import load_run
+    from llm.training import train
 
     config = tiny_config(tmp_path, **{"train.steps": 20, "train.eval_every": 10, "train.eval_batches": 2,
                                       "model.max_len": 64, "sample.num_samples": 0})
@@ -240,7 +240,7 @@ def test_a_run_trains_on_a_synthetic_task_and_reports_accuracy(tmp_path):
     assert len(accuracies) == 2 and all(0.0 <= a <= 1.0 for a in accuracies) and result.val_loss > 0
     run = load_run(tmp_path / "run")
     assert run.tokenizer.vocab_size == run.model.cfg.vocab_size == 32
-    from llm.evaluate import run_evaluation
+    from llm.evaluation import run_evaluation
 
     results = run_evaluation(tmp_path / "run", batch_size=8, log=lambda *_: None)
     assert results["kind"] == "synthetic" and 0 <= results["metrics"]["accuracy"] <= 1

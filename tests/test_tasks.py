@@ -8,7 +8,6 @@ import re
 
 import pytest
 
-from llm.data.corpus import DataError
 from llm.data.tasks import (
     CITIES,
     DAYS,
@@ -30,6 +29,7 @@ from llm.data.tasks import (
     render_fields,
     write_jsonl,
 )
+from llm.errors import DataError
 
 MAX_CHARS = {"num2words": 60, "dates": 60, "fields": 110}  # prompt + completion
 

@@ -10,17 +10,20 @@ import optax
 import pytest
 from conftest import tiny_config
 
-from llm import run as run_lib
-from llm.checkpoint import Checkpointer
+from llm import runs as run_lib
 from llm.config import get_base_config
-from llm.model import ConfigError, ModelConfig, Transformer
-from llm.optim import decay_mask, make_optimizer, schedule
-from llm.train import make_train_step, train
-from llm.train_state import create_train_state
+from llm.errors import ConfigError
+from llm.model import ModelConfig, Transformer
+from llm.runs import Checkpointer
+from llm.state.optimizers import decay_mask, make_optimizer, schedule
+from llm.state.train_state import create_train_state
+from llm.tokenizers import load_tokenizer
+from llm.training import train
+from llm.training.steps import make_train_step
 
 
 def params_of(workdir, step=None):
-    from llm.inference import load_run
+    from llm.runs import load_run
 
     return load_run(workdir, str(step) if step else "latest").params
 
@@ -33,7 +36,7 @@ def assert_trees_equal(a, b):
 def test_loss_goes_down_and_run_is_recorded(tmp_path):
     config = tiny_config(tmp_path, **{"train.steps": 120, "train.eval_every": 60, "train.log_every": 10})
     result = train(config, tmp_path / "run", log=lambda *_: None)
-    vocab = run_lib.load_tokenizer(tmp_path / "run" / "tokenizer.json").vocab_size
+    vocab = load_tokenizer(tmp_path / "run" / "tokenizer.json").vocab_size
     lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     evals = [x for x in lines if "val_loss" in x]
     steps = [x for x in lines if "loss" in x]
@@ -171,7 +174,7 @@ def test_data_too_short_for_context(tmp_path):
     config = tiny_config(tmp_path)
     (tmp_path / "short.txt").write_text("abc " * 40)
     config.data.corpus = str(tmp_path / "short.txt")
-    from llm.data import DataError
+    from llm.errors import DataError
 
     with pytest.raises(DataError, match="fewer than the context"):
         train(config, tmp_path / "run", log=lambda *_: None)
@@ -204,3 +207,19 @@ def test_dropout_rng_choices():
     key = jax.random.wrap_key_data(jax.random.bits(jax.random.PRNGKey(0), (4,), jnp.uint32), impl="rbg")
     kept = nn.Dropout(0.3, deterministic=False).apply({}, jnp.ones((100_000,)), rngs={"dropout": key}) != 0
     assert abs(float(kept.mean()) - 0.7) < 0.01
+
+
+@pytest.mark.parametrize("kind", ["byte", "bpe"])
+def test_byte_and_bpe_tokenizers_train_and_sample(tmp_path, kind):
+    """The other tokenizers through the whole job: trained (BPE on the training split), saved, used to tokenize,
+    to size the model, to sample; a resumed run reads the saved one."""
+    config = tiny_config(tmp_path, **{"data.tokenizer": kind, "data.vocab_size": 300, "model.n_layers": 1,
+                                      "train.steps": 4, "train.eval_every": 4, "train.checkpoint_every": 2,
+                                      "train.eval_batches": 1})
+    train(config, tmp_path / "run", stop_after=2, log=lambda *_: None)
+    tok = load_tokenizer(tmp_path / "run" / "tokenizer.json")
+    assert tok.kind == kind and (tok.vocab_size == 257 if kind == "byte" else 257 < tok.vocab_size <= 300)
+    result = train(config, tmp_path / "run", log=lambda *_: None)  # resumed: with the saved tokenizer
+    assert load_tokenizer(tmp_path / "run" / "tokenizer.json") == tok
+    assert result.step == 4 and len(result.samples) == 1
+    assert params_of(tmp_path / "run")["embed"]["embedding"].shape[0] == tok.vocab_size

@@ -51,6 +51,7 @@ step() {
   return 0
 }
 
+# (`-o addopts=`: the image may lack pytest-xdist, which pyproject's addopts ask for.)
 # Carried wheels (e.g. ml_collections) install into /tmp/site; without them, just the repo on the path.
 if compgen -G ".whl/*.whl" >/dev/null; then
   $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
@@ -64,8 +65,8 @@ step nvidia-smi 20 nvidia-smi
 step jax-devices 60 $PY -c "import jax, jaxlib; print('jax', jax.__version__, 'jaxlib', jaxlib.__version__); \
 print(jax.devices()); d = jax.devices()[0]; print(d.device_kind, getattr(d, 'compute_capability', '?')); \
 from jax._src.lib import cuda_versions as c; print('cuda runtime', c and c.cuda_runtime_get_version())"
-step pytest-flash 130 $PY -m pytest -x -q -m gpu -p no:cacheprovider -rs tests/test_flash_attention.py
-step pytest-gpu-other 40 $PY -m pytest -q -m gpu -p no:cacheprovider --continue-on-collection-errors \
+step pytest-flash 130 $PY -m pytest -o addopts= -x -q -m gpu -p no:cacheprovider -rs tests/test_flash_attention.py
+step pytest-gpu-other 40 $PY -m pytest -o addopts= -q -m gpu -p no:cacheprovider --continue-on-collection-errors \
   --ignore=tests/test_flash_attention.py tests/
 step benchmark-triton 170 env LLM_FLASH_MGPU=0 $PY -m benchmarks.attention --gpu-suite
 step benchmark-mgpu 100 $PY -m benchmarks.attention --mgpu-suite

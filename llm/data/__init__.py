@@ -1,20 +1,19 @@
-"""The data pipeline: corpus text in, token batches out (no model inside).
+"""The data pipeline: sources in, token batches out (no model inside).
 
-    corpus = load_corpus("tinyshakespeare")                # or "builtin:python_docs", or a file path
-    train_text, val_text = split_text(corpus.text, 0.1)
-    tokens = tokenize_to_memmap(train_text, tokenizer, cache_dir() / "tokens")
-    inputs, targets = sample_batch(tokens, seed=0, step=0, batch_size=12, seq_len=256)
+    dataset = build_dataset(config)                        # corpus, supervised records or synthetic task
+    batch = dataset.batch(seed=0, step=step, batch_size=12)
 
 corpus.py: named and file corpora, checksums, the train/val split.
-batches.py: cached token arrays and stateless, resumable batch sampling.
+batches.py: cached token arrays and stateless, resumable batch sampling of a token split.
 sft.py: supervised fine-tuning records, the chat template and loss masks, packed rows and their batches.
 tasks.py: procedurally generated fine-tuning tasks (num2words, dates, fields) and their JSONL files.
 synthetic.py: synthetic attention tasks generated on the fly (MQAR, copy, selective copy) with their accuracy.
+dataset.py: the one interface the training loop, evaluation and the explorer use, for all three.
+build.py: an experiment's data section -> a Dataset.
+metrics.py: scores of generated text against references (exact match, BLEU, chrF, ROUGE-L, bits per byte).
 """
 
 from llm.data.batches import (
-    Batch,
-    TokenDataset,
     eval_batches,
     sample_batch,
     sequential_batch_count,
@@ -22,66 +21,39 @@ from llm.data.batches import (
     token_dtype,
     tokenize_to_memmap,
 )
-from llm.data.corpus import (
-    BUILTIN_CORPORA,
-    DEFAULT_CORPUS,
-    KNOWN_CORPORA,
-    Corpus,
-    DataError,
-    cache_dir,
-    default_data_dirs,
-    load_corpus,
-    load_text_file,
-    split_text,
-)
-from llm.data.sft import (
-    ChatTemplate,
-    PackStats,
-    SFTDataset,
-    load_records,
-    pack,
-    pad,
-    parse_record,
-    tokenize_example,
-)
-from llm.data.synthetic import TASKS as SYNTHETIC_TASKS
-from llm.data.synthetic import SyntheticTask
-from llm.data.synthetic import make_task as make_synthetic_task
-from llm.data.tasks import TASKS, alphabet, generate, read_jsonl, write_jsonl
+from llm.data.build import build_dataset, build_eval_dataset, check_vocab, seq_len_of, sft_records
+from llm.data.corpus import BUILTIN_CORPORA, DEFAULT_CORPUS, KNOWN_CORPORA, Corpus, cache_dir, load_corpus, split_text
+from llm.data.dataset import Batch, CorpusDataset, Dataset, RecordsDataset, TaskDataset
+from llm.data.sft import ChatTemplate, SFTDataset, load_records
+from llm.data.synthetic import SyntheticTask, make_task
 
 __all__ = [
     "BUILTIN_CORPORA",
     "DEFAULT_CORPUS",
     "KNOWN_CORPORA",
-    "SYNTHETIC_TASKS",
-    "TASKS",
     "Batch",
     "ChatTemplate",
     "Corpus",
-    "DataError",
-    "PackStats",
+    "CorpusDataset",
+    "Dataset",
+    "RecordsDataset",
     "SFTDataset",
     "SyntheticTask",
-    "TokenDataset",
-    "alphabet",
+    "TaskDataset",
+    "build_dataset",
+    "build_eval_dataset",
     "cache_dir",
-    "default_data_dirs",
+    "check_vocab",
     "eval_batches",
-    "generate",
     "load_corpus",
     "load_records",
-    "load_text_file",
-    "make_synthetic_task",
-    "pack",
-    "pad",
-    "parse_record",
-    "read_jsonl",
+    "make_task",
     "sample_batch",
+    "seq_len_of",
     "sequential_batch_count",
     "sequential_batches",
+    "sft_records",
     "split_text",
     "token_dtype",
-    "tokenize_example",
     "tokenize_to_memmap",
-    "write_jsonl",
 ]

@@ -16,25 +16,25 @@ the same for every process count, so concatenating the blocks in process order g
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import math
 import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
-from llm.data.corpus import DataError, sha256_text
+from llm.data.corpus import sha256_text
+from llm.errors import DataError
+from llm.files import atomic_file
 from llm.tokenizers import Tokenizer
 
-Batch = tuple[np.ndarray, np.ndarray]  # (inputs, targets), int32 [B, T]
+Windows = tuple[np.ndarray, np.ndarray]  # (inputs, targets), int32 [B, T]
 
 # Characters per piece when a chunkable tokenizer encodes a long text: bounds the int32 temporary.
 CHUNK_CHARS = 1 << 22
 # Mixed into the random seed so that training and evaluation windows come from unrelated streams.
-_TRAIN_STREAM, _EVAL_STREAM = 0, 1
+TRAIN_STREAM, EVAL_STREAM = 0, 1
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -66,18 +66,10 @@ def tokenize_to_memmap(text: str, tokenizer: Tokenizer, cache_dir: str | os.Path
     tokens = _encode(text, tokenizer)
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=path.stem, suffix=".npy.tmp")
-    except OSError as e:  # e.g. a file in the way, no permission
-        raise _cache_error(cache_dir, e) from e
-    try:
-        with os.fdopen(fd, "wb") as f:
+        with atomic_file(path, "wb") as f:
             np.save(f, tokens)
-        os.replace(tmp, path)
-    except BaseException as e:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(e, OSError):  # e.g. the disk is full
-            raise _cache_error(cache_dir, e) from e
-        raise
+    except OSError as e:  # a file in the way, no permission, a full disk
+        raise _cache_error(cache_dir, e) from e
     return _load(path)
 
 
@@ -117,7 +109,7 @@ def sample_batch(
     seq_len: int,
     process_index: int = 0,
     process_count: int = 1,
-) -> Batch:
+) -> Windows:
     """Training batch `step`: batch_size windows at random offsets, like nanoGPT's get_batch.
 
     Offsets are uniform in [0, len(tokens) - seq_len - 1] and depend only on (seed, step). Returns this
@@ -126,8 +118,8 @@ def sample_batch(
     """
     tokens = _as_tokens(tokens)
     _check_window(len(tokens), seq_len)
-    rows = _local_rows(batch_size, process_index, process_count)
-    offsets = _random_offsets(len(tokens), seq_len, batch_size, (seed, _TRAIN_STREAM, step))
+    rows = local_rows(batch_size, process_index, process_count)
+    offsets = _random_offsets(len(tokens), seq_len, batch_size, (seed, TRAIN_STREAM, step))
     return _windows(tokens, offsets[rows], seq_len)
 
 
@@ -140,7 +132,7 @@ def eval_batches(
     seq_len: int,
     process_index: int = 0,
     process_count: int = 1,
-) -> Iterator[Batch]:
+) -> Iterator[Windows]:
     """A fixed set of n_batches random batches (the same on every call), for cheap periodic evaluation.
 
     Drawn like `sample_batch` but from a stream of their own, so they never coincide with training batch
@@ -148,13 +140,13 @@ def eval_batches(
     """
     tokens = _as_tokens(tokens)
     _check_window(len(tokens), seq_len)
-    rows = _local_rows(batch_size, process_index, process_count)
+    rows = local_rows(batch_size, process_index, process_count)
     if n_batches < 0:
         raise ValueError(f"n_batches must be >= 0, got {n_batches}")
 
-    def batches() -> Iterator[Batch]:
+    def batches() -> Iterator[Windows]:
         for i in range(n_batches):
-            offsets = _random_offsets(len(tokens), seq_len, batch_size, (seed, _EVAL_STREAM, i))
+            offsets = _random_offsets(len(tokens), seq_len, batch_size, (seed, EVAL_STREAM, i))
             yield _windows(tokens, offsets[rows], seq_len)
 
     return batches()  # a generator inside, so that bad arguments fail here and not at the first next()
@@ -179,7 +171,7 @@ def sequential_batches(
     tokens = _as_tokens(tokens)
     if len(tokens) < 2:
         raise DataError(f"a split of {len(tokens)} token(s) has no next-token targets; use a bigger corpus")
-    rows = _local_rows(batch_size, process_index, process_count)
+    rows = local_rows(batch_size, process_index, process_count)
     if seq_len < 1:
         raise ValueError(f"seq_len must be >= 1, got {seq_len}")
     n_targets = len(tokens) - 1
@@ -203,62 +195,6 @@ def sequential_batch_count(n_tokens: int, *, batch_size: int, seq_len: int) -> i
     return math.ceil(math.ceil(max(n_tokens - 1, 0) / seq_len) / batch_size)
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
-class TokenDataset:
-    """One split's tokens and context length: the batch functions with those two arguments bound.
-
-    Checks at construction that the split holds at least one window (seq_len + 1 tokens).
-    """
-
-    tokens: np.ndarray
-    seq_len: int
-    name: str = "tokens"
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "tokens", _as_tokens(self.tokens))
-        _check_window(len(self.tokens), self.seq_len, self.name)
-
-    def __len__(self) -> int:
-        return len(self.tokens)
-
-    def sample_batch(
-        self, *, seed: int, step: int, batch_size: int, process_index: int = 0, process_count: int = 1
-    ) -> Batch:
-        return sample_batch(
-            self.tokens,
-            seed=seed,
-            step=step,
-            batch_size=batch_size,
-            seq_len=self.seq_len,
-            process_index=process_index,
-            process_count=process_count,
-        )
-
-    def eval_batches(
-        self, *, seed: int, n_batches: int, batch_size: int, process_index: int = 0, process_count: int = 1
-    ) -> Iterator[Batch]:
-        return eval_batches(
-            self.tokens,
-            seed=seed,
-            n_batches=n_batches,
-            batch_size=batch_size,
-            seq_len=self.seq_len,
-            process_index=process_index,
-            process_count=process_count,
-        )
-
-    def sequential_batches(
-        self, *, batch_size: int, process_index: int = 0, process_count: int = 1
-    ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        return sequential_batches(
-            self.tokens,
-            batch_size=batch_size,
-            seq_len=self.seq_len,
-            process_index=process_index,
-            process_count=process_count,
-        )
-
-
 # ---------------------------------------------------------------------------------------------------------
 # Helpers
 
@@ -280,7 +216,8 @@ def _check_window(n_tokens: int, seq_len: int, name: str = "the token split") ->
         )
 
 
-def _local_rows(batch_size: int, process_index: int, process_count: int) -> slice:
+def local_rows(batch_size: int, process_index: int, process_count: int) -> slice:
+    """This process's block of rows of a global batch (checking the arguments)."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if not 0 <= process_index < process_count:
@@ -300,6 +237,6 @@ def _random_offsets(n_tokens: int, seq_len: int, batch_size: int, entropy: tuple
     return rng.integers(0, n_tokens - seq_len, size=batch_size)  # high is exclusive
 
 
-def _windows(tokens: np.ndarray, offsets: np.ndarray, seq_len: int) -> Batch:
+def _windows(tokens: np.ndarray, offsets: np.ndarray, seq_len: int) -> Windows:
     window = np.asarray(tokens[offsets[:, None] + np.arange(seq_len + 1)], dtype=np.int32)
     return window[:, :-1], window[:, 1:]

@@ -23,19 +23,17 @@ import hashlib
 import http.client
 import os
 import platform
-import tempfile
 import urllib.request
 from pathlib import Path
+
+from llm.errors import DataError
+from llm.files import write_bytes
 
 DEFAULT_CORPUS = "builtin:python_docs"
 # Between pydoc topics: a line no topic contains, so documents stay visibly apart.
 TOPIC_SEPARATOR = "\n\n" + "#" * 72 + "\n\n"
 
 _REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-class DataError(ValueError):
-    """A corpus, file or token split that cannot be used; the message says why and what to do."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,14 +157,7 @@ def _download(name: str, known: KnownCorpus, url: str) -> Path:
         ) from e
     _verify(name, known, hashlib.sha256(data).hexdigest(), url)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=dest.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, dest)  # atomic: a concurrent reader sees no file or the whole file
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_bytes(dest, data)  # atomic: a concurrent reader sees no file or the whole file
     return dest
 
 

@@ -52,8 +52,8 @@ from typing import Any
 
 import numpy as np
 
-from llm.data.batches import _TRAIN_STREAM, _local_rows
-from llm.data.corpus import DataError
+from llm.data.batches import TRAIN_STREAM, local_rows
+from llm.errors import DataError
 from llm.tokenizers import CharTokenizer, Tokenizer
 
 ROLES = ("system", "user", "assistant")
@@ -509,10 +509,10 @@ class SFTDataset:
               ) -> dict[str, np.ndarray]:
         """Training batch `step`: batch_size rows drawn uniformly (with replacement) by a generator seeded from
         (seed, step) alone. Returns this process's block of the global batch (as in llm.data.batches)."""
-        local = _local_rows(batch_size, process_index, process_count)
+        local = local_rows(batch_size, process_index, process_count)
         if seed < 0 or step < 0:
             raise ValueError(f"seed and step must be non-negative, got {seed} and {step}")
-        rng = np.random.default_rng(np.random.SeedSequence([seed, _TRAIN_STREAM, step]))
+        rng = np.random.default_rng(np.random.SeedSequence([seed, TRAIN_STREAM, step]))
         rows = rng.integers(0, len(self), size=batch_size)[local]
         return {k: getattr(self, k)[rows] for k in KEYS}
 
@@ -523,7 +523,7 @@ class SFTDataset:
                      ) -> Iterator[dict[str, np.ndarray]]:
         """Every row once, in order, batch_size rows a batch; the last batch is filled up with padding rows
         (weight 0, segment id 0), so sum(loss * weights) / sum(weights) over all batches is the exact mean."""
-        local = _local_rows(batch_size, process_index, process_count)
+        local = local_rows(batch_size, process_index, process_count)
         arrays = self.arrays()
         fill = {"inputs": self.pad_id, "targets": self.pad_id}
 

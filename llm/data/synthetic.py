@@ -56,12 +56,12 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from llm.data.batches import _EVAL_STREAM, _TRAIN_STREAM, _local_rows
+from llm.data.batches import EVAL_STREAM, TRAIN_STREAM, local_rows
 from llm.tokenizers import CharTokenizer
 
 KEYS = ("inputs", "targets", "weights", "segment_ids", "positions")  # as llm.data.sft.KEYS
 PAD = 0
-STREAMS = {"train": _TRAIN_STREAM, "eval": _EVAL_STREAM}
+STREAMS = {"train": TRAIN_STREAM, "eval": EVAL_STREAM}
 DEFAULT_EVAL_BATCHES = 8
 ZOOLOGY_POWER_A = 0.01
 
@@ -164,7 +164,7 @@ class SyntheticTask(abc.ABC):
         """Batch `step` of `split` ("train" or "eval"): dict of numpy arrays [B, seq_len] (this process's block of
         the global batch): inputs, targets (int32), weights (float32, 1 on answer positions), segment_ids (int32,
         1 real, 0 padding), positions (int32)."""
-        local = _local_rows(batch_size, process_index, process_count)
+        local = local_rows(batch_size, process_index, process_count)
         if seed < 0 or step < 0:
             raise ValueError(f"seed and step must be non-negative, got {seed} and {step}")
         if split not in STREAMS:
@@ -185,14 +185,14 @@ class SyntheticTask(abc.ABC):
 
     def eval_batch_count(self, batch_size: int) -> int:
         """How many batches `eval_batches` gives by default (n_eval_batches, whatever the batch size)."""
-        _local_rows(batch_size, 0, 1)
+        local_rows(batch_size, 0, 1)
         return self.n_eval_batches
 
     def eval_batches(self, batch_size: int, n_batches: int | None = None, *, process_index: int = 0,
                      process_count: int = 1) -> Iterator[dict[str, np.ndarray]]:
         """Fixed held-out batches: split "eval", seed `eval_seed`, steps 0 .. n_batches - 1 (default
         n_eval_batches); the same whatever the training seed."""
-        _local_rows(batch_size, process_index, process_count)
+        local_rows(batch_size, process_index, process_count)
         n = self.n_eval_batches if n_batches is None else n_batches
         if n < 0:
             raise ValueError(f"n_batches must be >= 0, got {n}")

@@ -42,7 +42,7 @@ import string
 from collections.abc import Iterable
 from pathlib import Path
 
-from llm.data.corpus import DataError
+from llm.errors import DataError
 
 Example = dict[str, str]
 SPLITS = ("train", "test")

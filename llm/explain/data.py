@@ -23,13 +23,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from llm.inference import LoadedRun, encode_prompts
+from llm.config.sampling import SamplingParams
+from llm.inference import encode_prompts
 from llm.model import Transformer
 from llm.model.positions import sinusoidal
-from llm.ops.attention import make_mask
+from llm.ops.attention import CAPABILITIES, make_mask, runnable_impl
+from llm.runs import LoadedRun
 from llm.tokenizers import BPETokenizer, ByteTokenizer, CharTokenizer, Tokenizer
 
-CAPTURED_IMPLS = ("reference", "xla")  # the others are fused kernels: their probabilities never exist as arrays
+EXPLAIN_SAMPLING = SamplingParams(temperature=1.0)  # the page's controls: the model's own distribution
 N_NEIGHBORS = 8
 BPE_DEMO_VOCAB = 512  # the BPE split shown for runs with another tokenizer
 
@@ -37,13 +39,14 @@ _LABEL_CHARS = {"\n": "⏎", " ": "␠", "\t": "⇥", "\r": "␍"}
 
 
 def explain_data(run: LoadedRun, prompt: str, *, top: int = 50, max_vocab_points: int = 2000,
-                 workdir: str | Path | None = None) -> dict[str, Any]:
+                 workdir: str | Path | None = None, sampling: SamplingParams = EXPLAIN_SAMPLING) -> dict[str, Any]:
     """The explorer's data for `prompt` (see SCHEMA.md). PromptError (one line) for an empty prompt, one that does
     not fit the context, or characters a char tokenizer lacks; ValueError when the model's outputs are not finite.
 
     top: how many of the largest next-token logits to list. max_vocab_points: how many tokens of the vocabulary
     the embedding map shows (the prompt's tokens and their neighbours always among them). workdir: reported in
-    "model" (default: `run.workdir` if the run has one, else "").
+    "model" (default: `run.workdir` if the run has one, else ""). sampling: where the page's temperature / top-k /
+    top-p controls start.
     """
     model, tok = run.model, run.tokenizer
     cfg = model.cfg
@@ -56,7 +59,7 @@ def explain_data(run: LoadedRun, prompt: str, *, top: int = 50, max_vocab_points
     n_vocab = min(cfg.vocab_size, tok.vocab_size)  # ids past the tokenizer's are padding rows
     if workdir is None:
         workdir = getattr(run, "workdir", None) or ""
-    captured = cfg.attention_impl in CAPTURED_IMPLS
+    captured = CAPABILITIES[cfg.attention_impl].weights  # else a fused kernel: the probabilities never exist
     if captured:
         note = ("Attention weights were captured during the forward pass: the softmax of each layer's own queries "
                 f"and keys, the same math as the '{cfg.attention_impl}' implementation the model runs.")
@@ -81,6 +84,8 @@ def explain_data(run: LoadedRun, prompt: str, *, top: int = 50, max_vocab_points
                       "entropy": np.round(row_entropy(probs_LHTT).mean(axis=-1), 6).tolist(),
                       "mask": mask_TT.tolist()},
         "prediction": {"top": _prediction(tok, logits_TV[-1, :n_vocab], top)},
+        "sampling": {"temperature": sampling.temperature, "top_k": sampling.top_k or 0,
+                     "top_p": 1.0 if sampling.top_p is None else sampling.top_p},
     }
 
 
@@ -104,10 +109,12 @@ def _compiled_forward(model):
 def forward(run: LoadedRun, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(logits [T, vocab], attention probabilities [L, H, T, T]) of one sequence, both float32 numpy.
 
-    A model configured for cuDNN attention runs XLA's attention (the same function) where there is no GPU."""
+    A model whose attention implementation does not run on this backend (cuDNN without a GPU) runs a fallback
+    that does (llm/ops/attention/capabilities.py): the same function."""
     model = run.model
-    if model.cfg.attention_impl == "cudnn" and jax.default_backend() != "gpu":
-        model = Transformer(dataclasses.replace(model.cfg, attention_impl="xla"))
+    impl = runnable_impl(model.cfg.attention_impl, jax.default_backend(), **model.cfg.attention_features)
+    if impl != model.cfg.attention_impl:
+        model = Transformer(dataclasses.replace(model.cfg, attention_impl=impl))
     logits, inter = _compiled_forward(model)(run.params, jnp.asarray(np.asarray(ids)[None], jnp.int32))
     n_layers = run.model.cfg.n_layers
     if "layers" in inter:  # scan_layers: one stacked entry [L, B, H, T, T]

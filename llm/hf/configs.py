@@ -14,7 +14,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from llm.model.config import ConfigError, ModelConfig
+from llm.config.options import RUNTIME, UNSUPPORTED, model_fields
+from llm.errors import ConfigError
+from llm.model.config import ModelConfig
 
 
 class HFConversionError(ConfigError):
@@ -36,8 +38,9 @@ BIAS_GROUPS = {
     "qwen2": {"qkv": "always", "o": "never", "mlp": "never"},
     "qwen3": {"qkv": "attention_bias", "o": "attention_bias", "mlp": "never"},
 }
-# ModelConfig fields a caller may change on import: none of them changes the parameters or the math.
-OVERRIDABLE = ("max_len", "attention_impl", "remat", "scan_layers", "dropout", "dtype", "param_dtype")
+# ModelConfig fields a caller may set on import: how the math runs (the option table's RUNTIME column), and the
+# context (shorter than max_position_embeddings: a smaller KV cache).
+OVERRIDABLE = ("max_len", *model_fields("hf", RUNTIME))
 
 
 def _unsupported(field: str, value: Any, why: str) -> HFConversionError:
@@ -176,8 +179,7 @@ def check_exportable(cfg: ModelConfig, arch: str) -> None:
         "norm": ("layernorm",) if gpt2 else ("rmsnorm",),
         "ffn": ("mlp",) if gpt2 else ("swiglu",),
         "norm_position": ("pre",),
-        "attn_softcap": (None,),
-        "short_conv": (0,),
+        **{name: (getattr(ModelConfig, name),) for name in model_fields("hf", UNSUPPORTED)},  # the defaults
         "qk_norm": (arch == "qwen3",),
         "window": (None,) if arch != "mistral" else (cfg.window,),
     }

@@ -16,6 +16,7 @@ import numpy as np
 from llm.hf.configs import HFConversionError, check_exportable, hf_config, model_config_from_hf
 from llm.hf.weights import SINGLE_FILE, hf_tensors, params_from_hf, read_tensors, write_tensors
 from llm.model import ModelConfig, Transformer
+from llm.model.lora import merge_lora
 from llm.model.params import stack_layers, unstack_layers
 from llm.tokenizers import BPETokenizer, Tokenizer, from_hf_file
 
@@ -96,15 +97,10 @@ def export_hf(model_cfg: ModelConfig, params: Any, out_dir: str | os.PathLike, t
     'llama' (biases via attention_bias / mlp_bias), 'mistral' (sliding window), 'qwen2', 'qwen3' (QK-norm).
     Writes config.json, model.safetensors (in `dtype`, default the params' own) and, for a BPE tokenizer,
     tokenizer.json + tokenizer_config.json. LoRA adapters (model.lora_rank > 0) are folded into the kernels
-    first (llm.finetune.merge_lora). eos_id defaults to the tokenizer's, bos_id (GPT-2 only) to eos_id.
+    first (llm.model.lora.merge_lora). eos_id defaults to the tokenizer's, bos_id (GPT-2 only) to eos_id.
     A model the architecture cannot express raises HFConversionError naming the field. Returns out_dir.
     """
-    if getattr(model_cfg, "lora_rank", 0):  # adapters have no HF form: fold them into the kernels
-        try:
-            from llm.finetune import merge_lora
-        except ImportError:
-            raise HFConversionError("the model has LoRA adapters (model.lora_rank > 0); fold them into the "
-                                    "kernels before exporting") from None
+    if model_cfg.lora_rank:  # adapters have no HF form: fold them into the kernels
         params, model_cfg = merge_lora(params, model_cfg)
     check_exportable(model_cfg, arch)
     if tokenizer is not None and not isinstance(tokenizer, BPETokenizer):

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-import datetime
-import importlib.metadata
-import json
 import os
 import sys
 import time
@@ -16,15 +12,14 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from llm import run as run_lib
-from llm.checkpoint import Checkpointer
 from llm.config import get_base_config, validate_config
+from llm.config.options import MODEL_FIELDS
 from llm.hf.configs import HFConversionError
 from llm.hf.convert import export_hf, import_hf, read_hf_config
 from llm.model import Transformer
-from llm.optim import make_optimizer
+from llm.runs import CHECKPOINT_DIR, TOKENIZER_FILE, Checkpointer, load_run, read_manifest, save_config, write_manifest
+from llm.state import TrainState, abstract_train_state, make_optimizer
 from llm.tokenizers import Tokenizer, load_tokenizer
-from llm.train_state import TrainState, abstract_train_state
 
 
 def _warn(message: str) -> None:
@@ -49,15 +44,15 @@ def import_to_workdir(hf_dir: str | os.PathLike, workdir: str | os.PathLike, *,
     cfg, params, hf_tokenizer = import_hf(hf_dir, dtype=dtype, **overrides)
     tok = load_tokenizer(tokenizer) if isinstance(tokenizer, str | os.PathLike) else tokenizer or hf_tokenizer
     if tok is None:
-        raise HFConversionError(f"{hf_dir} has no tokenizer.json, which sampling needs; pass tokenizer= (the path of "
-                                "a Hugging Face tokenizer.json or a Tokenizer)")
+        raise HFConversionError(f"{hf_dir} has no tokenizer.json, which sampling needs; give the model's "
+                                "tokenizer.json (llm convert import --tokenizer PATH, or tokenizer= in Python)")
     if tok.vocab_size > cfg.vocab_size:
         raise HFConversionError(f"the tokenizer has {tok.vocab_size} tokens but the model only {cfg.vocab_size}; "
                                 "is it the model's own tokenizer?")
 
     config = get_base_config()
-    for field in dataclasses.fields(cfg):
-        config.model[field.name] = getattr(cfg, field.name)
+    for name in MODEL_FIELDS:
+        config.model[name] = getattr(cfg, name)
     config.data.tokenizer = tok.kind
     if tok.kind == "bpe":
         config.data.vocab_size = tok.vocab_size
@@ -73,18 +68,10 @@ def import_to_workdir(hf_dir: str | os.PathLike, workdir: str | os.PathLike, *,
         raise HFConversionError("internal error: the imported train state does not have the layout of a run's")
 
     workdir.mkdir(parents=True, exist_ok=True)
-    tok.save(workdir / run_lib.TOKENIZER_FILE)
-    run_lib.save_config(config, workdir)
-    manifest = {
-        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "packages": {name: _version(name) for name in ("jax", "flax", "optax", "orbax-checkpoint", "tokenizers",
-                                                        "safetensors")},
-        "source": {"hf_dir": str(Path(hf_dir).absolute()), "hf_config": hf},
-        "tokenizer": {"kind": tok.kind, "vocab_size": tok.vocab_size, "fingerprint": tok.fingerprint()},
-        "config_seed": config.seed,
-    }
-    (workdir / run_lib.MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
-    ckpt = Checkpointer(workdir / run_lib.CHECKPOINT_DIR, keep=config.train.keep_checkpoints, async_save=False)
+    tok.save(workdir / TOKENIZER_FILE)
+    save_config(config, workdir)
+    write_manifest(workdir, config, tok, source={"hf_dir": str(Path(hf_dir).absolute()), "hf_config": hf})
+    ckpt = Checkpointer(workdir / CHECKPOINT_DIR, keep=config.train.keep_checkpoints, async_save=False)
     try:
         ckpt.save(0, state, meta={"step": 0, "val_loss": None, "best_val_loss": None, "wall_time": time.time(),
                                   "imported_from": str(hf_dir)})
@@ -101,8 +88,6 @@ def export_workdir(workdir: str | os.PathLike, out_dir: str | os.PathLike, arch:
     A BPE tokenizer goes along as tokenizer.json; byte and char tokenizers have no HF form and are left out (with
     a note to `log`). A run imported with `import_to_workdir` gets its source's bos_token_id back.
     """
-    from llm.inference import load_run  # lazy: it imports the sampling code
-
     run = load_run(workdir, checkpoint, log=log)
     tokenizer = run.tokenizer if run.tokenizer.kind == "bpe" else None
     if tokenizer is None:
@@ -110,16 +95,9 @@ def export_workdir(workdir: str | os.PathLike, out_dir: str | os.PathLike, arch:
             "tokenizer.json")
     bos_id = None
     try:
-        source = json.loads((Path(workdir) / run_lib.MANIFEST_FILE).read_text())["source"]["hf_config"]
+        source = read_manifest(workdir)["source"]["hf_config"]
         bos_id = source["bos_token_id"] if isinstance(source.get("bos_token_id"), int) else None
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+    except (KeyError, TypeError, AttributeError):
         pass
     return export_hf(run.model.cfg, run.params, out_dir, tokenizer, arch, dtype=dtype, bos_id=bos_id,
                      overwrite=overwrite)
-
-
-def _version(name: str) -> str | None:
-    try:
-        return importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-        return None

@@ -14,14 +14,7 @@ from llm.model.linear import Projection
 from llm.model.norms import RMSNorm
 from llm.model.positions import alibi_slopes, apply_rope
 from llm.model.spmd import fit_spec
-from llm.ops.attention import attention, attention_weights
-
-
-def decode_impl(impl: str, softcap: float | None) -> str:
-    """The implementation used against the KV cache (the kernel has no query offset)."""
-    if impl in ("reference", "chunked"):
-        return impl
-    return "reference" if softcap is not None else "xla"
+from llm.ops.attention import attention, attention_weights, decode_impl
 
 
 class SelfAttention(nn.Module):
@@ -137,5 +130,5 @@ class SelfAttention(nn.Module):
         segments.value = jax.lax.dynamic_update_slice(segments.value, segment_ids_BT.astype(jnp.int32), (0, index))
         return attention(
             q_BTHD, jnp.swapaxes(key.value, 1, 2), jnp.swapaxes(value.value, 1, 2),
-            impl=decode_impl(cfg.attention_impl, cfg.attn_softcap),
+            impl=decode_impl(cfg.attention_impl, **cfg.attention_features),
             segment_ids=segment_ids_BT, kv_segment_ids=segments.value, q_offset=index, **kw)

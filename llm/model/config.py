@@ -12,8 +12,8 @@ import types
 import typing
 from typing import Any
 
-from llm.model.dropout import DROPOUT_MASKS
-from llm.ops.attention import IMPLEMENTATIONS
+from llm.errors import ConfigError
+from llm.ops.attention.capabilities import FEATURES, IMPLEMENTATIONS, missing
 
 POSITIONS = ("learned", "sinusoidal", "rope", "alibi", "none")
 FFNS = ("mlp", "swiglu", "geglu")
@@ -22,10 +22,7 @@ NORMS = ("layernorm", "rmsnorm")
 NORM_POSITIONS = ("pre", "post")
 DTYPES = ("float32", "bfloat16", "float16")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
-
-
-class ConfigError(ValueError):
-    """A user-facing configuration mistake; its message is one line that says what to change."""
+DROPOUT_MASKS = ("hash", "bernoulli")  # llm/model/dropout.py
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,6 +96,12 @@ class ModelConfig:
         m = self.ff_multiple_of
         return -(-int(8 * self.d_model / 3) // m) * m
 
+    @property
+    def attention_features(self) -> dict[str, bool]:
+        """What the attention op must support for this model (llm/ops/attention/capabilities.py)."""
+        return {"softcap": self.attn_softcap is not None, "alibi": self.position == "alibi",
+                "window": self.window is not None}
+
     # ---- construction and validation ------------------------------------------------------------------
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
@@ -159,9 +162,11 @@ class ModelConfig:
         except re.error as e:
             raise ConfigError(f"model.lora_targets={self.lora_targets!r} is not a list of regular expressions ({e})"
                               ) from None
-        if self.attn_softcap is not None and self.attention_impl in ("xla", "cudnn"):
-            raise ConfigError(f"model.attention_impl={self.attention_impl!r} has no logit soft-cap; use "
-                              "'dense', 'reference', 'chunked' or 'flash' with model.attn_softcap")
+        lacks = missing(self.attention_impl, **self.attention_features)
+        if lacks:
+            have = [impl for impl in IMPLEMENTATIONS if not missing(impl, **self.attention_features)]
+            raise ConfigError(f"model.attention_impl={self.attention_impl!r} has no {FEATURES[lacks[0]]}; use "
+                              f"{', '.join(map(repr, have))} with this model")
 
 
 def _coerce(name: str, value: Any, hint: Any) -> Any:

@@ -17,7 +17,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-DROPOUT_MASKS = ("hash", "bernoulli")
+from llm.model.config import DROPOUT_MASKS
 
 _GOLDEN = 0x9E3779B1  # 2^32 / golden ratio, odd: spreads consecutive indices over the 32-bit range
 

@@ -9,16 +9,14 @@ einsum (two contracting axes) into a slow generic loop, 2-3x slower than the sam
 
 from __future__ import annotations
 
-import math
-import re
 from collections.abc import Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
 
 from llm.model.config import ModelConfig
-from llm.model.dropout import Dropout
-from llm.ops.matmul import matmul
+from llm.model.lora import lora_applies, lora_delta
+from llm.model.matmuls import matmul_2d
 
 
 class Projection(nn.Module):
@@ -27,7 +25,7 @@ class Projection(nn.Module):
     kernel has shape in_shape + out_shape and logical names in_names + out_names; bias, out_shape / out_names.
 
     lora: the model config, when its LoRA settings may apply here (they do if this module's path matches
-    `lora_targets`): adds lora_a [*in_shape, rank] (small random) and lora_b [rank, *out_shape] (zeros).
+    `lora_targets`): adds lora_a and lora_b beside the kernel (llm/model/lora.py).
     """
 
     out_shape: Sequence[int]
@@ -53,28 +51,6 @@ class Projection(nn.Module):
                               tuple(self.out_shape), self.param_dtype)
             y = y + bias.astype(self.dtype)
         if self.lora is not None and lora_applies(self.lora, "/".join(self.scope.path)):
-            cfg = self.lora
-            a_init = nn.initializers.normal(1 / math.prod(in_shape) ** 0.5)
-            a = self.param("lora_a", nn.with_logical_partitioning(a_init, (*self.in_names, None)),
-                           (*in_shape, cfg.lora_rank), self.param_dtype)
-            b = self.param("lora_b", nn.with_logical_partitioning(nn.initializers.zeros, (None, *self.out_names)),
-                           (cfg.lora_rank, *self.out_shape), self.param_dtype)
-            x_drop = Dropout(cfg.lora_dropout, deterministic=self.deterministic, mask=cfg.dropout_mask)(x)
-            low_rank = matmul_2d(matmul_2d(x_drop, a, n_in, dtype=self.dtype), b, 1, dtype=self.dtype)
-            y = y + (cfg.lora_alpha / cfg.lora_rank) * low_rank
+            y = y + lora_delta(self, x, self.lora, self.in_names, self.out_names, self.out_shape, dtype=self.dtype,
+                               param_dtype=self.param_dtype, deterministic=self.deterministic)
         return y
-
-
-def lora_applies(cfg: ModelConfig, path: str) -> bool:
-    """Whether a projection at `path` ('layers_0/attention/query') gets LoRA adapters under `cfg`."""
-    return cfg.lora_rank > 0 and any(re.search(p, path) for p in cfg.lora_targets.split(",") if p)
-
-
-def matmul_2d(x: jnp.ndarray, kernel: jnp.ndarray, n_in: int, *, dtype, matmul_dtype=None) -> jnp.ndarray:
-    """x [..., *in] . kernel [*in, *out] -> [..., *out] in `dtype`, computed as one [tokens, in] x [in, out]
-    matmul (with `matmul_dtype` operands and float32 sums when that is set)."""
-    lead, in_shape = x.shape[: x.ndim - n_in], x.shape[x.ndim - n_in:]
-    out_shape = kernel.shape[n_in:]
-    y = matmul(x.reshape(math.prod(lead), math.prod(in_shape)).astype(dtype),
-               kernel.reshape(math.prod(in_shape), math.prod(out_shape)).astype(dtype), matmul_dtype)
-    return y.reshape(*lead, *out_shape)

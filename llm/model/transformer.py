@@ -10,7 +10,8 @@ from llm.model.attention import SelfAttention
 from llm.model.config import ModelConfig
 from llm.model.dropout import Dropout
 from llm.model.feedforward import FeedForward
-from llm.model.linear import Projection, matmul_2d
+from llm.model.linear import Projection
+from llm.model.matmuls import matmul_2d
 from llm.model.norms import make_norm
 from llm.model.positions import LearnedPositions, sinusoidal
 

@@ -1,18 +1,14 @@
-"""Device meshes, logical-axis sharding rules, and multi-process start-up."""
+"""Device meshes, logical-axis sharding rules, and multi-process start-up. The names below import on first use
+(llm/lazy.py): the rules (rules.py) parse without JAX."""
 
-from llm.parallel.distributed import initialize_distributed, sync_processes
-from llm.parallel.mesh import MESH_AXES, make_mesh, mesh_shape
-from llm.parallel.sharding import (
-    Shardings,
-    batch_sharding,
-    format_memory_report,
-    global_batch,
-    logical_rules,
-    make_shardings,
-    memory_report,
-    state_shardings,
-)
+from llm.lazy import exports
 
-__all__ = ["MESH_AXES", "Shardings", "batch_sharding", "format_memory_report", "global_batch",
-           "initialize_distributed", "logical_rules", "make_mesh", "make_shardings", "memory_report", "mesh_shape",
-           "state_shardings", "sync_processes"]
+_NAMES = {
+    **dict.fromkeys(("initialize_distributed", "sync_processes"), "llm.parallel.distributed"),
+    **dict.fromkeys(("make_mesh", "mesh_shape"), "llm.parallel.mesh"),
+    **dict.fromkeys(("MESH_AXES", "Rules", "logical_rules"), "llm.parallel.rules"),
+    **dict.fromkeys(("Shardings", "batch_sharding", "format_memory_report", "global_batch", "make_shardings",
+                     "memory_report", "state_shardings"), "llm.parallel.sharding"),
+}
+__all__ = sorted(_NAMES)
+__getattr__ = exports(__name__, _NAMES)

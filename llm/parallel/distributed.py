@@ -12,7 +12,7 @@ from __future__ import annotations
 import jax
 from ml_collections import ConfigDict
 
-from llm.model.config import ConfigError
+from llm.errors import ConfigError
 
 _initialized = False
 

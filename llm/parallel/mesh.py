@@ -16,9 +16,8 @@ import numpy as np
 from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh
 
-from llm.model.config import ConfigError
-
-MESH_AXES = ("data", "fsdp", "tensor")
+from llm.errors import ConfigError
+from llm.parallel.rules import MESH_AXES
 
 
 def mesh_shape(sizes: dict[str, int], n_devices: int) -> tuple[int, ...]:

@@ -16,26 +16,9 @@ import flax.linen as nn
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
-from ml_collections import ConfigDict
 
-from llm.model.config import ConfigError
 from llm.model.spmd import fit_spec
-from llm.parallel.mesh import MESH_AXES
-
-Rules = tuple[tuple[str, Any], ...]
-
-
-def logical_rules(rules: ConfigDict | dict[str, str]) -> Rules:
-    """{'batch': 'data,fsdp', 'embed': 'fsdp', 'kv': ''} -> (('batch', ('data', 'fsdp')), ('embed', 'fsdp'), ...)."""
-    out = []
-    for name, axes in dict(rules).items():
-        parts = tuple(a.strip() for a in str(axes).split(",") if a.strip())
-        unknown = [a for a in parts if a not in MESH_AXES]
-        if unknown:
-            raise ConfigError(f"mesh.rules.{name}={axes!r} names unknown mesh axes {unknown}; use "
-                              f"{', '.join(MESH_AXES)} (comma-separated) or '' for replicated")
-        out.append((name, None if not parts else parts[0] if len(parts) == 1 else parts))
-    return tuple(out)
+from llm.parallel.rules import Rules
 
 
 @dataclasses.dataclass(frozen=True)

@@ -721,6 +721,12 @@
       $(id).addEventListener("input", () => { if (state.data) renderPrediction(); });
     }
     if (data) {
+      const s = data.sampling;  // the controls start where `llm explain --temperature/--top-k/--top-p` put them
+      if (s) {
+        $("#temperature").value = String(s.temperature);
+        $("#top-k").value = String(s.top_k);
+        $("#top-p").value = String(s.top_p);
+      }
       render(data);
     } else {
       $("#content").hidden = true;

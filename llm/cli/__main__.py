@@ -1,0 +1,7 @@
+"""`python -m llm.cli ...` is `llm ...`."""
+
+import sys
+
+from llm.cli import main
+
+sys.exit(main())

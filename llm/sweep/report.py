@@ -1,0 +1,232 @@
+"""`llm report runs/SWEEP`: one table of a sweep's runs, and plots.
+
+    report.md / report.csv   name, the config keys that differ between runs, final / best val loss, final / best
+                             val accuracy (synthetic tasks: `val_accuracy` in metrics.jsonl; the columns are left
+                             out when no run logs it), final train loss, tokens/s (median of the logged values),
+                             parameters, wall time, status
+    curves.png               val loss against step, one line per run
+    variants.png             final val loss (and val accuracy, when logged) per variant (a run's name less its seed
+                             suffix, or its overrides less `seed`): mean over seeds, std bars
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import re
+import statistics
+from pathlib import Path
+from typing import Any
+
+from llm.config.experiments import flatten
+from llm.errors import ConfigError
+from llm.runs import CONFIG_FILE, MANIFEST_FILE, METRICS_FILE, read_metrics
+from llm.sweep.runner import read_records
+from llm.sweep.spec import REPORT_FILES
+
+REPORT_MD, REPORT_CSV, CURVES_PNG, VARIANTS_PNG = REPORT_FILES
+
+SEED_KEYS = ("seed",)
+COLUMNS_AFTER = ("final_val_loss", "best_val_loss", "final_val_accuracy", "best_val_accuracy", "final_train_loss",
+                 "tokens_per_s", "params", "wall_time_s", "status")
+
+
+def _params(config: dict, run_dir: Path) -> int | None:
+    """The closed-form parameter count of the run's model (its vocabulary from manifest.json when not in config)."""
+    from llm.model.config import ModelConfig
+    from llm.model.params import param_count_formula
+
+    try:
+        model = dict(config.get("model", {}))
+        if model.get("vocab_size") is None:
+            manifest = json.loads((run_dir / MANIFEST_FILE).read_text())
+            model["vocab_size"] = manifest["tokenizer"]["vocab_size"]
+        return int(param_count_formula(ModelConfig.from_dict(model))["total"])
+    except (OSError, KeyError, TypeError, ValueError, ConfigError, json.JSONDecodeError):
+        return None
+
+
+def _finite(x) -> bool:
+    return isinstance(x, int | float) and math.isfinite(x)
+
+
+def collect(sweep_dir: str | Path) -> list[dict[str, Any]]:
+    """One dict per run: name, overrides, flat config, metrics rows, and the table's values."""
+    sweep_dir = Path(sweep_dir)
+    if not sweep_dir.is_dir():
+        raise ConfigError(f"{sweep_dir}: no such directory; give the --workdir of an `llm sweep`")
+    records = read_records(sweep_dir)
+    names = list(records)
+    names += sorted(p.name for p in sweep_dir.iterdir() if (p / CONFIG_FILE).exists() and p.name not in records)
+    if not names:
+        raise ConfigError(f"{sweep_dir} holds no runs (no sweep.json and no run directories with a config.json)")
+    runs = []
+    for name in names:
+        run_dir = sweep_dir / name
+        record = records.get(name, {})
+        config = {}
+        if (run_dir / CONFIG_FILE).exists():
+            try:
+                config = json.loads((run_dir / CONFIG_FILE).read_text())
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                config = {}
+        rows = read_metrics(run_dir / METRICS_FILE)
+        vals = [(r["step"], r["val_loss"]) for r in rows if _finite(r.get("val_loss"))]
+        accs = [r["val_accuracy"] for r in rows if _finite(r.get("val_accuracy"))]
+        trains = [r["train_loss"] for r in rows if _finite(r.get("train_loss"))]
+        losses = [r["loss"] for r in rows if _finite(r.get("loss"))]
+        speeds = [r["tokens_per_s"] for r in rows if _finite(r.get("tokens_per_s"))]
+        status = record.get("status") or ("done" if vals else "unknown")
+        if status == "skipped":
+            status = "done"  # finished in an earlier invocation
+        runs.append({
+            "name": name,
+            "overrides": record.get("overrides", {}),
+            "config": flatten(config),
+            "val_curve": vals,
+            "final_val_loss": vals[-1][1] if vals else None,
+            "best_val_loss": min(v for _, v in vals) if vals else None,
+            "final_val_accuracy": accs[-1] if accs else None,
+            "best_val_accuracy": max(accs) if accs else None,
+            "final_train_loss": trains[-1] if trains else (losses[-1] if losses else None),
+            "tokens_per_s": statistics.median(speeds) if speeds else None,
+            "params": _params(config, run_dir) if config else None,
+            "wall_time_s": record.get("wall_time"),
+            "status": status,
+        })
+    return runs
+
+
+def differing_keys(runs: list[dict]) -> list[str]:
+    """The flat config keys whose values are not the same in every run that has a config."""
+    configs = [r["config"] for r in runs if r["config"]]
+    keys = sorted(set().union(*configs)) if configs else []
+    differ = {k for k in keys if len({json.dumps(c.get(k), sort_keys=True, default=str) for c in configs}) > 1}
+    swept = {k for r in runs for k in r["overrides"]}  # the sweep's axes, also when a run never wrote its config
+    return sorted(differ | swept)
+
+
+def _value(run: dict, key: str) -> Any:
+    return run["config"][key] if key in run["config"] else run["overrides"].get(key)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4f}" if abs(value) < 1000 else f"{value:.0f}"
+    return str(value)
+
+
+def table(runs: list[dict]) -> tuple[list[str], list[list[str]]]:
+    keys = differing_keys(runs)
+    header = ["name", *keys, *COLUMNS_AFTER]
+    for column in ("params", "final_val_accuracy", "best_val_accuracy"):
+        if all(r[column] is None for r in runs):
+            header.remove(column)
+    rows = []
+    for r in runs:
+        row = [r["name"], *(_cell(_value(r, k)) for k in keys)]
+        row += [f"{r[c]:.1f}" if c == "wall_time_s" and r[c] is not None else _cell(r[c])
+                for c in header[1 + len(keys):]]
+        rows.append(row)
+    return header, rows
+
+
+def markdown(header: list[str], rows: list[list[str]]) -> str:
+    esc = lambda s: str(s).replace("|", "\\|")
+    lines = ["| " + " | ".join(map(esc, header)) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(map(esc, row)) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def variants(runs: list[dict], metric: str = "final_val_loss") -> list[tuple[str, float, float, int]]:
+    """(variant, mean, std, n) of `metric` over seeds. A variant is a run's name less a seed suffix ('-s0',
+    '-seed1', with that seed in its overrides), else its overrides less the seed (or, without sweep.json, its
+    differing config keys less the seed)."""
+    keys = [k for k in differing_keys(runs) if k not in SEED_KEYS]
+    groups: dict[str, list[float]] = {}
+    for r in runs:
+        if r[metric] is None:
+            continue
+        seed = next((r["overrides"][k] for k in SEED_KEYS if k in r["overrides"]), None)
+        stripped = re.sub(rf"[-_.]s(?:eed)?-?{seed}$", "", r["name"]) if seed is not None else r["name"]
+        if stripped != r["name"]:
+            label = stripped
+        else:
+            if r["overrides"]:
+                items = [(k, v) for k, v in r["overrides"].items() if k not in SEED_KEYS]
+            else:
+                items = [(k, _value(r, k)) for k in keys]
+            label = ",".join(f"{k.split('.')[-1]}={v}" for k, v in items) or "base"
+        groups.setdefault(label, []).append(r[metric])
+    return [(label, statistics.fmean(v), statistics.stdev(v) if len(v) > 1 else 0.0, len(v))
+            for label, v in groups.items()]
+
+
+def plot(runs: list[dict], sweep_dir: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = []
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for r in runs:
+        if r["val_curve"]:
+            steps, losses = zip(*r["val_curve"], strict=True)
+            ax.plot(steps, losses, marker="o", markersize=3, label=r["name"])
+    ax.set_xlabel("step")
+    ax.set_ylabel("val loss")
+    ax.set_title("validation loss")
+    if ax.lines:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(sweep_dir / CURVES_PNG, dpi=110)
+    plt.close(fig)
+    out.append(sweep_dir / CURVES_PNG)
+
+    # One row per variant (labels on the y axis stay readable however many there are); a second panel with
+    # the val accuracy when runs log it (synthetic tasks).
+    panels = [(m, title) for m, title in (("final_val_loss", "final val loss"),
+                                          ("final_val_accuracy", "final val accuracy"))
+              if any(r[m] is not None for r in runs)] or [("final_val_loss", "final val loss")]
+    groups = [variants(runs, m) for m, _ in panels]
+    n_rows = max([len(g) for g in groups] + [1])
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels) + 3, 0.32 * n_rows + 1.6), squeeze=False,
+                             sharey=False)
+    for ax, (_, title), group in zip(axes[0], panels, groups, strict=True):
+        if group:
+            labels, means, stds, ns = zip(*group, strict=True)
+            y = list(range(len(labels)))[::-1]
+            # Points, not bars: the axis does not start at 0, and a bar's length would mislead.
+            ax.errorbar(means, y, xerr=stds, fmt="o", capsize=3, color="tab:blue")
+            ax.set_yticks(y, [f"{lab} (n={n})" for lab, n in zip(labels, ns, strict=True)], fontsize=7)
+            ax.set_ylim(-0.7, len(labels) - 0.3)
+            ax.grid(axis="x", alpha=0.3)
+        ax.set_xlabel(f"{title} (mean ± std over seeds)")
+        ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(sweep_dir / VARIANTS_PNG, dpi=110)
+    plt.close(fig)
+    out.append(sweep_dir / VARIANTS_PNG)
+    return out
+
+
+def write_report(sweep_dir: str | Path) -> str:
+    """Write report.md, report.csv, curves.png and variants.png into the sweep directory; returns the markdown."""
+    sweep_dir = Path(sweep_dir)
+    runs = collect(sweep_dir)
+    header, rows = table(runs)
+    text = markdown(header, rows)
+    (sweep_dir / REPORT_MD).write_text(f"# Sweep {sweep_dir.name}\n\n{text}\n![val loss]({CURVES_PNG})\n\n"
+                                       f"![variants]({VARIANTS_PNG})\n")
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(header)
+    writer.writerows(rows)
+    (sweep_dir / REPORT_CSV).write_text(buf.getvalue())
+    plot(runs, sweep_dir)
+    return text
