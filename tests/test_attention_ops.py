@@ -1,4 +1,6 @@
-"""Every attention implementation against the `reference` definition, in outputs and gradients."""
+"""Every attention implementation against a from-scratch NumPy computation (tests/attention_oracle.py) in its
+outputs, and against the `reference` implementation's gradients, which finite differences of the NumPy oracle
+check in turn."""
 
 import functools
 
@@ -6,31 +8,35 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from attention_oracle import oracle
 
-from llm.ops.attention import attention, make_mask
+from llm.ops.attention import attention, attention_weights, make_mask, missing
 
 # (name, B, Tq, Tk, H, K, D, options)
 CASES = [
     ("causal_mha", 2, 16, 16, 4, 4, 8, dict(causal=True)),
     ("noncausal_mha", 2, 16, 16, 4, 4, 8, dict(causal=False)),
     ("causal_gqa_odd", 1, 37, 37, 4, 2, 16, dict(causal=True)),
-    ("causal_mqa", 2, 19, 19, 4, 1, 8, dict(causal=True)),
+    ("causal_mqa_custom_scale", 2, 19, 19, 4, 1, 8, dict(causal=True, scale=0.3)),
     ("window_causal", 1, 33, 33, 2, 2, 8, dict(causal=True, window=6)),
-    ("window_noncausal", 1, 21, 21, 2, 1, 8, dict(causal=False, window=4)),
     ("segments", 2, 24, 24, 4, 2, 8, dict(causal=True, segments=True)),
-    ("segments_noncausal_window", 1, 24, 24, 2, 2, 8, dict(causal=False, window=5, segments=True)),
+    ("segments_noncausal_window_mqa", 1, 24, 24, 2, 1, 8, dict(causal=False, window=5, segments=True)),
     ("alibi", 1, 17, 17, 4, 2, 8, dict(causal=True, alibi=True)),
     ("decode_offset", 2, 3, 29, 4, 2, 8, dict(causal=True, q_offset=11)),
-    ("decode_window_segments", 2, 1, 20, 2, 1, 8, dict(causal=True, q_offset=15, window=7, segments=True)),
-    ("custom_scale", 1, 12, 12, 2, 2, 8, dict(causal=True, scale=0.3)),
+    ("decode_one_window_segments", 2, 1, 20, 2, 1, 8, dict(causal=True, q_offset=15, window=7, segments=True)),
+    ("softcap_gqa", 2, 23, 23, 4, 2, 8, dict(causal=True, softcap=2.5)),
+    ("alibi_window_segments_offset_softcap", 2, 5, 26, 4, 2, 8,
+     dict(causal=True, q_offset=21, window=9, segments=True, alibi=True, softcap=3.0)),
+    ("alibi_noncausal_window_mqa", 1, 14, 14, 4, 1, 8, dict(causal=False, alibi=True, window=6)),
 ]
+BF16_CASES = ("causal_gqa_odd", "window_causal", "segments", "decode_offset")  # bfloat16: a representative few
 
 
 def make_inputs(b, tq, tk, h, kh, d, opts, dtype, seed=0):
     rng = np.random.default_rng(seed)
     q, k, v = (jnp.asarray(rng.standard_normal(shape, np.float32), dtype)
                for shape in [(b, tq, h, d), (b, tk, kh, d), (b, tk, kh, d)])
-    kw = dict(causal=opts["causal"], window=opts.get("window"), scale=opts.get("scale"))
+    kw = dict(causal=opts["causal"], window=opts.get("window"), scale=opts.get("scale"), softcap=opts.get("softcap"))
     if opts.get("q_offset"):
         kw["q_offset"] = opts["q_offset"]
     if opts.get("segments"):
@@ -45,13 +51,28 @@ def make_inputs(b, tq, tk, h, kh, d, opts, dtype, seed=0):
     return q, k, v, kw
 
 
-def loss_and_grads(impl, q, k, v, kw, extra):
-    """Output and (dq, dk, dv) of a random projection of the output, compiled as one program."""
+def oracle_of(q, k, v, kw):
+    """The NumPy oracle's (out, probs) for the arguments `make_inputs` made."""
+    seg = kw.get("segment_ids")
+    return oracle(q, k, v, causal=kw["causal"], window=kw["window"], q_offset=kw.get("q_offset", 0),
+                  scale=kw["scale"], softcap=kw["softcap"], alibi_slopes=kw.get("alibi_slopes"),
+                  q_segments=None if seg is None else np.asarray(seg),
+                  k_segments=None if seg is None else np.asarray(kw["kv_segment_ids"]))
+
+
+def uses(kw) -> dict[str, bool]:
+    return {"softcap": kw["softcap"] is not None, "alibi": kw.get("alibi_slopes") is not None,
+            "window": kw["window"] is not None, "q_offset": bool(kw.get("q_offset"))}
+
+
+def loss_and_grads(impl, q, k, v, kw, extra, w=None):
+    """Output and (dq, dk, dv) of a random projection of the output (`w`), compiled as one program."""
     arrays = {n: x for n, x in kw.items() if isinstance(x, jax.Array)}
     static = {n: x for n, x in kw.items() if n not in arrays}
 
     # A fixed random projection of the output, so each output element gets its own cotangent.
-    w = np.random.default_rng(7).standard_normal(q.shape, np.float32)
+    if w is None:
+        w = np.random.default_rng(7).standard_normal(q.shape, np.float32)
 
     @jax.jit
     def run(q, k, v, arrays):
@@ -76,30 +97,52 @@ def reference_for(case_name, dtype):
 IMPL_EXTRA = {"xla": {}, "chunked": {"block_k": 8}, "dense": {"block_q": 5}}
 
 
-@pytest.mark.parametrize("impl", ["xla", "chunked", "dense"])
-@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
-@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=["f32", "bf16"])
-def test_matches_reference(impl, case, dtype):
-    _, b, tq, tk, h, kh, d, opts = case
+CASE_DTYPES = [pytest.param(case, jnp.float32, id=f"{case[0]}-f32") for case in CASES] + [
+    pytest.param(case, jnp.bfloat16, id=f"{case[0]}-bf16") for case in CASES if case[0] in BF16_CASES]
+
+
+@pytest.mark.parametrize("impl", ["reference", "xla", "chunked", "dense"])
+@pytest.mark.parametrize("case, dtype", CASE_DTYPES)
+def test_matches_the_oracle(impl, case, dtype):
+    """Outputs against the NumPy oracle, gradients against the reference implementation's."""
+    name, b, tq, tk, h, kh, d, opts = case
     q, k, v, kw = make_inputs(b, tq, tk, h, kh, d, opts, dtype)
-    out, grads = loss_and_grads(impl, q, k, v, kw, IMPL_EXTRA[impl])
-    ref_out, ref_grads = reference_for(case[0], dtype)
+    if missing(impl, **uses(kw)):
+        pytest.skip(f"{impl} has no {', '.join(missing(impl, **uses(kw)))} (llm/ops/attention/capabilities.py)")
+    out, grads = loss_and_grads(impl, q, k, v, kw, IMPL_EXTRA.get(impl, {}))
     assert out.dtype == dtype and out.shape == (b, tq, h, d)
     tol = dict(atol=2e-5, rtol=2e-5) if dtype == jnp.float32 else dict(atol=6e-2, rtol=6e-2)
-    np.testing.assert_allclose(np.float32(out), np.float32(ref_out), **tol)
-    for g, rg in zip(grads, ref_grads):
-        np.testing.assert_allclose(np.float32(g), np.float32(rg), **tol)
+    np.testing.assert_allclose(np.float32(out), oracle_of(q, k, v, kw)[0], **tol)
+    if impl != "reference":
+        for g, rg in zip(grads, reference_for(name, dtype)[1], strict=True):
+            np.testing.assert_allclose(np.float32(g), np.float32(rg), **tol)
 
 
-@pytest.mark.parametrize("impl, extra", [("chunked", {"block_k": 5}), ("dense", {"block_q": 5})])
-def test_softcap_matches_reference(impl, extra):
-    q, k, v, kw = make_inputs(2, 23, 23, 4, 2, 8, dict(causal=True), jnp.float32)
-    kw["softcap"] = 2.5
-    out, grads = loss_and_grads(impl, q, k, v, kw, extra)
-    ref_out, ref_grads = loss_and_grads("reference", q, k, v, kw, {})
-    np.testing.assert_allclose(out, ref_out, atol=2e-5)
-    for g, rg in zip(grads, ref_grads):
-        np.testing.assert_allclose(g, rg, atol=2e-5)
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_attention_weights_are_the_oracles_probabilities(case):
+    _, b, tq, tk, h, kh, d, opts = case
+    q, k, v, kw = make_inputs(b, tq, tk, h, kh, d, opts, jnp.float32)
+    probs = attention_weights(q, k, **kw)
+    np.testing.assert_allclose(np.asarray(probs), oracle_of(q, k, v, kw)[1], atol=1e-6)
+
+
+def test_reference_gradients_match_finite_differences():
+    """d(sum(out * w))/d(q, k, v) of the reference against central differences of the NumPy oracle, with every
+    feature on (GQA, window, segments, ALiBi, soft-cap, a query offset)."""
+    q, k, v, kw = make_inputs(1, 3, 7, 2, 1, 4, dict(causal=True, q_offset=4, window=4, segments=True, alibi=True,
+                                                     softcap=2.0), jnp.float32)
+    w = np.random.default_rng(3).standard_normal(q.shape)
+    _, grads = loss_and_grads("reference", q, k, v, kw, {}, w=w.astype(np.float32))
+    arrays = [np.asarray(x, np.float64) for x in (q, k, v)]
+    eps = 1e-5
+    for which, grad in enumerate(grads):
+        numeric = np.zeros_like(arrays[which])
+        for index in np.ndindex(numeric.shape):
+            plus, minus = [a.copy() for a in arrays], [a.copy() for a in arrays]
+            plus[which][index] += eps
+            minus[which][index] -= eps
+            numeric[index] = (np.sum(oracle_of(*plus, kw)[0] * w) - np.sum(oracle_of(*minus, kw)[0] * w)) / (2 * eps)
+        np.testing.assert_allclose(np.asarray(grad), numeric, atol=2e-4, rtol=1e-3)
 
 
 def test_dense_with_traced_offset_matches_reference():
@@ -122,19 +165,6 @@ def test_dense_skips_invisible_key_blocks():
 
     ratio = flops(16) / flops(64)
     assert 0.55 < ratio < 0.75, ratio
-
-
-def test_reference_is_softmax_attention():
-    """The reference against a from-scratch numpy computation (MHA, causal)."""
-    q, k, v, _ = make_inputs(1, 6, 6, 2, 2, 4, dict(causal=True), jnp.float32)
-    out = np.asarray(attention(q, k, v, impl="reference", causal=True))
-    qn, kn, vn = (np.asarray(x, np.float64) for x in (q, k, v))
-    for hd in range(2):
-        s = qn[0, :, hd] @ kn[0, :, hd].T / 2.0
-        s[np.triu_indices(6, 1)] = -np.inf
-        p = np.exp(s - s.max(-1, keepdims=True))
-        p /= p.sum(-1, keepdims=True)
-        np.testing.assert_allclose(out[0, :, hd], p @ vn[0, :, hd], atol=1e-5)
 
 
 def test_fully_masked_rows_are_zero():
@@ -177,6 +207,8 @@ def test_chunked_memory_is_linear_in_length():
     (dict(impl="nope"), "unknown attention impl"),
     (dict(window=0), "window must be a positive"),
     (dict(impl="xla", softcap=1.0), "no logit soft-cap"),
+    (dict(impl="flash", alibi_slopes=jnp.ones(2)), "no ALiBi bias"),
+    (dict(impl="flash", q_offset=3), "no query offset"),
 ])
 def test_bad_arguments(bad, message):
     q, k, v, _ = make_inputs(1, 4, 4, 2, 2, 4, dict(causal=True), jnp.float32)
@@ -189,3 +221,22 @@ def test_heads_must_divide():
     k = jnp.zeros((1, 4, 2, 4))
     with pytest.raises(ValueError, match="do not divide"):
         attention(q, k, k)
+
+
+ON_GPU = jax.default_backend() == "gpu"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not ON_GPU, reason="needs a GPU")
+@pytest.mark.parametrize("opts", [dict(causal=True), dict(causal=True, window=64, segments=True),
+                                  dict(causal=True, alibi=True)], ids=["causal_gqa", "window_segments", "alibi"])
+def test_cudnn_matches_the_oracle(opts):
+    """cuDNN's fused attention (GPU only) in bfloat16 against the NumPy oracle, its gradients against the
+    reference's: what the capability table says it supports, it computes."""
+    q, k, v, kw = make_inputs(1, 128, 128, 4, 2, 64, opts, jnp.bfloat16)
+    out, grads = loss_and_grads("cudnn", q, k, v, kw, {})
+    _, ref_grads = loss_and_grads("reference", q, k, v, kw, {})
+    tol = dict(atol=6e-2, rtol=6e-2)
+    np.testing.assert_allclose(np.float32(out), oracle_of(q, k, v, kw)[0], **tol)
+    for g, rg in zip(grads, ref_grads, strict=True):
+        np.testing.assert_allclose(np.float32(g), np.float32(rg), **tol)
