@@ -192,8 +192,9 @@ def test_llm_explain_serve_on_a_trained_run(trained):
 
     command = [sys.executable, "-m", "llm.cli", "explain", "--workdir", str(trained / "run"), "--serve", "--port",
                "0", "--prompt", "the cat", "--temperature", "0.5"]
+    # PYTHONFAULTHANDLER: should the server not stop, SIGABRT makes it print every thread's stack (below).
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "JAX_PLATFORMS": "cpu"})
+                            env={**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONFAULTHANDLER": "1"})
     try:
         lines = [proc.stdout.readline()]
         while lines[-1] and "serving on" not in lines[-1]:  # until the URL (or the end of the output)
@@ -211,7 +212,12 @@ def test_llm_explain_serve_on_a_trained_run(trained):
     finally:
         proc.send_signal(signal.SIGINT)
         # communicate() drains the pipe: a server blocked writing its log to a full pipe could never exit.
-        out, _ = proc.communicate(timeout=120)
+        try:
+            out, _ = proc.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGABRT)
+            out, _ = proc.communicate(timeout=60)
+            raise AssertionError(f"llm explain --serve did not stop on SIGINT; its threads:\n{out[-6000:]}") from None
         assert proc.returncode == 0, out[-3000:]
 
 
