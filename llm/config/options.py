@@ -24,6 +24,7 @@ from typing import Any
 from llm.config.sampling import SamplingParams
 from llm.data.corpus import DEFAULT_CORPUS
 from llm.data.metrics import METRICS
+from llm.data.mixture import parse_mixture
 from llm.errors import ConfigError
 from llm.model.config import ModelConfig
 from llm.parallel.rules import MESH_AXES, logical_rules
@@ -61,6 +62,14 @@ class Option:
 
 # ---------------------------------------------------------------------------------------------------------
 # checks: (key, value) -> the problem, or None
+
+
+def mixture(key: str, value) -> str | None:
+    try:
+        parse_mixture(value) if value else None
+    except ValueError as e:
+        return f"{key}: {e}"
+    return None
 
 
 def positive(key: str, value) -> str | None:
@@ -218,7 +227,12 @@ _OPTIONS: list[Option] = [
     Option("seed", int, 0, "seeds the parameters, the batches and dropout", check=seed),
     *_model_options(),
     # ---- data: a corpus, or supervised records (data.sft), or a synthetic task (data.synthetic)
-    Option("data.corpus", str, DEFAULT_CORPUS, "a name (builtin:python_docs, tinyshakespeare, alice, ...) or a path"),
+    Option("data.corpus", str, DEFAULT_CORPUS, "a name (builtin:python_docs, tinyshakespeare, alice, ...), a text "
+           "file, or a directory made by `llm prepare` (which brings its own tokenizer and split)"),
+    Option("data.mixture", str, "", "prepared directories with weights, PATH:W,PATH:W (sampled by weight; "
+           "replaces data.corpus)", check=mixture),
+    Option("data.pack_documents", bool, False, "prepared data: segment ids and positions restart after each "
+           "end-of-text id, so attention stays inside documents"),
     Option("data.data_dir", str, None, "where named corpora are looked up first", nullable=True),
     Option("data.val_fraction", float, 0.1, "the last fraction of the text's characters is the validation split "
            "(of data.sft's records, the held-out ones)", check=within(0, 1, low_open=True, high_open=True)),

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from llm.data.corpus import sha256_text
+from llm.data.prepared import ShardedTokens
 from llm.errors import DataError
 from llm.files import atomic_file
 from llm.tokenizers import Tokenizer
@@ -123,6 +124,16 @@ def sample_batch(
     return _windows(tokens, offsets[rows], seq_len)
 
 
+def windows_at(tokens: np.ndarray, *, seed: int, stream: int, index: int, batch_size: int, seq_len: int,
+               rows: np.ndarray) -> Windows:
+    """Rows `rows` (indices into the global batch) of the batch `sample_batch` (stream TRAIN_STREAM, index = step)
+    or `eval_batches` (EVAL_STREAM, index = batch number) draws; only those rows' windows are read."""
+    tokens = _as_tokens(tokens)
+    _check_window(len(tokens), seq_len)
+    offsets = _random_offsets(len(tokens), seq_len, batch_size, (seed, stream, index))
+    return _windows(tokens, offsets[rows], seq_len)
+
+
 def eval_batches(
     tokens: np.ndarray,
     *,
@@ -195,11 +206,25 @@ def sequential_batch_count(n_tokens: int, *, batch_size: int, seq_len: int) -> i
     return math.ceil(math.ceil(max(n_tokens - 1, 0) / seq_len) / batch_size)
 
 
+def document_segments(inputs: np.ndarray, eos_id: int) -> dict[str, np.ndarray]:
+    """{"segment_ids", "positions"} int32 [B, T] for windows `inputs` whose documents end with `eos_id`: segment
+    ids 1, 2, ... within a row (a document starts after each end-of-text id) and positions restarting at 0 in each
+    document, so attention does not cross documents."""
+    ends = inputs == eos_id
+    before = np.cumsum(ends, axis=1) - ends  # end-of-text ids strictly before each position
+    segment_ids = (1 + before).astype(np.int32)
+    t = np.arange(inputs.shape[1])
+    start = np.maximum.accumulate(np.where(np.c_[np.zeros((len(inputs), 1), bool), ends[:, :-1]], t, 0), axis=1)
+    return {"segment_ids": segment_ids, "positions": (t - start).astype(np.int32)}
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Helpers
 
 
-def _as_tokens(tokens: np.ndarray) -> np.ndarray:
+def _as_tokens(tokens: np.ndarray | ShardedTokens) -> np.ndarray | ShardedTokens:
+    if isinstance(tokens, ShardedTokens):  # a prepared split: indexing reads only the shards it touches
+        return tokens.shards[0] if len(tokens.shards) == 1 else tokens
     tokens = np.asarray(tokens)  # a plain ndarray view of a memmap: indexing it reads only what it needs
     if tokens.ndim != 1 or not np.issubdtype(tokens.dtype, np.integer):
         raise ValueError(f"tokens must be a 1-D integer array, got shape {tokens.shape} dtype {tokens.dtype}")

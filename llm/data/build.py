@@ -10,6 +10,7 @@ train on, train.seq_len (or model.max_len) how long a row is, seed and train.eva
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,9 @@ from typing import Any
 from llm.data import tasks as tasks_lib
 from llm.data.batches import tokenize_to_memmap
 from llm.data.corpus import Corpus, cache_dir, load_corpus, split_text
-from llm.data.dataset import CorpusDataset, Dataset, RecordsDataset, TaskDataset
+from llm.data.dataset import SPLITS, CorpusDataset, Dataset, PreparedDataset, RecordsDataset, TaskDataset
+from llm.data.mixture import MixtureDataset, parse_mixture
+from llm.data.prepared import MANIFEST, PreparedData, is_prepared
 from llm.data.sft import ChatTemplate, SFTDataset, load_records
 from llm.data.synthetic import make_task
 from llm.errors import ConfigError, DataError
@@ -40,6 +43,13 @@ def build_dataset(config, *, tokenizer: Tokenizer | None = None, base_tokenizer:
         return _task_dataset(config, d.synthetic, n_eval_batches=config.train.eval_batches)
     if d.sft:
         return _records_dataset(config, tokenizer, base_tokenizer)
+    if d.mixture:
+        return _mixture_dataset(config, tokenizer)
+    if is_prepared(d.corpus):
+        return _prepared_dataset(config, d.corpus, tokenizer, SPLITS)
+    if d.pack_documents:
+        raise ConfigError("data.pack_documents needs a prepared dataset (data.corpus or data.mixture naming "
+                          "`llm prepare` output): a plain text has no document boundaries")
     corpus = load_corpus(d.corpus, data_dir=d.data_dir)
     train_text, val_text = split_text(corpus.text, d.val_fraction)
     # The character vocabulary comes from the whole text (as nanoGPT does), so the validation split never holds
@@ -71,6 +81,11 @@ def build_eval_dataset(config, spec: str, split: str, tokenizer: Tokenizer, *, m
         template.check_tokenizer(tokenizer)
         rows = SFTDataset.from_records(held_out, tokenizer, seq_len_of(config), template, pack=False, name=spec)
         return RecordsDataset(corpus, tokenizer, {"val": rows}, held_out, template)
+    if is_prepared(spec):
+        if split not in SPLITS:
+            raise ConfigError(f"eval.corpus={spec!r}: a prepared dataset has the splits {', '.join(SPLITS)}, "
+                              f"not {split!r}")
+        return _prepared_dataset(config, spec, tokenizer, (split,), max_tokens=max_tokens)
     corpus = load_corpus(spec, data_dir=d.data_dir)
     train_text, val_text = split_text(corpus.text, d.val_fraction)
     text = {"val": val_text, "train": train_text, "all": corpus.text}[split]
@@ -134,6 +149,44 @@ def _records_dataset(config, tokenizer: Tokenizer | None, base_tokenizer: Tokeni
                                            name=f"{d.sft} ({name})")
             for split, records, name in (("train", train, "train"), ("val", held_out, "held out"))}
     return RecordsDataset(corpus, tokenizer, rows, held_out, template)
+
+
+def _prepared_dataset(config, path: str, tokenizer: Tokenizer | None, splits: tuple[str, ...], *,
+                      max_tokens: int = 0) -> PreparedDataset:
+    """A prepared directory's splits. Its own tokenizer encoded them: a run's tokenizer (resuming, evaluating)
+    must be the same one."""
+    data = PreparedData.open(path)
+    if tokenizer is not None and tokenizer.fingerprint() != data.tokenizer.fingerprint():
+        raise DataError(f"{path}: prepared with another tokenizer than this run's ({data.tokenizer.kind}, vocabulary "
+                        f"{data.tokenizer.vocab_size}); use the dataset the run was trained on")
+    check_vocab(config, data.tokenizer)
+    tokens = {split: data.tokens(split) for split in splits}
+    if max_tokens:
+        tokens = {split: t[: max_tokens + 1] for split, t in tokens.items()}
+    seq_len = seq_len_of(config)
+    for split, t in tokens.items():
+        if len(t) < seq_len + 1:
+            raise DataError(f"{path}: the {split} split has {len(t)} tokens, fewer than the context of {seq_len} "
+                            "+ 1; use a shorter train.seq_len / model.max_len or prepare more documents")
+    manifest_text = (Path(path) / MANIFEST).read_text()
+    corpus = Corpus(str(path), "", hashlib.sha256(manifest_text.encode()).hexdigest(),
+                    f"prepared by llm prepare ({path}/{MANIFEST})")
+    return PreparedDataset(corpus, data.tokenizer, seq_len, tokens, json.loads(manifest_text),
+                           pack_documents=config.data.pack_documents)
+
+
+def _mixture_dataset(config, tokenizer: Tokenizer | None) -> MixtureDataset:
+    parts = parse_mixture(config.data.mixture)
+    for path, _ in parts:
+        if not is_prepared(path):
+            raise DataError(f"data.mixture: {path} is not a prepared dataset; make it with `llm prepare`")
+    components = [_prepared_dataset(config, path, tokenizer, SPLITS) for path, _ in parts]
+    first = components[0].tokenizer.fingerprint()
+    for (path, _), c in zip(parts, components, strict=True):
+        if c.tokenizer.fingerprint() != first:
+            raise DataError(f"data.mixture: {path} was prepared with another tokenizer than {parts[0][0]}; prepare "
+                            "every component with the same --tokenizer FILE")
+    return MixtureDataset(components, [w for _, w in parts], pack_documents=config.data.pack_documents)
 
 
 def _task_dataset(config, spec: str, *, n_eval_batches: int) -> TaskDataset:

@@ -161,12 +161,19 @@ def _download(name: str, known: KnownCorpus, url: str) -> Path:
     return dest
 
 
+# A text file is read and tokenized in memory (several times its size); larger ones go through `llm prepare`.
+MAX_WHOLE_FILE_BYTES = 128 << 20
+
+
 def load_text_file(path: str | os.PathLike) -> Corpus:
     """A corpus from a UTF-8 text file; name = the file's stem."""
     path = Path(path).expanduser()
     if not path.exists():
         known = ", ".join([*BUILTIN_CORPORA, *KNOWN_CORPORA])
         raise DataError(f"{path}: no such file (a corpus spec is a file path or one of: {known})")
+    if path.is_file() and path.stat().st_size > MAX_WHOLE_FILE_BYTES:
+        raise DataError(f"{path}: {path.stat().st_size >> 20} MB is too large to load whole; prepare it with `llm "
+                        f"prepare {path} --out DIR` and train on --config.data.corpus=DIR")
     text = _read_utf8(path)
     return Corpus.from_text(path.stem, text, f"file {path.resolve()}")
 

@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from llm.data.batches import eval_batches, sample_batch, sequential_batches
+from llm.data.batches import document_segments, eval_batches, sample_batch, sequential_batches
 from llm.data.corpus import Corpus
 from llm.data.sft import ChatTemplate, SFTDataset
 from llm.data.synthetic import SyntheticTask
@@ -121,6 +121,39 @@ class CorpusDataset(Dataset):
         tokens = self.splits[split]
         windows = sequential_batches(tokens, batch_size=batch_size, seq_len=min(self.seq_len, len(tokens) - 1))
         return ({"inputs": x, "targets": y, "weights": w} for x, y, w in windows)
+
+
+@dataclasses.dataclass(eq=False)
+class PreparedDataset(CorpusDataset):
+    """A prepared dataset's token shards (`llm prepare`, llm/data/prepared.py), batched as a corpus's splits."""
+
+    source: dict[str, Any] = dataclasses.field(default_factory=dict)  # the dataset's manifest.json
+    pack_documents: bool = False  # segment ids and positions per document (llm/data/mixture.py)
+
+    def _packed(self, batch: Batch) -> Batch:
+        if self.pack_documents:
+            batch.update(document_segments(batch["inputs"], self.tokenizer.eos_id))
+        return batch
+
+    def batch(self, seed, step, batch_size, *, process_index=0, process_count=1):
+        return self._packed(super().batch(seed, step, batch_size, process_index=process_index,
+                                          process_count=process_count))
+
+    def eval_batches(self, split, **kw):
+        return (self._packed(b) for b in super().eval_batches(split, **kw))
+
+    def full_batches(self, split, batch_size):
+        return (self._packed(b) for b in super().full_batches(split, batch_size))
+
+    def describe(self) -> str:
+        return f"prepared dataset {self.corpus.name}: " + " / ".join(
+            f"{len(tokens):,} {split}" for split, tokens in self.splits.items()) + " tokens"
+
+    def manifest(self) -> dict[str, Any]:
+        return {"corpus": {"name": self.corpus.name, "sha256": self.corpus.sha256,
+                           "provenance": self.corpus.provenance,
+                           "sources": [s["path"] for s in self.source.get("sources", [])]},
+                "tokens": self.token_counts()}
 
 
 @dataclasses.dataclass(eq=False)

@@ -134,6 +134,10 @@ class Tokenizer(abc.ABC):
 
     # ---- encode / decode ------------------------------------------------------------------------------
 
+    def encode_many(self, texts: list[str]) -> list[np.ndarray]:
+        """`[encode(t) for t in texts]`, which a tokenizer may compute faster in one call."""
+        return [self.encode(t) for t in texts]
+
     def encode(self, text: str) -> np.ndarray:
         """Token ids of `text` as a 1-D int32 array. No special tokens are added, but special-token markers in
         the text (see `with_special_tokens`) become their ids."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -77,6 +77,12 @@ class BPETokenizer(Tokenizer):
     def _encode(self, text: str) -> np.ndarray:
         return np.asarray(self.hf.encode(text, add_special_tokens=False).ids, dtype=np.int32)
 
+    def encode_many(self, texts: list[str]) -> list[np.ndarray]:
+        if self._special_re is not None:  # markers are split out first, one text at a time
+            return super().encode_many(texts)
+        batch = getattr(self.hf, "encode_batch_fast", self.hf.encode_batch)  # _fast: no offsets (tokenizers>=0.21)
+        return [np.asarray(e.ids, dtype=np.int32) for e in batch(texts, add_special_tokens=False)]
+
     def _decode(self, ids: np.ndarray) -> str:
         return self.hf.decode(ids.tolist(), skip_special_tokens=False)
 
@@ -87,8 +93,9 @@ class BPETokenizer(Tokenizer):
         return out
 
     @classmethod
-    def train(cls, text: str, vocab_size: int = DEFAULT_BPE_VOCAB_SIZE) -> BPETokenizer:
-        """Byte-level BPE with at most `vocab_size` ids (fewer if the text runs out of merges)."""
+    def train(cls, text: str | Iterable[str], vocab_size: int = DEFAULT_BPE_VOCAB_SIZE) -> BPETokenizer:
+        """Byte-level BPE with at most `vocab_size` ids (fewer if the text runs out of merges). `text`: one string,
+        or an iterable of strings streamed to the trainer (which keeps word counts, not the text)."""
         from tokenizers import Tokenizer as HFTokenizer
         from tokenizers import decoders, models, pre_tokenizers, trainers
 
@@ -104,7 +111,7 @@ class BPETokenizer(Tokenizer):
             initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
             show_progress=False,
         )
-        hf.train_from_iterator([text], trainer=trainer)
+        hf.train_from_iterator([text] if isinstance(text, str) else text, trainer=trainer)
         return cls(hf, eos_token=EOS_TEXT)
 
 

@@ -15,6 +15,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 
+from llm.data.prefetch import Prefetcher
 from llm.errors import CheckpointError, TrainingDiverged
 from llm.inference import make_accuracy_step, make_eval_step, score
 from llm.model import Transformer
@@ -65,6 +66,7 @@ class Trainer:
                 self._evaluate_source()
                 self._loop(self.t.steps if stop_after is None else min(self.t.steps, self.start + stop_after))
             finally:
+                self.batches.close()
                 self.step_log.close()
                 self.ckpt.close()
                 self.metrics_log.close()
@@ -124,7 +126,8 @@ class Trainer:
                  f"{jax.process_count()} process(es)")
         self.step_fn = make_train_step(self.model, self.tx, self.lr_schedule, t.grad_accum,
                                        jax.random.fold_in(self.root_key, 1), self.shardings, t.dropout_rng)
-        first = self.dataset.batch(self.config.seed, self.start, t.batch_size, **self.procs)
+        self.batches = Prefetcher(lambda step: self.dataset.batch(self.config.seed, step, t.batch_size, **self.procs))
+        first = self.batches.get(self.start)
         self.batch_keys = set(first)
         self.train_step = self.step_fn.lower(self.state, *self._to_device(first)).compile()
         self.log(format_memory_report(memory_report(self.abstract, self.shardings, self.train_step), self.plan.mesh))
@@ -172,7 +175,7 @@ class Trainer:
             self._stop(step)
 
     def _train_step(self, step: int) -> None:
-        batch = self.hooks.batch(step, self.dataset.batch(self.config.seed, step, self.t.batch_size, **self.procs))
+        batch = self.hooks.batch(step, self.batches.get(step))
         # A batch a hook changed the layout of gets its own program: clean steps all run the compiled one.
         fn = self.train_step if set(batch) == self.batch_keys else self.step_fn
         self.state, metrics = fn(self.state, *self._to_device(batch))
