@@ -19,7 +19,6 @@ from llm.data.batches import (
     sequential_batch_count,
     sequential_batches,
     token_dtype,
-    tokenize_to_memmap,
 )
 from llm.data.build import build_dataset, build_eval_dataset, check_vocab, seq_len_of, sft_records
 from llm.data.corpus import BUILTIN_CORPORA, DEFAULT_CORPUS, KNOWN_CORPORA, Corpus, cache_dir, load_corpus, split_text
@@ -55,5 +54,4 @@ __all__ = [
     "sft_records",
     "split_text",
     "token_dtype",
-    "tokenize_to_memmap",
 ]

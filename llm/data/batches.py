@@ -1,6 +1,6 @@
-"""Token arrays and batches: a text is tokenised once into a cached .npy file, and batches are windows of it.
+"""Batches: windows of a split's token ids (a memory-mapped array, or a prepared split's ShardedTokens).
 
-    tokens = tokenize_to_memmap(train_text, tokenizer, cache_dir)      # memory-mapped, read-only
+    tokens = PreparedData.open(path).tokens("train")                   # llm/data/prepared.py
     x, y = sample_batch(tokens, seed=0, step=step, batch_size=12, seq_len=256)
 
 Batches are pure functions of their arguments: `sample_batch` draws its window offsets from (seed, step)
@@ -16,85 +16,23 @@ the same for every process count, so concatenating the blocks in process order g
 
 from __future__ import annotations
 
-import hashlib
 import math
-import os
 from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 
-from llm.data.corpus import sha256_text
 from llm.data.prepared import ShardedTokens
 from llm.errors import DataError
-from llm.files import atomic_file
-from llm.tokenizers import Tokenizer
 
 Windows = tuple[np.ndarray, np.ndarray]  # (inputs, targets), int32 [B, T]
 
-# Characters per piece when a chunkable tokenizer encodes a long text: bounds the int32 temporary.
-CHUNK_CHARS = 1 << 22
 # Mixed into the random seed so that training and evaluation windows come from unrelated streams.
 TRAIN_STREAM, EVAL_STREAM = 0, 1
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Tokenising once, caching on disk
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
     """The smallest unsigned dtype holding ids 0..vocab_size-1: uint16 up to 65,536 ids, else uint32."""
     return np.dtype(np.uint16 if vocab_size <= 1 << 16 else np.uint32)
-
-
-def tokenize_to_memmap(text: str, tokenizer: Tokenizer, cache_dir: str | os.PathLike) -> np.ndarray:
-    """`tokenizer.encode(text)` as a read-only, memory-mapped array cached under `cache_dir`.
-
-    The file is `tokens-<key>.npy` with key = sha256 of (the text's sha256, the tokenizer's JSON), so a
-    changed text or tokenizer gets a new file and a repeated call loads the old one without tokenising.
-    It is written to a temporary file and renamed, so concurrent or interrupted runs never see half a
-    file. dtype: `token_dtype(tokenizer.vocab_size)`.
-    """
-    cache_dir = Path(cache_dir)
-    key = hashlib.sha256(f"{sha256_text(text)}\n{tokenizer.fingerprint()}".encode()).hexdigest()
-    path = cache_dir / f"tokens-{key[:32]}.npy"
-    if path.is_file():
-        try:
-            return _load(path)
-        except (OSError, ValueError):
-            pass  # unreadable (e.g. a foreign file): tokenise again and replace it
-
-    tokens = _encode(text, tokenizer)
-    try:
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        with atomic_file(path, "wb") as f:
-            np.save(f, tokens)
-    except OSError as e:  # a file in the way, no permission, a full disk
-        raise _cache_error(cache_dir, e) from e
-    return _load(path)
-
-
-def _cache_error(cache_dir: Path, e: OSError) -> DataError:
-    return DataError(f"{cache_dir}: cannot write the token cache there ({e.strerror or e}); set data.cache_dir "
-                     "(or LLM_CACHE_DIR) to a writable directory")
-
-
-def _encode(text: str, tokenizer: Tokenizer) -> np.ndarray:
-    dtype = token_dtype(tokenizer.vocab_size)
-    if not tokenizer.chunkable:
-        # BPE merges may cross any cut we could choose, so only encoding the whole text gives encode(text).
-        return tokenizer.encode(text).astype(dtype)
-    pieces = [
-        tokenizer.encode(text[i : i + CHUNK_CHARS]).astype(dtype) for i in range(0, len(text), CHUNK_CHARS)
-    ]
-    return np.concatenate(pieces) if pieces else np.zeros(0, dtype)
-
-
-def _load(path: Path) -> np.ndarray:
-    tokens = np.load(path, mmap_mode="r", allow_pickle=False)  # never unpickle: a cache file is not trusted
-    if tokens.ndim != 1 or tokens.dtype not in (np.uint16, np.uint32):
-        raise ValueError(f"{path}: not a 1-D token array")
-    return tokens
 
 
 # ---------------------------------------------------------------------------------------------------------

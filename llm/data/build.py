@@ -15,12 +15,14 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from llm.data import tasks as tasks_lib
-from llm.data.batches import tokenize_to_memmap
 from llm.data.corpus import Corpus, cache_dir, load_corpus, split_text
 from llm.data.dataset import SPLITS, CorpusDataset, Dataset, PreparedDataset, RecordsDataset, TaskDataset
 from llm.data.mixture import MixtureDataset, parse_mixture
-from llm.data.prepared import MANIFEST, PreparedData, is_prepared
+from llm.data.prepare import prepare_corpus
+from llm.data.prepared import MANIFEST, PreparedData, ShardedTokens, is_prepared
 from llm.data.sft import ChatTemplate, SFTDataset, load_records
 from llm.data.synthetic import make_task
 from llm.errors import ConfigError, DataError
@@ -51,21 +53,36 @@ def build_dataset(config, *, tokenizer: Tokenizer | None = None, base_tokenizer:
         raise ConfigError("data.pack_documents needs a prepared dataset (data.corpus or data.mixture naming "
                           "`llm prepare` output): a plain text has no document boundaries")
     corpus = load_corpus(d.corpus, data_dir=d.data_dir)
-    train_text, val_text = split_text(corpus.text, d.val_fraction)
     # The character vocabulary comes from the whole text (as nanoGPT does), so the validation split never holds
     # an unknown character; BPE merges are learned from the training split only.
-    tokenizer = tokenizer or _grown_or_trained(config, base_tokenizer, corpus.text,
-                                               corpus.text if d.tokenizer == "char" else train_text)
+    if tokenizer is None:
+        train_text = split_text(corpus.text, d.val_fraction)[0]
+        tokenizer = _grown_or_trained(config, base_tokenizer, corpus.text,
+                                      corpus.text if d.tokenizer == "char" else train_text)
     check_vocab(config, tokenizer)
-    cache = Path(d.cache_dir) if d.cache_dir else cache_dir() / "tokens"
-    splits = {"train": tokenize_to_memmap(train_text, tokenizer, cache),
-              "val": tokenize_to_memmap(val_text, tokenizer, cache)}
+    splits = prepared_corpus_splits(config, corpus, tokenizer)
     seq_len = seq_len_of(config)
     for split, name in (("train", "training"), ("val", "validation")):
         if len(splits[split]) < seq_len + 1:
             raise DataError(f"the {name} split of {corpus.name} has {len(splits[split])} tokens, fewer than the "
                             f"context of {seq_len} + 1; use a shorter train.seq_len / model.max_len or a bigger corpus")
     return CorpusDataset(corpus, tokenizer, seq_len, splits)
+
+
+def prepared_corpus_splits(config, corpus: Corpus, tokenizer: Tokenizer) -> dict[str, ShardedTokens | np.ndarray]:
+    """A plain text's train and val tokens, prepared on first use (`prepare_corpus`) into the cache: a directory
+    per (text, tokenizer, data.val_fraction) under data.cache_dir, else $LLM_CACHE_DIR/prepared."""
+    d = config.data
+    root = Path(d.cache_dir) if d.cache_dir else cache_dir() / "prepared"
+    key = hashlib.sha256(f"{corpus.sha256}\n{tokenizer.fingerprint()}\n{d.val_fraction!r}".encode()).hexdigest()
+    try:
+        manifest = prepare_corpus(corpus, tokenizer, root / key[:32], d.val_fraction)
+    except OSError as e:  # a file in the way, no permission, a full disk
+        raise DataError(f"{root}: cannot write prepared tokens there ({e.strerror or e}); set data.cache_dir (or "
+                        "LLM_CACHE_DIR) to a writable directory") from None
+    data = PreparedData(root / key[:32], manifest, tokenizer)
+    return {split: data.tokens(split) if manifest["splits"][split]["tokens"] else np.zeros(0, np.uint16)
+            for split in SPLITS}
 
 
 def build_eval_dataset(config, spec: str, split: str, tokenizer: Tokenizer, *, max_tokens: int = 0) -> Dataset:
@@ -87,12 +104,12 @@ def build_eval_dataset(config, spec: str, split: str, tokenizer: Tokenizer, *, m
                               f"not {split!r}")
         return _prepared_dataset(config, spec, tokenizer, (split,), max_tokens=max_tokens)
     corpus = load_corpus(spec, data_dir=d.data_dir)
-    train_text, val_text = split_text(corpus.text, d.val_fraction)
-    text = {"val": val_text, "train": train_text, "all": corpus.text}[split]
     try:
-        tokens = tokenizer.encode(text)
+        splits = prepared_corpus_splits(config, corpus, tokenizer)
     except ValueError as err:  # characters a char tokenizer has never seen
         raise ConfigError(f"eval.corpus={spec!r}: the run's tokenizer cannot encode it ({err})") from None
+    tokens = splits[split] if split != "all" else ShardedTokens(
+        [t for s in SPLITS if len(splits[s]) for t in _shards(splits[s])])
     if max_tokens:
         tokens = tokens[: max_tokens + 1]
     if len(tokens) < 2:
@@ -211,6 +228,10 @@ def _grown_or_trained(config, base: Tokenizer | None, full_text: str, source: st
         return train_tokenizer(d.tokenizer, source, vocab_size=d.vocab_size if d.tokenizer == "bpe" else None)
     except ValueError as e:  # e.g. a BPE vocabulary smaller than its 257 base tokens
         raise ConfigError(f"data.tokenizer={d.tokenizer!r}, data.vocab_size={d.vocab_size}: {e}") from None
+
+
+def _shards(tokens: ShardedTokens | np.ndarray) -> list[np.ndarray]:
+    return tokens.shards if isinstance(tokens, ShardedTokens) else [tokens]
 
 
 def _records_text(records: list[dict[str, Any]]) -> str:

@@ -23,15 +23,16 @@ import json
 import math
 import multiprocessing
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from llm.data.batches import token_dtype
+from llm.data.corpus import Corpus, split_text
 from llm.data.prepared import FORMAT, MANIFEST, SPLITS, docs_name, shard_name
-from llm.data.sources import Document, Source, expand_sources, iter_documents
+from llm.data.sources import PIECE_CHARS, Document, Source, expand_sources, iter_documents
 from llm.errors import DataError
 from llm.files import atomic_file, write_json
 from llm.tokenizers import EOS_TEXT, KINDS, Tokenizer, load_tokenizer, tokenizer_from_json, train_tokenizer
@@ -78,14 +79,39 @@ def prepare(s: PrepareSettings, *, log: Callable[[str], None] = print, progress:
     (out / "units").mkdir(parents=True, exist_ok=True)
     write_json(out / "prepare.json", _settings_json(s, sources))
     tokenizer.save(out / "tokenizer.json")
-    records = _write_units(out, s, sources, tokenizer, progress, on_unit)
-    manifest = _manifest(s, sources, tokenizer, records)
+    records = _write_units(out, units(sources, s), tokenizer, s.workers, progress=progress, on_unit=on_unit)
+    manifest = _manifest(_source_records(sources), tokenizer, records, s.val_fraction, text_field=s.text_field,
+                         unit_chars=s.unit_chars)
     write_json(out / MANIFEST, manifest)
     totals = {k: manifest["splits"][k]["tokens"] for k in SPLITS}
     log(f"{out}: {totals['train']:,} train / {totals['val']:,} val tokens in {len(records)} unit(s)")
     if s.val_fraction and not totals["val"]:
         log(f"{out}: no validation documents: {s.val_fraction} of the documents (and a text file's 64 K pieces) is "
             "less than one; run again into a new directory with a larger --val_fraction")
+    return manifest
+
+
+def prepare_corpus(corpus: Corpus, tokenizer: Tokenizer, out: Path, val_fraction: float) -> dict[str, Any]:
+    """A plain text (one document: the built-in corpus, a named one, a text file) prepared into `out` with its
+    tokenizer, split as nanoGPT splits one (`split_text`: the first 1 - val_fraction of its characters train, the
+    rest validate). Returns the manifest; a finished `out` is opened as it is.
+
+    Each split is encoded whole, or in PIECE_CHARS pieces where the tokenizer is `chunkable` (characters, bytes),
+    so its tokens are exactly `tokenizer.encode(split)`. No end-of-text id is written: a single document has no
+    boundary inside a split, and a character vocabulary keeps no id for one."""
+    if (out / MANIFEST).is_file():
+        return json.loads((out / MANIFEST).read_text())
+    (out / "units").mkdir(parents=True, exist_ok=True)
+    tokenizer.save(out / "tokenizer.json")
+    train, val = split_text(corpus.text, val_fraction)
+    cut = PIECE_CHARS if tokenizer.chunkable else max(len(corpus.text), 1)
+    unit = [Piece(text[i:i + cut], split, eot=False)
+            for split, text in (("train", train), ("val", val)) for i in range(0, len(text), cut)]
+    records = _write_units(out, [unit], tokenizer, workers=1, progress=False, on_unit=None)
+    source = {"path": corpus.name, "characters": len(corpus.text), "sha256_text": corpus.sha256,
+              "provenance": corpus.provenance}
+    manifest = _manifest([source], tokenizer, records, val_fraction, split="characters")
+    write_json(out / MANIFEST, manifest)
     return manifest
 
 
@@ -218,6 +244,12 @@ def _init_worker(tokenizer_json: dict[str, Any]) -> None:
     _WORKER_TOKENIZER = tokenizer_from_json(tokenizer_json)
 
 
+def _encode_here(tokenizer: Tokenizer, tasks: list[list[str]]) -> list[tuple[np.ndarray, np.ndarray]]:
+    global _WORKER_TOKENIZER
+    _WORKER_TOKENIZER = tokenizer
+    return [encode_task(t) for t in tasks]
+
+
 def encode_task(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """The worker's job: the ids of `texts`, concatenated, and each text's length in ids."""
     ids = _WORKER_TOKENIZER.encode_many(texts)
@@ -236,18 +268,16 @@ def _tasks(unit: list[Piece]) -> list[list[str]]:
     return [*tasks, task] if task else tasks
 
 
-def _write_units(out: Path, s: PrepareSettings, sources: list[Source], tokenizer: Tokenizer, progress: bool,
-                 on_unit: Callable[[int], None] | None) -> list[dict[str, Any]]:
+def _write_units(out: Path, unit_list: Iterable[list[Piece]], tokenizer: Tokenizer, workers: int, *,
+                 progress: bool, on_unit: Callable[[int], None] | None) -> list[dict[str, Any]]:
     """Tokenize and write every unit not already finished. While the workers encode unit u, this process reads
     unit u+1 and writes unit u-1, so the workers never wait for the reading."""
     from tqdm import tqdm
 
-    workers = s.workers or os.cpu_count() or 1
+    workers = workers or os.cpu_count() or 1
     pool = None
     if workers > 1:
         pool = multiprocessing.get_context("spawn").Pool(workers, _init_worker, (tokenizer.to_json(),))
-    else:
-        _init_worker(tokenizer.to_json())
     bar = tqdm(unit="B", unit_scale=True, disable=not progress, desc="prepare", mininterval=1.0)
     records: list[dict[str, Any]] = []
 
@@ -261,9 +291,9 @@ def _write_units(out: Path, s: PrepareSettings, sources: list[Source], tokenizer
 
     try:
         pending = None
-        for u, unit in enumerate(units(sources, s)):
+        for u, unit in enumerate(unit_list):
             record = _finished(out, u)
-            job = None if record else _Encoding(pool, _tasks(unit))
+            job = None if record else _Encoding(pool, tokenizer, _tasks(unit))
             if pending is not None:
                 finish(*pending)
             pending = (u, unit, record, job)
@@ -279,11 +309,12 @@ def _write_units(out: Path, s: PrepareSettings, sources: list[Source], tokenizer
 class _Encoding:
     """A unit's encode tasks, running in the pool (or, without one, run when asked for)."""
 
-    def __init__(self, pool, tasks: list[list[str]]):
-        self.tasks, self.result = tasks, pool.map_async(encode_task, tasks) if pool else None
+    def __init__(self, pool, tokenizer: Tokenizer, tasks: list[list[str]]):
+        self.tokenizer, self.tasks = tokenizer, tasks
+        self.result = pool.map_async(encode_task, tasks) if pool else None
 
     def get(self) -> list[tuple[np.ndarray, np.ndarray]]:
-        return self.result.get() if self.result is not None else [encode_task(t) for t in self.tasks]
+        return self.result.get() if self.result is not None else _encode_here(self.tokenizer, self.tasks)
 
 
 def _write_unit(out: Path, u: int, unit: list[Piece], tokenizer: Tokenizer,
@@ -355,8 +386,12 @@ def _sha256_or_none(path: Path) -> str | None:
 # The manifest
 
 
-def _manifest(s: PrepareSettings, sources: list[Source], tokenizer: Tokenizer, records: list[dict[str, Any]]
-              ) -> dict[str, Any]:
+def _source_records(sources: list[Source]) -> list[dict[str, Any]]:
+    return [{"path": str(x), "bytes": x.size, "sha256": _sha256(x.path) if x.path else None} for x in sources]
+
+
+def _manifest(sources: list[dict[str, Any]], tokenizer: Tokenizer, records: list[dict[str, Any]],
+              val_fraction: float, **settings: Any) -> dict[str, Any]:
     splits = {}
     for split in SPLITS:
         shards = [{"file": shard_name(split, r["unit"]), "documents_file": docs_name(split, r["unit"]),
@@ -364,10 +399,8 @@ def _manifest(s: PrepareSettings, sources: list[Source], tokenizer: Tokenizer, r
         splits[split] = {"tokens": sum(x["tokens"] for x in shards),
                          "documents": sum(x["documents"] for x in shards),
                          "utf8_bytes": sum(r[split]["utf8_bytes"] for r in records), "shards": shards}
-    return {"format": FORMAT,
-            "sources": [{"path": str(x), "bytes": x.size, "sha256": _sha256(x.path) if x.path else None}
-                        for x in sources],
+    return {"format": FORMAT, "sources": sources,
             "tokenizer": {"kind": tokenizer.kind, "vocab_size": tokenizer.vocab_size,
                           "fingerprint": tokenizer.fingerprint(), "eos_id": tokenizer.eos_id},
-            "dtype": str(token_dtype(tokenizer.vocab_size)), "text_field": s.text_field,
-            "val_fraction": s.val_fraction, "unit_chars": s.unit_chars, "splits": splits}
+            "dtype": str(token_dtype(tokenizer.vocab_size)), "val_fraction": val_fraction, **settings,
+            "splits": splits}
