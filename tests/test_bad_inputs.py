@@ -240,7 +240,7 @@ CASES: list[Case] = [
     Case("data-named-corpus-not-in-data_dir", train("--config.data.corpus=alice", "--config.data.data_dir={tmp}"),
          "alice: alice.txt not found in"),
     Case("data-cache-dir-is-a-file", train("--config.data.cache_dir={corpus}"),
-         "corpus.txt: cannot write the token cache there (File exists); set data.cache_dir"),
+         "corpus.txt: cannot write prepared tokens there (Not a directory); set data.cache_dir"),
     # ---- tokenizer ----------------------------------------------------------------------------------------
     Case("bpe-vocab-too-small", train("--config.data.tokenizer=bpe", "--config.data.vocab_size=100"),
          "BPE vocab_size must be at least 257"),
@@ -457,16 +457,19 @@ class _Tripwire:
 
 
 def test_token_cache_never_unpickles(tmp_path):
-    """No pickle in any load path: a cached token file holding pickled objects is replaced, not unpickled."""
+    """No pickle in any load path: a prepared shard replaced by pickled objects is written again, not unpickled."""
     import numpy as np
 
-    from llm.data import tokenize_to_memmap
+    from llm.data import Corpus
+    from llm.data.prepare import prepare_corpus
+    from llm.data.prepared import PreparedData
     from llm.tokenizers import ByteTokenizer
 
     tok, text = ByteTokenizer(), "hello world"
-    tokenize_to_memmap(text, tok, tmp_path)
-    [path] = tmp_path.glob("tokens-*.npy")
-    np.save(path, np.array([_Tripwire()], dtype=object), allow_pickle=True)
-    tokens = tokenize_to_memmap(text, tok, tmp_path)
+    corpus = Corpus.from_text("t", text, "a test")
+    prepare_corpus(corpus, tok, tmp_path, 0.0)
+    np.save(tmp_path / "train-00000.npy", np.array([_Tripwire()], dtype=object), allow_pickle=True)
+    prepare_corpus(corpus, tok, tmp_path, 0.0)
+    tokens = PreparedData.open(tmp_path).tokens("train")[:]
     assert not _Tripwire.fired
     assert tokens.tolist() == list(text.encode())

@@ -1,4 +1,4 @@
-"""Data pipeline: corpora and their errors, the split, the token cache, and stateless batches."""
+"""Data pipeline: corpora and their errors, the split, plain texts prepared into the cache, stateless batches."""
 
 import hashlib
 import platform
@@ -10,18 +10,21 @@ import pytest
 from llm.data import (
     KNOWN_CORPORA,
     Corpus,
-    batches,
     eval_batches,
     load_corpus,
+    pass_batch,
     sample_batch,
     sequential_batch_count,
     sequential_batches,
     split_text,
     token_dtype,
-    tokenize_to_memmap,
 )
+from llm.data import prepare as prepare_module
 from llm.data.corpus import KnownCorpus
 from llm.data.dataset import CorpusDataset
+from llm.data.prepare import prepare_corpus
+from llm.data.prepared import PreparedData
+from llm.data.shuffle import shuffled_index
 from llm.errors import DataError
 from llm.tokenizers import ByteTokenizer, Tokenizer, train_tokenizer
 
@@ -175,45 +178,70 @@ class CountingTokenizer(ByteTokenizer):
         return super().encode(text)
 
 
-def test_memmap_cache_hit(tmp_path: Path) -> None:
+def _prepared(text: str, tok: Tokenizer, out: Path, val_fraction: float = 0.1) -> dict[str, np.ndarray]:
+    prepare_corpus(Corpus.from_text("t", text, "a test"), tok, out, val_fraction)
+    data = PreparedData.open(out)
+    return {split: data.tokens(split)[:] if data.manifest["splits"][split]["tokens"] else np.zeros(0, np.uint16)
+            for split in ("train", "val")}
+
+
+def test_prepared_corpus_cache_hit(tmp_path: Path) -> None:
     text = "To be, or not to be — that is the question.\n" * 50
     tok = CountingTokenizer()
-    first = tokenize_to_memmap(text, tok, tmp_path)
+    first = _prepared(text, tok, tmp_path)
     calls = tok.calls
-    (path,) = tmp_path.glob("*.npy")
-    mtime = path.stat().st_mtime_ns
-    second = tokenize_to_memmap(text, tok, tmp_path)
+    shard = tmp_path / "train-00000.npy"
+    mtime = shard.stat().st_mtime_ns
+    second = _prepared(text, tok, tmp_path)
     assert tok.calls == calls  # no re-tokenising
-    assert path.stat().st_mtime_ns == mtime
-    assert isinstance(second, np.memmap) and not second.flags.writeable
-    assert second.dtype == np.uint16
-    np.testing.assert_array_equal(first, second)
-    np.testing.assert_array_equal(second, tok.encode(text))
-    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary files left behind
+    assert shard.stat().st_mtime_ns == mtime
+    assert np.load(shard, mmap_mode="r").dtype == np.uint16
+    train, val = split_text(text, 0.1)
+    for split, part in (("train", train), ("val", val)):
+        np.testing.assert_array_equal(first[split], second[split])
+        assert first[split].tolist() == list(part.encode())  # bytes: independent of the tokenizer's code
+    assert not list(tmp_path.rglob("*.tmp"))  # no temporary files left behind
 
 
-def test_memmap_key_depends_on_text_and_tokenizer(tmp_path: Path) -> None:
-    tokenize_to_memmap("abcabc", ByteTokenizer(), tmp_path)
-    tokenize_to_memmap("abcabd", ByteTokenizer(), tmp_path)
-    tokenize_to_memmap("abcabc", train_tokenizer("char", "abc"), tmp_path)
-    assert len(list(tmp_path.glob("*.npy"))) == 3
+def test_prepared_corpus_key_depends_on_text_tokenizer_and_fraction(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from llm.data.build import prepared_corpus_splits
+
+    def config(fraction):
+        return SimpleNamespace(data=SimpleNamespace(cache_dir=str(tmp_path), val_fraction=fraction))
+
+    for text, tok, fraction in (("abcabc", ByteTokenizer(), 0.5), ("abcabd", ByteTokenizer(), 0.5),
+                                ("abcabc", train_tokenizer("char", "abc"), 0.5), ("abcabc", ByteTokenizer(), 0.25)):
+        splits = prepared_corpus_splits(config(fraction), Corpus.from_text("t", text, "a test"), tok)
+        cut = int(len(text) * (1 - fraction))
+        assert tok.decode(splits["train"][:]) == text[:cut] and tok.decode(splits["val"][:]) == text[cut:]
+    assert len([d for d in tmp_path.iterdir() if (d / "manifest.json").is_file()]) == 4
 
 
-def test_memmap_chunks_match_direct_encode(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(batches, "CHUNK_CHARS", 7)  # many cuts, next to multi-byte characters too
+def test_prepared_corpus_pieces_match_direct_encode(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(prepare_module, "PIECE_CHARS", 7)  # many cuts, next to multi-byte characters too
     text = "naïve café 😀 日本語, and plain ascii. " * 20
+    train, val = split_text(text, 0.1)
     for tok in (ByteTokenizer(), train_tokenizer("char", text)):
-        np.testing.assert_array_equal(tokenize_to_memmap(text, tok, tmp_path / tok.kind), tok.encode(text))
+        tokens = _prepared(text, tok, tmp_path / tok.kind)
+        np.testing.assert_array_equal(tokens["train"], tok.encode(train))
+        np.testing.assert_array_equal(tokens["val"], tok.encode(val))
+    assert list(_prepared(text, ByteTokenizer(), tmp_path / "b")["val"]) == list(val.encode())
 
 
-def test_memmap_bpe_equals_encode(tmp_path: Path, python_docs: Corpus) -> None:
+def test_prepared_corpus_bpe_equals_encode(tmp_path: Path, python_docs: Corpus) -> None:
     text = python_docs.text[:20_000]
     tok = train_tokenizer("bpe", text, vocab_size=400)
-    np.testing.assert_array_equal(tokenize_to_memmap(text, tok, tmp_path), tok.encode(text))
+    train, val = split_text(text, 0.1)
+    tokens = _prepared(text, tok, tmp_path)
+    np.testing.assert_array_equal(tokens["train"], tok.encode(train))
+    np.testing.assert_array_equal(tokens["val"], tok.encode(val))
 
 
-def test_memmap_empty_text(tmp_path: Path) -> None:
-    assert tokenize_to_memmap("", ByteTokenizer(), tmp_path).shape == (0,)
+def test_prepared_corpus_without_validation(tmp_path: Path) -> None:
+    tokens = _prepared("hello", ByteTokenizer(), tmp_path, val_fraction=0.0)
+    assert tokens["train"].tolist() == list(b"hello") and tokens["val"].shape == (0,)
 
 
 def test_token_dtype() -> None:
@@ -279,6 +307,35 @@ def test_per_process_rows_concatenate_to_the_global_batch() -> None:
         sample_batch(TOKENS, seed=0, step=0, batch_size=6, seq_len=16, process_count=4)
     with pytest.raises(ValueError, match="process_index"):
         sample_batch(TOKENS, seed=0, step=0, batch_size=8, seq_len=16, process_index=2, process_count=2)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 7, 64, 65, 1000, 4099])
+def test_shuffled_index_is_a_permutation(n: int) -> None:
+    p = shuffled_index(np.arange(n), n, (5, 0))
+    assert sorted(p.tolist()) == list(range(n))
+    np.testing.assert_array_equal(shuffled_index(np.arange(n)[::-1], n, (5, 0)), p[::-1])  # entry by entry
+    if n >= 64:  # another key, another order; and not close to the identity
+        assert (shuffled_index(np.arange(n), n, (5, 1)) != p).mean() > 0.9
+        assert (p == np.arange(n)).mean() < 0.1 and abs(np.corrcoef(p, np.arange(n))[0, 1]) < 0.2
+
+
+def test_passes_visit_every_window_once_per_pass() -> None:
+    seq_len, batch_size = 16, 4
+    n = (len(TOKENS) - 1) // seq_len  # 62 windows: a pass ends inside batch 15
+    steps = 2 * n // batch_size + 1
+    rows = np.concatenate([pass_batch(TOKENS, seed=1, step=s, batch_size=batch_size, seq_len=seq_len)[0]
+                           for s in range(steps)])
+    starts = rows[:, 0].astype(int)  # TOKENS[i] == i: a row's first token is its offset
+    for p in range(2):
+        assert sorted(starts[p * n:(p + 1) * n]) == list(range(0, n * seq_len, seq_len))
+    assert starts[:n].tolist() != starts[n:2 * n].tolist()  # each pass in its own order
+    np.testing.assert_array_equal(rows, TOKENS[starts[:, None] + np.arange(seq_len)])
+    x, y = pass_batch(TOKENS, seed=1, step=3, batch_size=batch_size, seq_len=seq_len)
+    np.testing.assert_array_equal(y[:, :-1], x[:, 1:])
+    np.testing.assert_array_equal(x, rows[3 * batch_size:4 * batch_size])  # a function of (seed, step)
+    parts = [pass_batch(TOKENS, seed=1, step=3, batch_size=batch_size, seq_len=seq_len, process_index=i,
+                        process_count=2)[0] for i in range(2)]
+    np.testing.assert_array_equal(np.concatenate(parts), x)
 
 
 def test_eval_batches_fixed_and_separate_from_training() -> None:
@@ -352,9 +409,9 @@ def test_too_short_split_errors() -> None:
 def test_end_to_end_char_pipeline(tmp_path: Path, python_docs: Corpus) -> None:
     train_text, val_text = split_text(python_docs.text, 0.1)
     tok: Tokenizer = train_tokenizer("char", python_docs.text)
-    splits = {"train": tokenize_to_memmap(train_text, tok, tmp_path),
-              "val": tokenize_to_memmap(val_text, tok, tmp_path)}
-    data = CorpusDataset(python_docs, tok, 64, splits)
+    prepare_corpus(python_docs, tok, tmp_path, 0.1)
+    prepared = PreparedData.open(tmp_path)
+    data = CorpusDataset(python_docs, tok, 64, {split: prepared.tokens(split) for split in ("train", "val")})
     batch = data.batch(0, 0, 4)
     x, y = batch["inputs"], batch["targets"]
     assert tok.decode(x[0])[1:] == tok.decode(y[0])[:-1]

@@ -170,7 +170,8 @@ def test_a_run_trains_evaluates_and_resumes_on_a_prepared_dataset(bpe_source, tm
     root, _ = bpe_source
     if not (root / "one" / "manifest.json").exists():
         prepare(bpe_settings(root, root / "one", workers=1), log=lambda m: None, progress=False)
-    flags = [f"--config.data.corpus={root / 'one'}", "--config.data.pack_documents=True", "--config.model.n_layers=1",
+    flags = [f"--config.data.corpus={root / 'one'}", "--config.data.pack_documents=True", "--config.data.order=passes",
+             "--config.model.n_layers=1",
              "--config.model.d_model=32",
              "--config.model.max_len=32", "--config.train.eval_every=3", "--config.train.eval_batches=1",
              "--config.train.batch_size=4", "--config.train.checkpoint_every=3", "--config.train.progress=False",
@@ -286,14 +287,15 @@ def test_a_mixture_draws_rows_by_weight_from_its_components(two_datasets, tmp_pa
     assert abs(from_low - 240) < 31
 
 
-@pytest.mark.parametrize("spec", ["single", "mixture"])
+@pytest.mark.parametrize("spec", ["single", "single-passes", "mixture"])
 def test_two_processes_get_the_rows_of_one(two_datasets, tmp_path, spec):
     from llm.data.build import build_dataset
 
     low, high = two_datasets
     config = mixture_config(tmp_path, f"{low}:0.5,{high}:0.5" if spec == "mixture" else "", pack=True)
-    if spec == "single":
+    if spec.startswith("single"):
         config.data.corpus = str(low)
+        config.data.order = "passes" if spec == "single-passes" else "random"
     dataset = build_dataset(config)
     for step in (0, 7):
         whole = dataset.batch(3, step, 8)
@@ -310,8 +312,9 @@ def test_two_processes_get_the_rows_of_one(two_datasets, tmp_path, spec):
 def test_bad_mixtures_are_config_errors(two_datasets, tmp_path, capsys):
     low, _ = two_datasets
     for spec, message in [(f"{low}", "PATH:WEIGHT"), (f"{low}:-1", "positive weight"),
-                          (f"{tmp_path}:1", "not a prepared dataset")]:
-        assert main(["train", "--workdir", str(tmp_path / "run"), f"--config.data.mixture={spec}"]) == 2
+                          (f"{tmp_path}:1", "not a prepared dataset"),
+                          (f"{low}:1 --config.data.order=passes", "data.order='passes' applies to")]:
+        assert main(["train", "--workdir", str(tmp_path / "run"), *f"--config.data.mixture={spec}".split()]) == 2
         assert message in capsys.readouterr().err
         assert not (tmp_path / "run").exists()
 
@@ -387,13 +390,31 @@ def test_the_openwebtext_experiment_on_a_local_parquet_and_jsonl_dataset(tmp_pat
     assert [r["step"] for r in rows if "val_loss" in r] == [4]
 
 
-def test_a_text_corpus_too_large_to_load_whole_points_to_prepare(tmp_path, capsys, monkeypatch):
+def test_a_text_file_too_large_to_read_whole_is_prepared_into_the_cache(tmp_path, capsys, monkeypatch):
     import llm.data.corpus
+    import llm.data.sources
 
     monkeypatch.setattr(llm.data.corpus, "MAX_WHOLE_FILE_BYTES", 1000)  # stands for 128 MB
-    make_corpus(tmp_path / "big.txt", n_chars=2000)
-    assert main(["train", "--workdir", str(tmp_path / "run"), f"--config.data.corpus={tmp_path / 'big.txt'}"]) == 2
-    assert "llm prepare" in capsys.readouterr().err and not (tmp_path / "run").exists()
+    monkeypatch.setattr(llm.data.sources, "PIECE_CHARS", 100)  # stands for 64 K: 20 pieces, 2 held out
+    monkeypatch.setenv("LLM_CACHE_DIR", str(tmp_path / "cache"))
+    big = tmp_path / "big.txt"
+    big.write_text("".join(f"line {i}: the cat sat on the mat\n" for i in range(60)))  # 2,050 bytes
+    flags = [f"--config.data.corpus={big}", "--config.data.tokenizer=byte", "--config.model.n_layers=1",
+             "--config.model.d_model=32", "--config.model.max_len=16", "--config.train.batch_size=4",
+             "--config.train.eval_every=2", "--config.train.eval_batches=1", "--config.train.checkpoint_every=2",
+             "--config.train.progress=False", "--config.sample.num_samples=0"]
+    run = tmp_path / "run"
+    assert main(["train", "--workdir", str(run), "--config.train.steps=2", *flags]) == 0
+    assert "too large to read whole" in capsys.readouterr().out
+    [prepared] = [p for p in (tmp_path / "cache" / "prepared").iterdir() if p.is_dir()]
+    data = PreparedData.open(prepared)
+    train, val = concat(data, "train"), concat(data, "val")
+    assert len(train) + len(val) - (train == EOT).sum() - (val == EOT).sum() == big.stat().st_size
+    held_out = bytes(val.astype(np.uint8)).decode("latin-1").split(chr(EOT % 256))  # EOT ends each piece
+    assert 100 <= sum(map(len, held_out)) < 400 and all(p in big.read_text() for p in held_out)
+    assert main(["train", "--workdir", str(run), "--config.train.steps=4", "--resume_anyway", *flags]) == 0
+    assert main(["eval", "--workdir", str(run)]) == 0
+    assert [p for p in (tmp_path / "cache" / "prepared").iterdir() if p.is_dir()] == [prepared]  # reused
 
 
 def test_encode_many_equals_encode_one_by_one():
@@ -405,3 +426,25 @@ def test_encode_many_equals_encode_one_by_one():
         got = tok.encode_many([*texts, "<|user|>hi"])
         want = [tok.encode(t) for t in [*texts, "<|user|>hi"]]
         assert all(np.array_equal(g, w) and g.dtype == np.int32 for g, w in zip(got, want, strict=True))
+
+
+def test_the_tiktoken_encoder_gives_the_hf_tokenizers_ids():
+    """llm prepare encodes a trained BPE through tiktoken (llm/tokenizers/fast_bpe.py): checked against Hugging Face
+    tokenizers' own encode on the Python docs (code, prose, punctuation) and text with odd spacing and Unicode."""
+    from tokenizers import pre_tokenizers
+
+    from llm.data.corpus import load_corpus
+    from llm.tokenizers import train_tokenizer
+    from llm.tokenizers.fast_bpe import tiktoken_encoding
+
+    text = load_corpus("builtin:python_docs").text
+    odd = "naïve café 😀 日本語\n\n  x  \t\n's 've  123 4567 foo!!  bar\r\n<|endoftext|>\u00a0\u2028 end " * 20
+    for vocab in (300, 4096):
+        bpe = train_tokenizer("bpe", text[:200_000], vocab_size=vocab)
+        encoding = tiktoken_encoding(bpe.hf)
+        assert encoding is not None
+        for sample in (text[200_000:], odd):
+            assert encoding.encode(sample, allowed_special="all") == bpe.hf.encode(sample, add_special_tokens=False).ids
+    other = train_tokenizer("bpe", text[:50_000], vocab_size=300).hf
+    other.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)  # a shape tiktoken does not reproduce
+    assert tiktoken_encoding(other) is None

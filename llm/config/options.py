@@ -231,11 +231,14 @@ _OPTIONS: list[Option] = [
            "file, or a directory made by `llm prepare` (which brings its own tokenizer and split)"),
     Option("data.mixture", str, "", "prepared directories with weights, PATH:W,PATH:W (sampled by weight; "
            "replaces data.corpus)", check=mixture),
+    Option("data.order", str, "random", "training windows of a corpus: random offsets (nanoGPT), or passes: every "
+           "non-overlapping window once per pass, shuffled anew each pass", check=choice("random", "passes")),
     Option("data.pack_documents", bool, False, "prepared data: segment ids and positions restart after each "
            "end-of-text id, so attention stays inside documents"),
     Option("data.data_dir", str, None, "where named corpora are looked up first", nullable=True),
     Option("data.val_fraction", float, 0.1, "the last fraction of the text's characters is the validation split "
-           "(of data.sft's records, the held-out ones)", check=within(0, 1, low_open=True, high_open=True)),
+           "(a text file over 128 MB: that fraction of its 64 K pieces; of data.sft's records, the held-out ones)",
+           check=within(0, 1, low_open=True, high_open=True)),
     Option("data.tokenizer", str, "char", "char, byte or bpe", check=choice(*TOKENIZERS)),
     Option("data.vocab_size", int, 1024, "for the BPE tokenizer", check=positive),
     Option("data.cache_dir", str, None, "tokenised corpora; default $LLM_CACHE_DIR or ~/.cache/llm/tokens",

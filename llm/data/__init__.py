@@ -4,7 +4,9 @@
     batch = dataset.batch(seed=0, step=step, batch_size=12)
 
 corpus.py: named and file corpora, checksums, the train/val split.
-batches.py: cached token arrays and stateless, resumable batch sampling of a token split.
+sources.py, prepare.py, prepared.py: `llm prepare` (sources of any size -> token shards) and reading its output.
+batches.py: stateless, resumable batches of a token split (random windows, or passes via shuffle.py).
+mixture.py, prefetch.py: weighted mixtures of prepared datasets; batches made ahead on a thread.
 sft.py: supervised fine-tuning records, the chat template and loss masks, packed rows and their batches.
 tasks.py: procedurally generated fine-tuning tasks (num2words, dates, fields) and their JSONL files.
 synthetic.py: synthetic attention tasks generated on the fly (MQAR, copy, selective copy) with their accuracy.
@@ -15,6 +17,7 @@ metrics.py: scores of generated text against references (exact match, BLEU, chrF
 
 from llm.data.batches import (
     eval_batches,
+    pass_batch,
     sample_batch,
     sequential_batch_count,
     sequential_batches,
@@ -47,6 +50,7 @@ __all__ = [
     "load_corpus",
     "load_records",
     "make_task",
+    "pass_batch",
     "sample_batch",
     "seq_len_of",
     "sequential_batch_count",

@@ -22,6 +22,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from llm.data.prepared import ShardedTokens
+from llm.data.shuffle import shuffled_index
 from llm.errors import DataError
 
 Windows = tuple[np.ndarray, np.ndarray]  # (inputs, targets), int32 [B, T]
@@ -60,6 +61,26 @@ def sample_batch(
     rows = local_rows(batch_size, process_index, process_count)
     offsets = _random_offsets(len(tokens), seq_len, batch_size, (seed, TRAIN_STREAM, step))
     return _windows(tokens, offsets[rows], seq_len)
+
+
+def pass_batch(tokens: np.ndarray, *, seed: int, step: int, batch_size: int, seq_len: int, process_index: int = 0,
+               process_count: int = 1) -> Windows:
+    """Training batch `step` of sequential passes without replacement: the split's n = (len - 1) // seq_len
+    non-overlapping windows, every one once per pass, in an order shuffled anew for each pass. Row r of batch s is
+    sample k = s * batch_size + r of the stream: window shuffled_index(k mod n) of pass k // n, a function of
+    (seed, step) alone, so it holds for any number of processes and across resumes."""
+    tokens = _as_tokens(tokens)
+    _check_window(len(tokens), seq_len)
+    if seed < 0 or step < 0:
+        raise ValueError(f"seed and step must be non-negative, got {seed} and {step}")
+    n = (len(tokens) - 1) // seq_len
+    k = step * batch_size + np.arange(batch_size)[local_rows(batch_size, process_index, process_count)]
+    passes, within = np.divmod(k, n)
+    window = np.empty_like(k)
+    for p in np.unique(passes):  # a batch spans at most two passes unless the split holds fewer windows than a batch
+        here = passes == p
+        window[here] = shuffled_index(within[here], n, (seed, TRAIN_STREAM, int(p)))
+    return _windows(tokens, window * seq_len, seq_len)
 
 
 def windows_at(tokens: np.ndarray, *, seed: int, stream: int, index: int, batch_size: int, seq_len: int,

@@ -18,10 +18,10 @@ from typing import Any
 import numpy as np
 
 from llm.data import tasks as tasks_lib
-from llm.data.corpus import Corpus, cache_dir, load_corpus, split_text
+from llm.data.corpus import Corpus, cache_dir, large_text_file, load_corpus, split_text
 from llm.data.dataset import SPLITS, CorpusDataset, Dataset, PreparedDataset, RecordsDataset, TaskDataset
 from llm.data.mixture import MixtureDataset, parse_mixture
-from llm.data.prepare import prepare_corpus
+from llm.data.prepare import PrepareSettings, prepare, prepare_corpus
 from llm.data.prepared import MANIFEST, PreparedData, ShardedTokens, is_prepared
 from llm.data.sft import ChatTemplate, SFTDataset, load_records
 from llm.data.synthetic import make_task
@@ -41,6 +41,9 @@ def build_dataset(config, *, tokenizer: Tokenizer | None = None, base_tokenizer:
     tokenizers) and the chat markers (records); else one trained on the data (deterministically: every process
     of a multi-process run trains the same one)."""
     d = config.data
+    if d.order != "random" and (d.synthetic or d.sft or d.mixture):
+        raise ConfigError(f"data.order={d.order!r} applies to a corpus or a prepared dataset, not to "
+                          f"data.{'synthetic' if d.synthetic else 'sft' if d.sft else 'mixture'}; leave it 'random'")
     if d.synthetic:
         return _task_dataset(config, d.synthetic, n_eval_batches=config.train.eval_batches)
     if d.sft:
@@ -49,6 +52,10 @@ def build_dataset(config, *, tokenizer: Tokenizer | None = None, base_tokenizer:
         return _mixture_dataset(config, tokenizer)
     if is_prepared(d.corpus):
         return _prepared_dataset(config, d.corpus, tokenizer, SPLITS)
+    if large_text_file(d.corpus):
+        tokenizer = tokenizer or base_tokenizer
+        return _prepared_dataset(config, _prepared_large_file(config, large_text_file(d.corpus), tokenizer),
+                                 tokenizer, SPLITS)
     if d.pack_documents:
         raise ConfigError("data.pack_documents needs a prepared dataset (data.corpus or data.mixture naming "
                           "`llm prepare` output): a plain text has no document boundaries")
@@ -66,7 +73,40 @@ def build_dataset(config, *, tokenizer: Tokenizer | None = None, base_tokenizer:
         if len(splits[split]) < seq_len + 1:
             raise DataError(f"the {name} split of {corpus.name} has {len(splits[split])} tokens, fewer than the "
                             f"context of {seq_len} + 1; use a shorter train.seq_len / model.max_len or a bigger corpus")
-    return CorpusDataset(corpus, tokenizer, seq_len, splits)
+    return CorpusDataset(corpus, tokenizer, seq_len, splits, order=d.order)
+
+
+def _prepared_large_file(config, path: Path, tokenizer: Tokenizer | None) -> str:
+    """Where a text file too large to read whole is prepared, on first use, into the cache as `llm prepare FILE`
+    would prepare it: streamed; every 1/data.val_fraction-th 64 K piece held out; a tokenizer of data.tokenizer's
+    kind trained on a bounded sample, or the run's own `tokenizer`."""
+    d = config.data
+    root = Path(d.cache_dir) if d.cache_dir else cache_dir() / "prepared"
+    stat = path.resolve().stat()
+
+    def cache_key(which: str) -> str:
+        text = f"{path.resolve()}\n{stat.st_size}\n{stat.st_mtime_ns}\n{which}\n{d.val_fraction!r}"
+        return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+    key, kind = cache_key(f"{d.tokenizer} {d.vocab_size}"), d.tokenizer
+    if tokenizer is not None and not _prepared_with(root / key, tokenizer):
+        # A resumed run or a fine-tune whose tokenizer is not the one trained here: its own, as a file.
+        key = cache_key(tokenizer.fingerprint())
+        kind = str(root / f"{key}.tokenizer.json")
+        tokenizer.save(kind)
+    settings = PrepareSettings(sources=[str(path)], out=str(root / key), tokenizer=kind, vocab_size=d.vocab_size,
+                               val_fraction=d.val_fraction)
+    print(f"{path}: {stat.st_size >> 20} MB, too large to read whole: preparing it (once) into {root / key}")
+    try:
+        prepare(settings)
+    except OSError as e:
+        raise DataError(f"{root}: cannot write prepared tokens there ({e.strerror or e}); set data.cache_dir (or "
+                        "LLM_CACHE_DIR) to a writable directory") from None
+    return str(root / key)
+
+
+def _prepared_with(path: Path, tokenizer: Tokenizer) -> bool:
+    return is_prepared(path) and PreparedData.open(path).tokenizer.fingerprint() == tokenizer.fingerprint()
 
 
 def prepared_corpus_splits(config, corpus: Corpus, tokenizer: Tokenizer) -> dict[str, ShardedTokens | np.ndarray]:
@@ -98,10 +138,12 @@ def build_eval_dataset(config, spec: str, split: str, tokenizer: Tokenizer, *, m
         template.check_tokenizer(tokenizer)
         rows = SFTDataset.from_records(held_out, tokenizer, seq_len_of(config), template, pack=False, name=spec)
         return RecordsDataset(corpus, tokenizer, {"val": rows}, held_out, template)
-    if is_prepared(spec):
+    if is_prepared(spec) or large_text_file(spec):
         if split not in SPLITS:
             raise ConfigError(f"eval.corpus={spec!r}: a prepared dataset has the splits {', '.join(SPLITS)}, "
                               f"not {split!r}")
+        if large_text_file(spec):
+            spec = _prepared_large_file(config, large_text_file(spec), tokenizer)
         return _prepared_dataset(config, spec, tokenizer, (split,), max_tokens=max_tokens)
     corpus = load_corpus(spec, data_dir=d.data_dir)
     try:
@@ -188,8 +230,8 @@ def _prepared_dataset(config, path: str, tokenizer: Tokenizer | None, splits: tu
     manifest_text = (Path(path) / MANIFEST).read_text()
     corpus = Corpus(str(path), "", hashlib.sha256(manifest_text.encode()).hexdigest(),
                     f"prepared by llm prepare ({path}/{MANIFEST})")
-    return PreparedDataset(corpus, data.tokenizer, seq_len, tokens, json.loads(manifest_text),
-                           pack_documents=config.data.pack_documents)
+    return PreparedDataset(corpus, data.tokenizer, seq_len, tokens, order=config.data.order,
+                           source=json.loads(manifest_text), pack_documents=config.data.pack_documents)
 
 
 def _mixture_dataset(config, tokenizer: Tokenizer | None) -> MixtureDataset:

@@ -11,7 +11,8 @@ Specs understood by `load_corpus`:
   tinyshakespeare       named public-domain texts, looked up as files in a data directory and checked
   alice                 against a pinned sha256; tinyshakespeare is downloaded into a cache if it is
   pride_and_prejudice   nowhere to be found (see `load_corpus` for where it looks).
-  anything else         a path to a UTF-8 text file.
+  anything else         a path to a UTF-8 text file (one over MAX_WHOLE_FILE_BYTES is not read whole: training
+                        streams it through `llm prepare`'s code, see llm/data/build.py).
 
 Every failure is a `DataError` whose one-line message names the file and says what to do.
 """
@@ -161,8 +162,17 @@ def _download(name: str, known: KnownCorpus, url: str) -> Path:
     return dest
 
 
-# A text file is read and tokenized in memory (several times its size); larger ones go through `llm prepare`.
+# A text file up to this size is read and tokenized in memory (several times its size); a larger one is streamed
+# through `llm prepare`'s code (see `large_text_file`).
 MAX_WHOLE_FILE_BYTES = 128 << 20
+
+
+def large_text_file(spec: str) -> Path | None:
+    """The file `spec` names if it is a text file too large to read whole (over MAX_WHOLE_FILE_BYTES), else None."""
+    if spec.startswith("builtin:") or spec in KNOWN_CORPORA:
+        return None
+    path = Path(spec).expanduser()
+    return path if path.is_file() and path.stat().st_size > MAX_WHOLE_FILE_BYTES else None
 
 
 def load_text_file(path: str | os.PathLike) -> Corpus:

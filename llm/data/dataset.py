@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from llm.data.batches import document_segments, eval_batches, sample_batch, sequential_batches
+from llm.data.batches import document_segments, eval_batches, pass_batch, sample_batch, sequential_batches
 from llm.data.corpus import Corpus
 from llm.data.sft import ChatTemplate, SFTDataset
 from llm.data.synthetic import SyntheticTask
@@ -95,6 +95,7 @@ class CorpusDataset(Dataset):
     tokenizer: Tokenizer
     seq_len: int
     splits: dict[str, np.ndarray]  # split -> token ids ("train" and "val"; `llm eval` may hold "all")
+    order: str = "random"  # training windows: "random" offsets, or "passes" without replacement (data.order)
 
     def describe(self) -> str:
         return (f"corpus {self.corpus.name}: {len(self.splits['train']):,} train / {len(self.splits['val']):,} "
@@ -104,8 +105,9 @@ class CorpusDataset(Dataset):
         return {split: len(tokens) for split, tokens in self.splits.items()}
 
     def batch(self, seed, step, batch_size, *, process_index=0, process_count=1):
-        x, y = sample_batch(self.splits["train"], seed=seed, step=step, batch_size=batch_size, seq_len=self.seq_len,
-                            process_index=process_index, process_count=process_count)
+        draw = pass_batch if self.order == "passes" else sample_batch
+        x, y = draw(self.splits["train"], seed=seed, step=step, batch_size=batch_size, seq_len=self.seq_len,
+                    process_index=process_index, process_count=process_count)
         return {"inputs": x, "targets": y}
 
     def eval_batches(self, split, *, seed, n_batches, batch_size, process_index=0, process_count=1):

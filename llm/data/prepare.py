@@ -94,15 +94,15 @@ def prepare(s: PrepareSettings, *, log: Callable[[str], None] = print, progress:
 def prepare_corpus(corpus: Corpus, tokenizer: Tokenizer, out: Path, val_fraction: float) -> dict[str, Any]:
     """A plain text (one document: the built-in corpus, a named one, a text file) prepared into `out` with its
     tokenizer, split as nanoGPT splits one (`split_text`: the first 1 - val_fraction of its characters train, the
-    rest validate). Returns the manifest; a finished `out` is opened as it is.
+    rest validate). Returns the manifest. A prepared `out` is checked (its shards' checksums) and reused; a
+    changed or damaged shard is written again.
 
     Each split is encoded whole, or in PIECE_CHARS pieces where the tokenizer is `chunkable` (characters, bytes),
     so its tokens are exactly `tokenizer.encode(split)`. No end-of-text id is written: a single document has no
     boundary inside a split, and a character vocabulary keeps no id for one."""
-    if (out / MANIFEST).is_file():
-        return json.loads((out / MANIFEST).read_text())
     (out / "units").mkdir(parents=True, exist_ok=True)
-    tokenizer.save(out / "tokenizer.json")
+    if not (out / "tokenizer.json").is_file():
+        tokenizer.save(out / "tokenizer.json")
     train, val = split_text(corpus.text, val_fraction)
     cut = PIECE_CHARS if tokenizer.chunkable else max(len(corpus.text), 1)
     unit = [Piece(text[i:i + cut], split, eot=False)
@@ -111,7 +111,8 @@ def prepare_corpus(corpus: Corpus, tokenizer: Tokenizer, out: Path, val_fraction
     source = {"path": corpus.name, "characters": len(corpus.text), "sha256_text": corpus.sha256,
               "provenance": corpus.provenance}
     manifest = _manifest([source], tokenizer, records, val_fraction, split="characters")
-    write_json(out / MANIFEST, manifest)
+    if not (out / MANIFEST).is_file() or json.loads((out / MANIFEST).read_text()) != manifest:
+        write_json(out / MANIFEST, manifest)
     return manifest
 
 

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from llm.tokenizers.base import EOS_TEXT, Tokenizer, check_special_tokens
+from llm.tokenizers.fast_bpe import tiktoken_encoding
 
 DEFAULT_BPE_VOCAB_SIZE = 4096
 # Special-token spellings tried, in order, when an HF tokenizer.json does not say which token ends text.
@@ -46,6 +47,7 @@ class BPETokenizer(Tokenizer):
             hf_tokenizer = HFTokenizer.from_str(hf_tokenizer.to_str())
             hf_tokenizer.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in missing])
         self.hf = hf_tokenizer
+        self._tiktoken: Any = False  # built on first use by encode_many: an Encoding, or None where none fits
         self.eos_token = eos_token
         self._eos_id = None
         if eos_token is not None:
@@ -78,8 +80,13 @@ class BPETokenizer(Tokenizer):
         return np.asarray(self.hf.encode(text, add_special_tokens=False).ids, dtype=np.int32)
 
     def encode_many(self, texts: list[str]) -> list[np.ndarray]:
+        """Many texts at once (`llm prepare`): through tiktoken where it gives the same ids (fast_bpe.py)."""
         if self._special_re is not None:  # markers are split out first, one text at a time
             return super().encode_many(texts)
+        if self._tiktoken is False:
+            self._tiktoken = tiktoken_encoding(self.hf)
+        if self._tiktoken is not None:
+            return [np.asarray(self._tiktoken.encode(t, allowed_special="all"), np.int32) for t in texts]
         batch = getattr(self.hf, "encode_batch_fast", self.hf.encode_batch)  # _fast: no offsets (tokenizers>=0.21)
         return [np.asarray(e.ids, dtype=np.int32) for e in batch(texts, add_special_tokens=False)]
 
