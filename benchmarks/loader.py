@@ -7,6 +7,7 @@ batches of `--batch` rows, int32 [B, T] inputs and targets, timed after a 10-bat
 
   llm          PreparedDataset.batch(seed, step): random windows from (seed, step), read from the memmapped shards
   llm+prefetch the same through llm.data.prefetch.Prefetcher (one background thread, 2 ahead), as `llm train` reads
+  llm passes   data.order=passes: every window once per pass, in a Feistel-shuffled order
   grain        grain.MapDataset over the windows: shuffle(seed), batch, to_iter_dataset() with 2 prefetch threads
   grain-mp     grain.DataLoader over the same source with an IndexSampler and 2 worker processes
 
@@ -53,13 +54,13 @@ def timed(batches, n: int) -> float:
     return n / (time.perf_counter() - t)
 
 
-def llm_batches(path, batch, seq, prefetch):
+def llm_batches(path, batch, seq, prefetch, order="random"):
     from llm.config import get_base_config
     from llm.data.build import build_dataset
     from llm.data.prefetch import Prefetcher
 
     c = get_base_config()
-    c.data.corpus, c.model.max_len = path, seq
+    c.data.corpus, c.model.max_len, c.data.order = path, seq, order
     dataset = build_dataset(c)
     if not prefetch:
         return (dataset.batch(0, s, batch) for s in range(10**9))
@@ -94,6 +95,7 @@ def main(argv=None) -> None:
     a = p.parse_args(argv)
     makers = {"llm": lambda: llm_batches(a.dataset, a.batch, a.seq, False),
               "llm+prefetch": lambda: llm_batches(a.dataset, a.batch, a.seq, True),
+              "llm passes": lambda: llm_batches(a.dataset, a.batch, a.seq, False, "passes"),
               "grain": lambda: grain_batches(a.dataset, a.batch, a.seq, 0),
               "grain-mp": lambda: grain_batches(a.dataset, a.batch, a.seq, 2)}
     rows = []
