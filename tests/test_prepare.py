@@ -83,6 +83,17 @@ def test_every_source_kind_gives_the_documents_bytes(tmp_path):
     assert [x["path"] for x in manifest["sources"]] == [str(f.path) for f in expand_sources([str(tmp_path / "src")])]
 
 
+def test_a_text_file_without_newlines_is_still_read_in_pieces(tmp_path):
+    from llm.data.sources import PIECE_CHARS, iter_documents
+
+    text = "word " * (PIECE_CHARS // 2)  # 2.5 pieces' worth on one line
+    (tmp_path / "long.txt").write_text(text)
+    pieces = list(iter_documents(expand_sources([str(tmp_path / "long.txt")])[0]))
+    assert "".join(p.text for p in pieces) == text
+    assert len(pieces) == 3 and max(len(p.text) for p in pieces) == PIECE_CHARS
+    assert [p.continues for p in pieces] == [False, True, True]
+
+
 def test_sharded_tokens_read_windows_across_shards():
     rng = np.random.default_rng(0)
     shards = [rng.integers(0, 1000, n).astype(np.uint16) for n in (5, 1, 17, 3)]

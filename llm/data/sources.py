@@ -13,9 +13,10 @@ By suffix:
   hf:NAME[:CONFIG]                a Hub dataset's train split, streamed through `datasets` (needs a network
                                   and `pip install datasets`)
   anything else (+ .gz / .zst)    UTF-8 text, one document per file, yielded in pieces of about PIECE_CHARS (64 K)
-                                  cut after a newline, so a large file never sits in memory whole
+                                  cut after a newline (or inside a line longer than that), so a large file never
+                                  sits in memory whole
 
-Pieces of one text file are parts of one document: `is_continuation` says which ones carry on the previous.
+Pieces of one text file are parts of one document: `Document.continues` says which ones carry on the previous.
 """
 
 from __future__ import annotations
@@ -140,7 +141,8 @@ def _text_pieces(path: Path, f: io.TextIOBase) -> Iterator[Document]:
     buffer, first = [], True
     size = 0
     try:
-        for line in f:
+        # readline's limit: a file without newlines (minified text) is still read a piece at a time.
+        for line in iter(lambda: f.readline(PIECE_CHARS), ""):
             buffer.append(line)
             size += len(line)
             if size >= PIECE_CHARS:
