@@ -88,31 +88,38 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def test_two_processes_train_like_one(runs, tmp_path):
-    """jax.distributed over two local processes (2 CPU devices each): same losses, a checkpoint one process reads."""
+def test_a_run_started_on_one_process_continues_on_two_like_one(runs, tmp_path):
+    """Steps 1-2 in one process (killed after step 3, unsaved), resumed for 3-4 by two processes (jax.distributed,
+    2 CPU devices each): the same token stream and losses as the one-device run, and a checkpoint one process reads."""
     single, _ = runs
     config = tiny_config(tmp_path)
     corpus = Path(single["1,1,1"]["workdir"]).parent / "corpus.txt"
     flags = [f"--config.data.corpus={corpus}", f"--config.data.cache_dir={tmp_path / 'cache'}",
              "--config.model.d_model=64", "--config.model.n_heads=8", "--config.model.n_kv_heads=4",
              "--config.model.n_layers=2", "--config.model.scan_layers=True", "--config.model.max_len=32",
-             "--config.train.steps=4", "--config.train.log_every=1", "--config.train.eval_every=4",
-             "--config.train.checkpoint_every=4", "--config.train.batch_size=8", "--config.train.eval_batches=2",
+             "--config.train.log_every=1", "--config.train.eval_every=4",
+             "--config.train.checkpoint_every=2", "--config.train.batch_size=8", "--config.train.eval_batches=2",
              "--config.train.progress=False", "--config.optim.warmup_steps=5", "--config.optim.lr=0.003",
-             "--config.sample.num_samples=0", "--config.mesh.fsdp=2", "--config.distributed.enabled=True",
-             f"--config.distributed.coordinator_address=127.0.0.1:{_free_port()}",
-             "--config.distributed.num_processes=2"]
+             "--config.sample.num_samples=0", "--config.mesh.fsdp=2"]
+    distributed = ["--config.distributed.enabled=True", "--config.distributed.num_processes=2",
+                   f"--config.distributed.coordinator_address=127.0.0.1:{_free_port()}"]
     assert config.optim.lr == 3e-3 and config.optim.warmup_steps == 5  # the flags above mirror tiny_config
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
-    procs = [subprocess.Popen([sys.executable, "-m", "llm.cli", "train", "--workdir", str(tmp_path / "run"), *flags,
-                               f"--config.distributed.process_id={i}"], env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for i in range(2)]
+    # One process, killed (SIGKILL, tests/faults.py) after step 3, once the checkpoint of step 2 is committed.
+    args = ["train", "--workdir", str(tmp_path / "run"), *flags, "--config.train.steps=4"]
+    first = subprocess.run([sys.executable, str(HERE / "faults.py"), "kill_after_step=3", *args], env=env,
+                           capture_output=True, text=True, timeout=300)
+    assert first.returncode == -9, first.stderr[-3000:]
+    procs = [subprocess.Popen([sys.executable, "-m", "llm.cli", *args, *distributed,
+                               f"--config.distributed.process_id={i}"],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
     outs = [p.communicate(timeout=300) for p in procs]
     for p, (_, err) in zip(procs, outs):
         assert p.returncode == 0, err[-3000:]
     assert "4 x cpu in 2 process(es)" in outs[0][0] and "done: step 4" in outs[0][0]
     assert "model:" not in outs[1][0] and "done:" not in outs[1][0]  # only process 0 logs
     rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3, 4]
     np.testing.assert_allclose([r["loss"] for r in rows if "loss" in r], single["1,1,1"]["losses"], rtol=2e-5)
     restored = load_run(tmp_path / "run").params
     for x, y in zip(jax.tree_util.tree_leaves(restored),
