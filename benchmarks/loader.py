@@ -1,9 +1,10 @@
 """Batches per second from a prepared dataset: llm's memory-mapped loader against Grain (MaxText's loader).
 
-    python -m benchmarks.loader DIR [--batch 16] [--seq 1024] [--batches 300]
+    python -m benchmarks.loader [DIR] [--batch 16] [--seq 1024] [--batches 300]
 
-DIR is a prepared dataset (`llm prepare`). Rows are windows of seq+1 tokens; each loader makes `--batches`
-batches of `--batch` rows, int32 [B, T] inputs and targets, timed after a 10-batch warm-up:
+DIR is a prepared dataset (`llm prepare`); without one, a 64 MB generated corpus (benchmarks/data.py's) is
+prepared with an 8k BPE into a temporary directory first. Rows are windows of seq+1 tokens; each loader makes
+`--batches` batches of `--batch` rows, int32 [B, T] inputs and targets, timed after a 10-batch warm-up:
 
   llm          PreparedDataset.batch(seed, step): random windows from (seed, step), read from the memmapped shards
   llm+prefetch the same through llm.data.prefetch.Prefetcher (one background thread, 2 ahead), as `llm train` reads
@@ -22,6 +23,7 @@ import json
 import os
 import platform
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -87,12 +89,30 @@ def grain_batches(path, batch, seq, workers):
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("dataset")
+    p.add_argument("dataset", nargs="?", help="a prepared dataset (default: a generated 64 MB one)")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--seq", type=int, default=1024)
     p.add_argument("--batches", type=int, default=300)
     p.add_argument("--out", default="benchmarks/results")
     a = p.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        if a.dataset is None:
+            a.dataset = generated_dataset(Path(tmp))
+        rows = measure(a)
+    write_results(rows, Path(a.out))
+
+
+def generated_dataset(tmp: Path) -> str:
+    from benchmarks.data import write_corpus
+    from llm.data.prepare import PrepareSettings, prepare
+
+    write_corpus(tmp / "corpus.txt", 64 << 20)
+    prepare(PrepareSettings(sources=[str(tmp / "corpus.txt")], out=str(tmp / "prepared"), vocab_size=8192,
+                            val_fraction=0.01), progress=False)
+    return str(tmp / "prepared")
+
+
+def measure(a) -> list[dict]:
     makers = {"llm": lambda: llm_batches(a.dataset, a.batch, a.seq, False),
               "llm+prefetch": lambda: llm_batches(a.dataset, a.batch, a.seq, True),
               "llm passes": lambda: llm_batches(a.dataset, a.batch, a.seq, False, "passes"),
@@ -104,7 +124,10 @@ def main(argv=None) -> None:
         rows.append({"loader": name, "batches_per_s": round(rate, 1),
                      "tokens_per_s": round(rate * a.batch * a.seq)})
         print(rows[-1], flush=True)
-    out = Path(a.out)
+    return rows
+
+
+def write_results(rows: list[dict], out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     meta = {"date": datetime.date.today().isoformat(), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
             "command": "python -m benchmarks.loader " + " ".join(sys.argv[1:])}

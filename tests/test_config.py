@@ -160,6 +160,10 @@ def test_the_columns_drive_resume_finetune_and_hf():
     assert resume_differences(saved, changed) == []  # all FREE
     changed.train.steps = 9
     assert resume_differences(saved, changed) == ["train.steps: 2000 -> 9"]
+    del saved["data"]["order"]  # a run written before the option existed: it had the default's behaviour
+    assert resume_differences(saved, changed) == ["train.steps: 2000 -> 9"]
+    changed.data.order = "passes"
+    assert resume_differences(saved, changed) == ["data.order: 'random' -> 'passes'", "train.steps: 2000 -> 9"]
     assert set(OVERRIDABLE) == {"max_len"} | set(model_fields("hf", RUNTIME))
     assert "short_conv" in model_fields("hf", UNSUPPORTED) and "attention_impl" in model_fields("finetune", FREE)
 

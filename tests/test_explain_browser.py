@@ -190,7 +190,11 @@ def test_llm_explain_serve_on_a_trained_run(trained):
     import subprocess
     import sys
 
-    command = [sys.executable, "-m", "llm.cli", "explain", "--workdir", str(trained / "run"), "--serve", "--port",
+    # Started as from a terminal: a shell starts background jobs with SIGINT ignored and children inherit that (then
+    # Python installs no KeyboardInterrupt handler and Ctrl-C does nothing), so the launcher restores it.
+    launcher = ("import runpy, signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+                "runpy.run_module('llm.cli', run_name='__main__', alter_sys=True)")
+    command = [sys.executable, "-c", launcher, "explain", "--workdir", str(trained / "run"), "--serve", "--port",
                "0", "--prompt", "the cat", "--temperature", "0.5"]
     # PYTHONFAULTHANDLER: should the server not stop, SIGABRT makes it print every thread's stack (below).
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,

@@ -353,14 +353,18 @@ def test_bpe_special_tokens_live_in_the_hf_tokenizer(bpe: BPETokenizer, tmp_path
     assert reloaded.with_special_tokens(CHAT_TOKENS).vocab_size == chat.vocab_size  # existing HF tokens: reused
 
 
-def test_specials_make_tokenizers_unchunkable(monkeypatch: pytest.MonkeyPatch) -> None:
-    from llm.data import batches
+def test_specials_make_tokenizers_unchunkable(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    from llm.data import Corpus
+    from llm.data import prepare as prepare_module
+    from llm.data.prepare import prepare_corpus
+    from llm.data.prepared import PreparedData
 
     tok = ByteTokenizer().with_special_tokens(CHAT_TOKENS)
     assert ByteTokenizer().chunkable and train_tokenizer("char", "ab").chunkable and not tok.chunkable
-    monkeypatch.setattr(batches, "CHUNK_CHARS", 3)
+    monkeypatch.setattr(prepare_module, "PIECE_CHARS", 3)  # cuts inside every marker, were the text cut
     text = "<|user|>hello<|end|>" * 3
-    assert batches._encode(text, tok).tolist() == tok.encode(text).tolist()
+    prepare_corpus(Corpus.from_text("t", text, "a test"), tok, tmp_path, 0.0)
+    assert PreparedData.open(tmp_path).tokens("train")[:].tolist() == tok.encode(text).tolist()
 
 
 def test_char_extend_chars() -> None:
