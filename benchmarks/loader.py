@@ -130,7 +130,7 @@ def measure(a) -> list[dict]:
 def write_results(rows: list[dict], out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     meta = {"date": datetime.date.today().isoformat(), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-            "command": "python -m benchmarks.loader " + " ".join(sys.argv[1:])}
+            "command": " ".join(["python -m benchmarks.loader", *sys.argv[1:]])}
     (out / "loader_cpu.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
     lines = [f"# Loaders on a prepared dataset ({meta['date']}, {meta['machine']})", "", f"`{meta['command']}`", "",
              "| loader | batches/s | tokens/s |", "| --- | --- | --- |"]
