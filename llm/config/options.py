@@ -241,8 +241,8 @@ _OPTIONS: list[Option] = [
            check=within(0, 1, low_open=True, high_open=True)),
     Option("data.tokenizer", str, "char", "char, byte or bpe", check=choice(*TOKENIZERS)),
     Option("data.vocab_size", int, 1024, "for the BPE tokenizer", check=positive),
-    Option("data.cache_dir", str, None, "tokenised corpora; default $LLM_CACHE_DIR or ~/.cache/llm/tokens",
-           nullable=True, resume=FREE),
+    Option("data.cache_dir", str, None, "texts prepared on first use; default $LLM_CACHE_DIR/prepared or "
+           "~/.cache/llm/prepared", nullable=True, resume=FREE),
     Option("data.sft", str, "", "supervised fine-tuning instead of a corpus: a JSONL file of {prompt, completion} "
            "or {messages} records, or task:num2words, task:dates, task:fields"),
     Option("data.sft_pack", bool, True, "several examples per row, kept apart by segment ids"),

@@ -52,10 +52,9 @@ def build_dataset(config, *, tokenizer: Tokenizer | None = None, base_tokenizer:
         return _mixture_dataset(config, tokenizer)
     if is_prepared(d.corpus):
         return _prepared_dataset(config, d.corpus, tokenizer, SPLITS)
-    if large_text_file(d.corpus):
+    if large := large_text_file(d.corpus):
         tokenizer = tokenizer or base_tokenizer
-        return _prepared_dataset(config, _prepared_large_file(config, large_text_file(d.corpus), tokenizer),
-                                 tokenizer, SPLITS)
+        return _prepared_dataset(config, _prepared_large_file(config, large, tokenizer), tokenizer, SPLITS)
     if d.pack_documents:
         raise ConfigError("data.pack_documents needs a prepared dataset (data.corpus or data.mixture naming "
                           "`llm prepare` output): a plain text has no document boundaries")
@@ -81,7 +80,7 @@ def _prepared_large_file(config, path: Path, tokenizer: Tokenizer | None) -> str
     would prepare it: streamed; every 1/data.val_fraction-th 64 K piece held out; a tokenizer of data.tokenizer's
     kind trained on a bounded sample, or the run's own `tokenizer`."""
     d = config.data
-    root = Path(d.cache_dir) if d.cache_dir else cache_dir() / "prepared"
+    root = _prepared_root(config)
     stat = path.resolve().stat()
 
     def cache_key(which: str) -> str:
@@ -100,9 +99,19 @@ def _prepared_large_file(config, path: Path, tokenizer: Tokenizer | None) -> str
     try:
         prepare(settings)
     except OSError as e:
-        raise DataError(f"{root}: cannot write prepared tokens there ({e.strerror or e}); set data.cache_dir (or "
-                        "LLM_CACHE_DIR) to a writable directory") from None
+        raise _unwritable(root, e) from None
     return str(root / key)
+
+
+def _prepared_root(config) -> Path:
+    """Where texts are prepared on first use: data.cache_dir, else $LLM_CACHE_DIR/prepared."""
+    return Path(config.data.cache_dir) if config.data.cache_dir else cache_dir() / "prepared"
+
+
+def _unwritable(root: Path, e: OSError) -> DataError:
+    """A file in the way, no permission, a full disk."""
+    return DataError(f"{root}: cannot write prepared tokens there ({e.strerror or e}); set data.cache_dir (or "
+                     "LLM_CACHE_DIR) to a writable directory")
 
 
 def _prepared_with(path: Path, tokenizer: Tokenizer) -> bool:
@@ -113,13 +122,12 @@ def prepared_corpus_splits(config, corpus: Corpus, tokenizer: Tokenizer) -> dict
     """A plain text's train and val tokens, prepared on first use (`prepare_corpus`) into the cache: a directory
     per (text, tokenizer, data.val_fraction) under data.cache_dir, else $LLM_CACHE_DIR/prepared."""
     d = config.data
-    root = Path(d.cache_dir) if d.cache_dir else cache_dir() / "prepared"
+    root = _prepared_root(config)
     key = hashlib.sha256(f"{corpus.sha256}\n{tokenizer.fingerprint()}\n{d.val_fraction!r}".encode()).hexdigest()
     try:
         manifest = prepare_corpus(corpus, tokenizer, root / key[:32], d.val_fraction)
-    except OSError as e:  # a file in the way, no permission, a full disk
-        raise DataError(f"{root}: cannot write prepared tokens there ({e.strerror or e}); set data.cache_dir (or "
-                        "LLM_CACHE_DIR) to a writable directory") from None
+    except OSError as e:
+        raise _unwritable(root, e) from None
     data = PreparedData(root / key[:32], manifest, tokenizer)
     return {split: data.tokens(split) if manifest["splits"][split]["tokens"] else np.zeros(0, np.uint16)
             for split in SPLITS}
@@ -138,12 +146,13 @@ def build_eval_dataset(config, spec: str, split: str, tokenizer: Tokenizer, *, m
         template.check_tokenizer(tokenizer)
         rows = SFTDataset.from_records(held_out, tokenizer, seq_len_of(config), template, pack=False, name=spec)
         return RecordsDataset(corpus, tokenizer, {"val": rows}, held_out, template)
-    if is_prepared(spec) or large_text_file(spec):
+    large = large_text_file(spec)
+    if is_prepared(spec) or large:
         if split not in SPLITS:
             raise ConfigError(f"eval.corpus={spec!r}: a prepared dataset has the splits {', '.join(SPLITS)}, "
                               f"not {split!r}")
-        if large_text_file(spec):
-            spec = _prepared_large_file(config, large_text_file(spec), tokenizer)
+        if large:
+            spec = _prepared_large_file(config, large, tokenizer)
         return _prepared_dataset(config, spec, tokenizer, (split,), max_tokens=max_tokens)
     corpus = load_corpus(spec, data_dir=d.data_dir)
     try:
