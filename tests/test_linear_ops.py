@@ -1,0 +1,126 @@
+"""The linear-attention family's three forms (recurrent, parallel, chunked) against naive per-token recurrences
+written here, token by token in Python loops: outputs, final states and gradients, with packed documents."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from llm.ops.linear.delta import delta_chunked, delta_parallel, delta_recurrent
+from llm.ops.linear.gla import gla_chunked, gla_parallel, gla_recurrent
+
+TOL = dict(rtol=2e-5, atol=2e-5)
+
+
+def restarts(segment_ids, i):
+    """[B, 1, 1, 1]: 0 where token i starts a new document (the state is dropped), else 1."""
+    if segment_ids is None or i == 0:
+        return 1.0
+    return (segment_ids[:, i] == segment_ids[:, i - 1]).astype(jnp.float32)[:, None, None, None]
+
+
+def naive_gla(q, k, v, g, segment_ids=None, state=None):
+    """S_t = diag(exp(g_t)) S_{t-1} + k_t v_t^T; o_t = S_t^T q_t."""
+    s = jnp.zeros(q.shape[:1] + q.shape[2:] + v.shape[-1:]) if state is None else state
+    g = jnp.broadcast_to(g, k.shape)
+    outs = []
+    for i in range(q.shape[1]):
+        s = restarts(segment_ids, i) * jnp.exp(g[:, i])[..., None] * s + k[:, i, ..., None] * v[:, i, :, None, :]
+        outs.append(jnp.einsum("bhk,bhkv->bhv", q[:, i], s))
+    return jnp.stack(outs, 1), s
+
+
+def naive_delta(q, k, v, b, g, segment_ids=None, state=None):
+    """S_t = exp(g_t) (I - b_t k_t k_t^T) S_{t-1} + b_t k_t v_t^T; o_t = S_t^T q_t."""
+    s = jnp.zeros(q.shape[:1] + q.shape[2:] + v.shape[-1:]) if state is None else state
+    eye = jnp.eye(k.shape[-1])
+    outs = []
+    for i in range(q.shape[1]):
+        k_t, b_t = k[:, i], b[:, i, :, None, None]
+        decay = restarts(segment_ids, i) * jnp.exp(g[:, i])[..., None, None]
+        s = decay * (eye - b_t * k_t[..., :, None] * k_t[..., None, :]) @ s + b_t * k_t[..., :, None] * v[:, i, :, None]
+        outs.append(jnp.einsum("bhk,bhkv->bhv", q[:, i], s))
+    return jnp.stack(outs, 1), s
+
+
+def inputs(seed=0, b=2, t=19, h=2, dk=4, dv=3, per_key=True):
+    rng = np.random.default_rng(seed)
+    f = lambda *shape: jnp.asarray(rng.normal(size=shape), jnp.float32)
+    q, k, v = f(b, t, h, dk), f(b, t, h, dk), f(b, t, h, dv)
+    g = jnp.asarray(np.log(rng.uniform(0.6, 1.0, size=(b, t, h, dk if per_key else 1))), jnp.float32)
+    seg = jnp.asarray(np.sort(rng.integers(0, 3, size=(b, t)), axis=1))
+    beta = jnp.asarray(rng.uniform(0.1, 1.0, size=(b, t, h)), jnp.float32)
+    return q, k, v, g, seg, beta
+
+
+def unit(x):
+    return x / jnp.linalg.norm(x, axis=-1, keepdims=True)
+
+
+@pytest.mark.parametrize("per_key", [True, False])
+@pytest.mark.parametrize("segments", [False, True])
+def test_gla_forms_equal_the_naive_recurrence(per_key, segments):
+    q, k, v, g, seg, _ = inputs(per_key=per_key)
+    seg = seg if segments else None
+    want, want_state = naive_gla(q, k, v, g, seg)
+    out, state = gla_recurrent(q, k, v, g, segment_ids=seg)
+    np.testing.assert_allclose(out, want, **TOL)
+    np.testing.assert_allclose(state, want_state, **TOL)
+    np.testing.assert_allclose(gla_parallel(q, k, v, g, segment_ids=seg), want, **TOL)
+    for chunk in (1, 4, 8, 32):
+        out, state = gla_chunked(q, k, v, g, chunk=chunk, segment_ids=seg)
+        np.testing.assert_allclose(out, want, **TOL, err_msg=f"chunk {chunk}")
+        np.testing.assert_allclose(state, want_state, **TOL, err_msg=f"chunk {chunk}")
+
+
+@pytest.mark.parametrize("gated", [False, True])
+@pytest.mark.parametrize("segments", [False, True])
+def test_delta_forms_equal_the_naive_recurrence(gated, segments):
+    q, k, v, g, seg, beta = inputs(seed=1)
+    k, g = unit(k), (g[..., 0] if gated else jnp.zeros(beta.shape))
+    seg = seg if segments else None
+    want, want_state = naive_delta(q, k, v, beta, g, seg)
+    out, state = delta_recurrent(q, k, v, beta, g, segment_ids=seg)
+    np.testing.assert_allclose(out, want, **TOL)
+    np.testing.assert_allclose(state, want_state, **TOL)
+    np.testing.assert_allclose(delta_parallel(q, k, v, beta, g, segment_ids=seg), want, **TOL)
+    for chunk in (1, 4, 8, 32):
+        out, state = delta_chunked(q, k, v, beta, g, chunk=chunk, segment_ids=seg)
+        np.testing.assert_allclose(out, want, **TOL, err_msg=f"chunk {chunk}")
+        np.testing.assert_allclose(state, want_state, **TOL, err_msg=f"chunk {chunk}")
+
+
+def test_every_form_continues_from_a_state():
+    q, k, v, g, _, beta = inputs(t=12)
+    k, gs = unit(k), g[..., 0]
+    want_gla, _ = naive_gla(q, k, v, g)
+    want_delta, _ = naive_delta(q, k, v, beta, gs)
+    cut = lambda xs, a, z: [x[:, a:z] for x in xs]
+    for form, args, want in [(gla_recurrent, (q, k, v, g), want_gla),
+                             (lambda *a, **kw: gla_chunked(*a, chunk=4, **kw), (q, k, v, g), want_gla),
+                             (delta_recurrent, (q, k, v, beta, gs), want_delta),
+                             (lambda *a, **kw: delta_chunked(*a, chunk=4, **kw), (q, k, v, beta, gs), want_delta)]:
+        _, s = form(*cut(args, 0, 7))
+        out, _ = form(*cut(args, 7, 12), state=s)
+        np.testing.assert_allclose(out, want[:, 7:], **TOL)
+
+
+def test_gradients_equal_the_naive_recurrences():
+    q, k, v, g, seg, beta = inputs(t=11)
+    k, gs = unit(k), g[..., 0]
+    w = jnp.asarray(np.random.default_rng(2).normal(size=v.shape), jnp.float32)
+
+    def grads(fn, args):
+        return jax.grad(lambda *a: jnp.sum(fn(*a) * w), argnums=tuple(range(len(args))))(*args)
+
+    cases = [(lambda *a: naive_gla(*a, seg)[0], (q, k, v, g),
+              [lambda *a: gla_recurrent(*a, segment_ids=seg)[0], lambda *a: gla_parallel(*a, segment_ids=seg),
+               lambda *a: gla_chunked(*a, chunk=4, segment_ids=seg)[0]]),
+             (lambda *a: naive_delta(*a, seg)[0], (q, k, v, beta, gs),
+              [lambda *a: delta_recurrent(*a, segment_ids=seg)[0], lambda *a: delta_parallel(*a, segment_ids=seg),
+               lambda *a: delta_chunked(*a, chunk=4, segment_ids=seg)[0]])]
+    for naive, args, forms in cases:
+        want = grads(naive, args)
+        for form in forms:
+            for x, y in zip(grads(form, args), want, strict=True):
+                np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5)
