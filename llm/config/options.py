@@ -184,6 +184,11 @@ _MODEL_COLUMNS: dict[str, tuple[str, str]] = {
     "qk_norm": (SOURCE, WEIGHTS),
     "short_conv": (SOURCE, UNSUPPORTED),
     "attn_softcap": (SOURCE, UNSUPPORTED),
+    "mixer": (SOURCE, UNSUPPORTED),  # Hugging Face's GPT-2 / Llama have softmax attention only
+    "mixer_pattern": (SOURCE, UNSUPPORTED),
+    "feature_map": (SOURCE, UNSUPPORTED),
+    "feature_dim": (SOURCE, UNSUPPORTED),
+    "mixer_chunk": (FREE, RUNTIME),
     "dropout": (FREE, RUNTIME),
     "dropout_mask": (FREE, RUNTIME),
     "use_bias": (SOURCE, WEIGHTS),

@@ -23,6 +23,9 @@ NORM_POSITIONS = ("pre", "post")
 DTYPES = ("float32", "bfloat16", "float16")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 DROPOUT_MASKS = ("hash", "bernoulli")  # llm/model/dropout.py
+# A layer's sequence mixer: softmax attention, or one of llm/model/mixers.py's sub-quadratic ones.
+MIXERS = ("attention", "linear", "based", "retnet", "gla", "mamba2", "deltanet", "gated_deltanet")
+FEATURE_MAPS = ("identity", "elu", "taylor")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,6 +57,13 @@ class ModelConfig:
     # after their projections (llm/model/conv.py; H3 / Based / Zoology's short convolutions); 0: none.
     short_conv: int = 0
     attn_softcap: float | None = None
+    # Every layer's sequence mixer (MIXERS), or with mixer_pattern (comma-separated mixers, e.g.
+    # "gla,gla,gla,attention") the layers' mixers in turn, the pattern repeated over the depth (a hybrid).
+    mixer: str = "attention"
+    mixer_pattern: str = ""
+    feature_map: str = "identity"  # the 'linear' mixer's feature map of queries and keys (FEATURE_MAPS)
+    feature_dim: int = 16  # the Taylor map's input size per head ('based', feature_map='taylor')
+    mixer_chunk: int = 64  # tokens per chunk of the mixers' chunked form
     dropout: float = 0.0
     dropout_mask: str = "hash"  # how masks are drawn: "hash" (fast) or "bernoulli" (llm/model/dropout.py)
     use_bias: bool = True
@@ -82,6 +92,17 @@ class ModelConfig:
     @property
     def dim_per_head(self) -> int:
         return self.d_model // self.n_heads if self.head_dim is None else self.head_dim
+
+    @property
+    def layer_mixers(self) -> tuple[str, ...]:
+        """The mixer of each layer."""
+        pattern = tuple(m.strip() for m in self.mixer_pattern.split(",")) if self.mixer_pattern else (self.mixer,)
+        return tuple(pattern[i % len(pattern)] for i in range(self.n_layers))
+
+    @property
+    def mixer_group(self) -> int:
+        """Layers per repeated group (the pattern's length; 1 without one): scan_layers scans over groups."""
+        return len(self.mixer_pattern.split(",")) if self.mixer_pattern else 1
 
     @property
     def gated(self) -> bool:
@@ -132,12 +153,14 @@ class ModelConfig:
         for name, options in [("position", POSITIONS), ("ffn", FFNS), ("activation", ACTIVATIONS),
                               ("norm", NORMS), ("norm_position", NORM_POSITIONS), ("dtype", DTYPES),
                               ("param_dtype", DTYPES), ("remat", REMAT_POLICIES),
-                              ("attention_impl", IMPLEMENTATIONS), ("dropout_mask", DROPOUT_MASKS)]:
+                              ("attention_impl", IMPLEMENTATIONS), ("dropout_mask", DROPOUT_MASKS),
+                              ("mixer", MIXERS), ("feature_map", FEATURE_MAPS)]:
             choice(name, options)
         if self.matmul_dtype is not None:
             choice("matmul_dtype", DTYPES)
         for name in ("vocab_size", "max_len", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim",
-                     "d_ff", "ff_multiple_of", "norm_eps", "rope_base", "window", "attn_softcap", "init_std"):
+                     "d_ff", "ff_multiple_of", "norm_eps", "rope_base", "window", "attn_softcap", "init_std",
+                     "feature_dim", "mixer_chunk"):
             positive(name)
         if self.head_dim is None and self.d_model % self.n_heads:
             raise ConfigError(f"model.d_model={self.d_model} is not divisible by model.n_heads={self.n_heads}; "
@@ -150,6 +173,7 @@ class ModelConfig:
                               f"{self.max_len}; shrink the window or drop it (None)")
         if self.position == "rope" and self.dim_per_head % 2:
             raise ConfigError(f"RoPE needs an even head_dim, got {self.dim_per_head}")
+        self._validate_mixers()
         if self.short_conv < 0:
             raise ConfigError(f"model.short_conv is a kernel size >= 0 (0: no convolution), got {self.short_conv}")
         if not 0.0 <= self.dropout < 1.0:
@@ -167,6 +191,19 @@ class ModelConfig:
             have = [impl for impl in IMPLEMENTATIONS if not missing(impl, **self.attention_features)]
             raise ConfigError(f"model.attention_impl={self.attention_impl!r} has no {FEATURES[lacks[0]]}; use "
                               f"{', '.join(map(repr, have))} with this model")
+
+
+    def _validate_mixers(self) -> None:
+        if self.mixer_pattern:
+            unknown = [m for m in self.mixer_pattern.split(",") if m.strip() not in MIXERS]
+            if unknown:
+                raise ConfigError(f"model.mixer_pattern={self.mixer_pattern!r}: {unknown[0]!r} is not one of: "
+                                  f"{', '.join(MIXERS)}")
+            if self.n_layers % self.mixer_group:
+                raise ConfigError(f"model.mixer_pattern has {self.mixer_group} layers, which do not divide "
+                                  f"model.n_layers={self.n_layers}; the pattern repeats over the depth")
+        if "based" in self.layer_mixers and self.window is None:
+            raise ConfigError("the 'based' mixer adds a sliding-window attention: set model.window (e.g. 64)")
 
 
 def _coerce(name: str, value: Any, hint: Any) -> Any:

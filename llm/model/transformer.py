@@ -12,6 +12,7 @@ from llm.model.dropout import Dropout
 from llm.model.feedforward import FeedForward
 from llm.model.linear import Projection
 from llm.model.matmuls import matmul_2d
+from llm.model.mixers import Mixer
 from llm.model.norms import make_norm
 from llm.model.positions import LearnedPositions, sinusoidal
 
@@ -33,6 +34,7 @@ class Block(nn.Module):
     cfg: ModelConfig
     deterministic: bool = True
     decode: bool = False
+    mixer: str = "attention"  # the sequence mixer: softmax attention or one of llm/model/mixers.py's
 
     @nn.compact
     def __call__(self, x_BTE, positions_BT, segment_ids_BT, decode_index):
@@ -42,7 +44,10 @@ class Block(nn.Module):
             return make_norm(cfg.norm, eps=cfg.norm_eps, use_bias=cfg.use_bias, dtype=jnp.dtype(cfg.dtype),
                              param_dtype=jnp.dtype(cfg.param_dtype), name=name)
 
-        attn = SelfAttention(cfg, decode=self.decode, deterministic=self.deterministic, name="attention")
+        if self.mixer == "attention":
+            attn = SelfAttention(cfg, decode=self.decode, deterministic=self.deterministic, name="attention")
+        else:
+            attn = Mixer(cfg, self.mixer, decode=self.decode, deterministic=self.deterministic, name="mixer")
         ffn = FeedForward(cfg, deterministic=self.deterministic, name="feed_forward")
         drop = Dropout(cfg.dropout, deterministic=self.deterministic, mask=cfg.dropout_mask)
         if cfg.norm_position == "pre":
@@ -53,6 +58,22 @@ class Block(nn.Module):
             x_BTE = norm("ffn_norm")(x_BTE + drop(ffn(x_BTE)))
         x_BTE = nn.with_logical_constraint(x_BTE, ("batch", "length", "embed"))
         return x_BTE, None  # (carry, per-layer output) so the block can be nn.scan'ed
+
+
+class Group(nn.Module):
+    """One repetition of `model.mixer_pattern`: a block per mixer of the pattern (what scan_layers scans over)."""
+
+    cfg: ModelConfig
+    block: type = Block
+    deterministic: bool = True
+    decode: bool = False
+
+    @nn.compact
+    def __call__(self, x_BTE, positions_BT, segment_ids_BT, decode_index):
+        for i, mixer in enumerate(self.cfg.layer_mixers[: self.cfg.mixer_group]):
+            x_BTE, _ = self.block(self.cfg, deterministic=self.deterministic, decode=self.decode, mixer=mixer,
+                                  name=f"block_{i}")(x_BTE, positions_BT, segment_ids_BT, decode_index)
+        return x_BTE, None
 
 
 class Transformer(nn.Module):
@@ -100,13 +121,16 @@ class Transformer(nn.Module):
             block = nn.remat(Block, policy=REMAT_POLICIES[cfg.remat], prevent_cse=not cfg.scan_layers)
         args = (positions_BT, segment_ids_BT, decode_index)
         if cfg.scan_layers:
-            stack = nn.scan(block, variable_axes={"params": 0, "cache": 0, "intermediates": 0},
+            # Scanned: one layer's parameters stacked n_layers deep; with a pattern, one group's, n_layers / P deep.
+            unit, kw = (block, {"mixer": cfg.mixer}) if cfg.mixer_group == 1 else (Group, {"block": block})
+            stack = nn.scan(unit, variable_axes={"params": 0, "cache": 0, "intermediates": 0},
                             split_rngs={"params": True, "dropout": True}, in_axes=(nn.broadcast,) * 3,
-                            length=cfg.n_layers, metadata_params={nn.PARTITION_NAME: "layers"})
-            x_BTE, _ = stack(cfg, deterministic=not train, decode=decode, name="layers")(x_BTE, *args)
+                            length=cfg.n_layers // cfg.mixer_group, metadata_params={nn.PARTITION_NAME: "layers"})
+            x_BTE, _ = stack(cfg, deterministic=not train, decode=decode, name="layers", **kw)(x_BTE, *args)
         else:
-            for i in range(cfg.n_layers):
-                x_BTE, _ = block(cfg, deterministic=not train, decode=decode, name=f"layers_{i}")(x_BTE, *args)
+            for i, mixer in enumerate(cfg.layer_mixers):
+                x_BTE, _ = block(cfg, deterministic=not train, decode=decode, mixer=mixer,
+                                 name=f"layers_{i}")(x_BTE, *args)
 
         if cfg.norm_position == "pre":
             x_BTE = make_norm(cfg.norm, eps=cfg.norm_eps, use_bias=cfg.use_bias, dtype=dtype,
