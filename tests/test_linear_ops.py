@@ -6,8 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from llm.ops.linear.delta import delta_chunked, delta_parallel, delta_recurrent
-from llm.ops.linear.gla import gla_chunked, gla_parallel, gla_recurrent
+from llm.ops.linear.delta import delta_chunked, delta_mixing, delta_parallel, delta_recurrent
+from llm.ops.linear.gla import gla_chunked, gla_mixing, gla_parallel, gla_recurrent
 
 TOL = dict(rtol=2e-5, atol=2e-5)
 
@@ -124,3 +124,16 @@ def test_gradients_equal_the_naive_recurrences():
         for form in forms:
             for x, y in zip(grads(form, args), want, strict=True):
                 np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5)
+
+
+def test_mixing_matrices_reproduce_the_outputs():
+    """What the explorer shows for a mixer layer: M with out = M v, exactly (no normalisation)."""
+    q, k, v, g, seg, beta = inputs(seed=3)
+    mix = lambda m: jnp.einsum("bhts,bshv->bthv", m, v)
+    np.testing.assert_allclose(mix(gla_mixing(q, k, g, segment_ids=seg)), naive_gla(q, k, v, g, seg)[0], **TOL)
+    k, gs = unit(k), g[..., 0]
+    np.testing.assert_allclose(mix(delta_mixing(q, k, beta, gs, segment_ids=seg)),
+                               naive_delta(q, k, v, beta, gs, seg)[0], **TOL)
+    m = delta_mixing(q, k, beta, gs, segment_ids=seg)
+    assert np.all(np.triu(np.asarray(m), 1) == 0)  # causal
+

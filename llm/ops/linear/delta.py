@@ -47,6 +47,20 @@ def delta_parallel(q, k, v, b, g=None, *, segment_ids=None):
     return out
 
 
+def delta_mixing(q, k, b, g=None, *, segment_ids=None):
+    """The token-mixing matrix M [B, H, T, T] with out = M v (no state in): tril(Q K^T * Gamma) A^-1 diag(b), the
+    parallel form with the values factored out (signed, rows not normalised)."""
+    g = jnp.zeros(b.shape, jnp.float32) if g is None else g
+    q, k, b = q.astype(jnp.float32), k.astype(jnp.float32), b.astype(jnp.float32)
+    gamma_ts, a_mat = _factors(k, b, g, segments(segment_ids, *q.shape[:2]))
+    scores = jnp.einsum("bthk,bshk,btsh->bhts", q, k, gamma_ts)
+    t = q.shape[1]
+    # M = scores A^-1 diag(b): solve A^T X^T = scores^T, i.e. X = scores A^-1.
+    x = jax.scipy.linalg.solve_triangular(a_mat, jnp.swapaxes(scores, -1, -2), lower=True, unit_diagonal=True,
+                                          trans=1)
+    return jnp.swapaxes(x, -1, -2) * jnp.moveaxis(b, 1, 2)[:, :, None, :t]
+
+
 def delta_chunked(q, k, v, b, g=None, *, chunk: int = 64, segment_ids=None, state=None):
     """(out, final state): the UT transform inside chunks of `chunk` tokens, the recurrence across them."""
     bsz, t, h, dk = q.shape
@@ -66,19 +80,24 @@ def delta_chunked(q, k, v, b, g=None, *, chunk: int = 64, segment_ids=None, stat
     return out[:, :t], state
 
 
+def _factors(k, b, g, seg):
+    """(Gamma [B, t, s, H]: exp(G_t - G_s) for s <= t in the same document, else 0; A [B, H, t, s]: the unit lower
+    triangular I + tril(diag(b) (K K^T * Gamma), -1))."""
+    c = k.shape[1]
+    cum = jnp.cumsum(g, axis=1)
+    keep = (seg[:, :, None] == seg[:, None, :])[..., None] & jnp.tril(jnp.ones((c, c), bool))[None, :, :, None]
+    diff = cum[:, :, None] - cum[:, None, :]
+    gamma_ts = jnp.where(keep, jnp.exp(jnp.where(keep, diff, 0.0)), 0.0)
+    strict = gamma_ts * (1.0 - jnp.eye(c))[None, :, :, None]
+    kk = jnp.einsum("bthk,bshk->btsh", k, k) * strict * b[:, :, None]
+    return gamma_ts, jnp.moveaxis(jnp.eye(c)[None, :, :, None] + kk, 3, 1)
+
+
 def _chunk(q, k, v, b, g, seg, state, prev_seg):
     """One chunk: (out [B, C, H, V], the state after it); `state` (None: empty) belongs to document `prev_seg`."""
     q, k, v, b, g = (x.astype(jnp.float32) for x in (q, k, v, b, g))
     cum = jnp.cumsum(g, axis=1)  # G_t [B, C, H]
-    c = q.shape[1]
-    same = (seg[:, :, None] == seg[:, None, :])[..., None]  # [B, t, s, 1]
-    lower = jnp.tril(jnp.ones((c, c), bool))[None, :, :, None]
-    diff = cum[:, :, None] - cum[:, None, :]  # G_t - G_s [B, t, s, H]
-    keep = same & lower
-    gamma_ts = jnp.where(keep, jnp.exp(jnp.where(keep, diff, 0.0)), 0.0)
-    strict = gamma_ts * (1.0 - jnp.eye(c))[None, :, :, None]
-    kk = jnp.einsum("bthk,bshk->btsh", k, k) * strict * b[:, :, None]
-    a_mat = jnp.moveaxis(jnp.eye(c)[None, :, :, None] + kk, 3, 1)  # [B, H, t, s], unit lower triangular
+    gamma_ts, a_mat = _factors(k, b, g, seg)
     rhs = b[..., None] * v  # [B, C, H, V]
     if state is not None:
         sees = (seg == prev_seg[:, None])[:, :, None]  # [B, C, 1]: still in the incoming state's document

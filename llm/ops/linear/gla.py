@@ -42,6 +42,14 @@ def gla_parallel(q, k, v, g, *, segment_ids=None):
     return out
 
 
+def gla_mixing(q, k, g, *, segment_ids=None):
+    """The token-mixing matrix M [B, H, T, T] of the parallel form, out = M v (no state in): what a layer of this
+    family has instead of attention probabilities (signed, rows not normalised)."""
+    q, k = q.astype(jnp.float32), k.astype(jnp.float32)
+    g = jnp.broadcast_to(g.astype(jnp.float32), k.shape)
+    return jnp.einsum("bthk,btshk,bshk->bhts", q, _pair_decay(g, segments(segment_ids, *q.shape[:2])), k)
+
+
 def gla_chunked(q, k, v, g, *, chunk: int = 64, segment_ids=None, state=None):
     """(out, final state) with the parallel form inside chunks of `chunk` tokens and the recurrence across them."""
     b, t, h, dk = q.shape
@@ -66,13 +74,7 @@ def _chunk(q, k, v, g, seg, state, prev_seg):
     q, k, v = (x.astype(jnp.float32) for x in (q, k, v))
     g = jnp.broadcast_to(g.astype(jnp.float32), k.shape)
     cum = jnp.cumsum(g, axis=1)  # G_t [B, C, H, K]
-    same = seg[:, :, None] == seg[:, None, :]  # [B, C(t), C(s)]
-    causal = jnp.tril(jnp.ones((q.shape[1],) * 2, bool))
-    # exp(G_t - G_s) for s <= t (else 0): [B, t, s, H, K]; the difference, not exp(G_t) / exp(G_s), stays finite.
-    diff = cum[:, :, None] - cum[:, None, :]
-    mask = (causal & same)[..., None, None]
-    decay_ts = jnp.where(mask, jnp.exp(jnp.where(mask, diff, 0.0)), 0.0)
-    scores = jnp.einsum("bthk,btshk,bshk->bhts", q, decay_ts, k)
+    scores = jnp.einsum("bthk,btshk,bshk->bhts", q, _pair_decay(g, seg), k)
     out = jnp.einsum("bhts,bshv->bthv", scores, v)
     if state is None:
         return out, None
@@ -84,6 +86,17 @@ def _chunk(q, k, v, g, seg, state, prev_seg):
     k_end = jnp.where(tail, k * jnp.exp(cum[:, -1:] - cum), 0.0)
     carried = jnp.where(sees[:, -1, :, :, None], jnp.exp(cum[:, -1])[..., None] * state, 0.0)
     return out, carried + jnp.einsum("bshk,bshv->bhkv", k_end, v)
+
+
+def _pair_decay(g, seg):
+    """exp(G_t - G_s) for s <= t in the same document, else 0: [B, t, s, H, K] (G the running sum of g [B, T, H, K]).
+    The difference, not exp(G_t) / exp(G_s), stays finite however long the chunk."""
+    cum = jnp.cumsum(g, axis=1)
+    same = seg[:, :, None] == seg[:, None, :]
+    causal = jnp.tril(jnp.ones((g.shape[1],) * 2, bool))
+    mask = (causal & same)[..., None, None]
+    diff = cum[:, :, None] - cum[:, None, :]
+    return jnp.where(mask, jnp.exp(jnp.where(mask, diff, 0.0)), 0.0)
 
 
 def split_chunks(xs, chunk: int):
