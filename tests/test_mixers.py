@@ -85,3 +85,25 @@ def test_state_sizes():
     cfg = tiny("gla")  # 2 heads of 16: a 16 x 16 state per head
     assert state_size(cfg, "gla") == 2 * 16 * 16 == state_size(cfg, "deltanet")
     assert state_size(tiny("linear"), "linear") == 2 * (1 + 16 + 256) * 16  # Taylor features of 16 dims
+
+
+@pytest.mark.parametrize("scan", [False, True])
+def test_the_explorer_shows_a_mixers_token_mixing(scan):
+    """llm explain on a hybrid: attention layers give probabilities, a mixer layer its mixing matrix as |M| per row
+    (that M v is the mixer's output is checked in tests/test_linear_ops.py)."""
+    from ml_collections import ConfigDict
+
+    from llm.explain import explain_data
+    from llm.runs import LoadedRun
+    from llm.tokenizers import ByteTokenizer
+
+    cfg = tiny("attention", vocab_size=257, n_layers=4, mixer_pattern="deltanet,attention", scan_layers=scan)
+    model = Transformer(cfg)
+    params = model.init(jax.random.key(0), TOKENS)["params"]
+    data = explain_data(LoadedRun(ConfigDict(), model, params, ByteTokenizer(), 3), "the cat")
+    weights = np.asarray(data["attention"]["weights"])  # [L, H, T, T]
+    assert weights.shape == (4, 2, 7, 7)
+    np.testing.assert_allclose(weights.sum(-1), 1.0, atol=1e-3)
+    assert np.all(np.triu(weights, 1) == 0)
+    assert "Layers 0 (deltanet), 2 (deltanet) have sub-quadratic mixers" in data["model"]["note"]
+

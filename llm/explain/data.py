@@ -66,6 +66,11 @@ def explain_data(run: LoadedRun, prompt: str, *, top: int = 50, max_vocab_points
     else:
         note = (f"The fused '{cfg.attention_impl}' attention kernel never materialises the attention weights, so "
                 "the explorer recomputed them with the reference softmax from each layer's own queries and keys.")
+    mixers = sorted({(m, i) for i, m in enumerate(cfg.layer_mixers) if m != "attention"}, key=lambda x: x[1])
+    if mixers:
+        layers = ", ".join(f"{i} ({m})" for m, i in mixers)
+        note += (f" Layers {layers} have sub-quadratic mixers instead of attention: no probabilities exist there; "
+                 "shown is their token-mixing matrix M (out = M v) as |M| normalised per row.")
     t = len(ids)
     mask_TT = np.asarray(make_mask(t, t, causal=True, window=cfg.window)[0, 0]).astype(int)
     return {
@@ -101,7 +106,7 @@ def explain_json(data: dict[str, Any]) -> str:
 def _compiled_forward(model):
     def f(params, tokens_BT):
         logits, state = model.apply({"params": params}, tokens_BT, mutable=["intermediates"])
-        return logits, state["intermediates"]
+        return logits, state.get("intermediates", {})
 
     return jax.jit(f)
 
@@ -116,13 +121,26 @@ def forward(run: LoadedRun, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if impl != model.cfg.attention_impl:
         model = Transformer(dataclasses.replace(model.cfg, attention_impl=impl))
     logits, inter = _compiled_forward(model)(run.params, jnp.asarray(np.asarray(ids)[None], jnp.int32))
-    n_layers = run.model.cfg.n_layers
-    if "layers" in inter:  # scan_layers: one stacked entry [L, B, H, T, T]
-        probs = np.asarray(inter["layers"]["attention"]["attention_weights"][0])[:, 0]
-    else:
-        probs = np.stack([np.asarray(inter[f"layers_{i}"]["attention"]["attention_weights"][0])[0]
-                          for i in range(n_layers)])
+    cfg = run.model.cfg
+    probs = np.stack([_layer_weights(inter, cfg, i) for i in range(cfg.n_layers)])
     return np.asarray(logits[0], np.float32), probs.astype(np.float32)
+
+
+def _layer_weights(inter, cfg, i: int) -> np.ndarray:
+    """Layer i's [H, T, T]: its attention probabilities, or for a sub-quadratic mixer its token-mixing matrix M
+    (out = M v) as |M| normalised per row: how strongly each earlier token's value enters each output."""
+    attention = cfg.layer_mixers[i] == "attention"
+    sub, name = ("attention", "attention_weights") if attention else ("mixer", "mixing_weights")
+    if not cfg.scan_layers:
+        w = np.asarray(inter[f"layers_{i}"][sub][name][0])[0]
+    elif cfg.mixer_group == 1:  # one stacked entry [L, B, H, T, T]
+        w = np.asarray(inter["layers"][sub][name][0])[i, 0]
+    else:  # a stacked entry per block of the pattern: [L / P, B, H, T, T]
+        w = np.asarray(inter["layers"][f"block_{i % cfg.mixer_group}"][sub][name][0])[i // cfg.mixer_group, 0]
+    if attention:
+        return w
+    w = np.abs(w)
+    return w / np.maximum(w.sum(axis=-1, keepdims=True), np.finfo(np.float32).tiny)
 
 
 def round_rows(p: np.ndarray, decimals: int = 4) -> np.ndarray:

@@ -26,7 +26,7 @@ from llm.model.config import ModelConfig
 from llm.model.conv import ShortConv
 from llm.model.linear import Projection
 from llm.model.norms import RMSNorm
-from llm.ops.linear import delta_chunked, delta_recurrent, gla_chunked, gla_recurrent
+from llm.ops.linear import delta_chunked, delta_mixing, delta_recurrent, gla_chunked, gla_mixing, gla_recurrent
 
 LINEAR_MIXERS = ("linear", "based", "retnet", "gla", "mamba2")
 DELTA_MIXERS = ("deltanet", "gated_deltanet")
@@ -81,11 +81,13 @@ class Mixer(nn.Module):
             g_BTH = self._ssd_decay(x_BTE) if mixer == "gated_deltanet" else jnp.zeros_like(beta_BTH)
             out_BTHV = self._core(delta_chunked, delta_recurrent, (q_BTHK, k_BTHK, v_BTHV, beta_BTH, g_BTH),
                                   segment_ids_BT)
+            self._sow_mixing(delta_mixing, (q_BTHK, k_BTHK, beta_BTH, g_BTH), segment_ids_BT)
         else:
             q_BTHK, k_BTHK = self._features(q_BTHK), self._features(k_BTHK)
             q_BTHK = q_BTHK * q_BTHK.shape[-1] ** -0.5
             g = self._decay(x_BTE, k_BTHK.shape)
             out_BTHV = self._core(gla_chunked, gla_recurrent, (q_BTHK, k_BTHK, v_BTHV, g), segment_ids_BT)
+            self._sow_mixing(gla_mixing, (q_BTHK, k_BTHK, g), segment_ids_BT)
         out_BTHV = RMSNorm(cfg.norm_eps, jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype), axis_name="kv",
                            name="head_norm")(out_BTHV.astype(jnp.dtype(cfg.dtype)))
         out_BTHV = nn.with_logical_constraint(out_BTHV, ("batch", "length", "heads", "kv"))
@@ -158,6 +160,11 @@ class Mixer(nn.Module):
             lambda key, shape, dtype: jnp.log(jnp.expm1(jnp.exp(jax.random.uniform(
                 key, shape, dtype, jnp.log(1e-3), jnp.log(1e-1))))), ("heads",)), (h,), jnp.float32)
         return -jnp.exp(a_log) * jax.nn.softplus(self._heads(x_BTE, "dt") + dt_bias)
+
+    def _sow_mixing(self, mixing, args, segment_ids_BT):
+        """With 'intermediates' mutable (the explorer): the token-mixing matrix M [B, H, T, T], out = M v."""
+        if not self.decode and self.is_mutable_collection("intermediates"):
+            self.sow("intermediates", "mixing_weights", mixing(*args, segment_ids=segment_ids_BT))
 
     def _core(self, chunked, recurrent, args, segment_ids_BT):
         """The chunked form in training; in decoding, the state in the 'cache' collection carried on, one token by

@@ -2,7 +2,8 @@
 training): gated linear attention (gla.py: linear attention, GLA, RetNet, Mamba-2's SSD) and the delta rule
 (delta.py: DeltaNet, Gated DeltaNet)."""
 
-from llm.ops.linear.delta import delta_chunked, delta_parallel, delta_recurrent
-from llm.ops.linear.gla import gla_chunked, gla_parallel, gla_recurrent
+from llm.ops.linear.delta import delta_chunked, delta_mixing, delta_parallel, delta_recurrent
+from llm.ops.linear.gla import gla_chunked, gla_mixing, gla_parallel, gla_recurrent
 
-__all__ = ["delta_chunked", "delta_parallel", "delta_recurrent", "gla_chunked", "gla_parallel", "gla_recurrent"]
+__all__ = ["delta_chunked", "delta_mixing", "delta_parallel", "delta_recurrent", "gla_chunked", "gla_mixing",
+           "gla_parallel", "gla_recurrent"]
