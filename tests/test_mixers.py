@@ -107,3 +107,20 @@ def test_the_explorer_shows_a_mixers_token_mixing(scan):
     assert np.all(np.triu(weights, 1) == 0)
     assert "Layers 0 (deltanet), 2 (deltanet) have sub-quadratic mixers" in data["model"]["note"]
 
+
+@pytest.mark.parametrize("mixer", ["gla", "gated_deltanet"])
+def test_chats_streaming_matches_greedy_full_passes(mixer):
+    """`llm chat`'s streaming (a prompt right-padded to a bucket with segment id 0, the index set back, then one
+    token a step) continues a mixer's state as repeated full forward passes choose greedily."""
+    from llm.config.sampling import SamplingParams
+    from llm.inference.streaming import stream_generate
+
+    model = Transformer(tiny(mixer))
+    params = model.init(jax.random.key(1), TOKENS)["params"]
+    prompt = [int(x) for x in TOKENS[0, :5]]  # 5 tokens: padded to a longer bucket
+    want = list(prompt)
+    for _ in range(6):
+        want.append(int(jnp.argmax(model.apply({"params": params}, jnp.asarray([want]))[0, -1])))
+    got = list(stream_generate(model, params, prompt, SamplingParams(temperature=0.0, max_new_tokens=6)))
+    assert got == want[5:]
+
