@@ -124,3 +124,12 @@ def test_chats_streaming_matches_greedy_full_passes(mixer):
     got = list(stream_generate(model, params, prompt, SamplingParams(temperature=0.0, max_new_tokens=6)))
     assert got == want[5:]
 
+
+@pytest.mark.parametrize("mixer", [*[m for m in MIXERS if m != "attention"], "gla,attention"])
+def test_parameter_counts_match_the_closed_form(mixer):
+    from llm.model.params import count_params, param_count_formula
+
+    cfg = tiny("gla", mixer_pattern=mixer) if "," in mixer else tiny(mixer, use_bias=mixer != "retnet")
+    params = Transformer(cfg).init(jax.random.key(0), TOKENS)["params"]
+    assert count_params(params) == param_count_formula(cfg)["total"]
+

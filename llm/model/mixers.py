@@ -43,6 +43,12 @@ def taylor_features(x):
     return jnp.concatenate([jnp.ones((*x.shape[:-1], 1), x.dtype), x, outer], axis=-1)
 
 
+def key_dim(cfg: ModelConfig, mixer: str) -> int:
+    """A mixer's projected query / key size per head, before its feature map."""
+    taylor = mixer == "based" or (mixer == "linear" and cfg.feature_map == "taylor")
+    return cfg.feature_dim if taylor else cfg.dim_per_head
+
+
 def feature_dims(cfg: ModelConfig, mixer: str) -> int:
     """The key (and query) size per head the state is built on: the feature map's output size."""
     if mixer == "based" or (mixer == "linear" and cfg.feature_map == "taylor"):
@@ -72,9 +78,7 @@ class Mixer(nn.Module):
     @nn.compact
     def __call__(self, x_BTE, positions_BT, segment_ids_BT, decode_index):
         cfg, mixer = self.cfg, self.mixer
-        dk = cfg.feature_dim if mixer == "based" or (mixer == "linear" and cfg.feature_map == "taylor") \
-            else cfg.dim_per_head
-        q_BTHK, k_BTHK, v_BTHV = self._qkv(x_BTE, dk, segment_ids_BT, decode_index)
+        q_BTHK, k_BTHK, v_BTHV = self._qkv(x_BTE, key_dim(cfg, mixer), segment_ids_BT, decode_index)
         if mixer in DELTA_MIXERS:
             q_BTHK, k_BTHK = _unit(jax.nn.silu(q_BTHK)), _unit(jax.nn.silu(k_BTHK))
             beta_BTH = jax.nn.sigmoid(self._heads(x_BTE, "beta"))

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from llm.model.config import ModelConfig
+from llm.model.mixers import GLA_GATE_RANK, key_dim
 
 
 def count_params(params: Any) -> int:
@@ -26,10 +27,12 @@ def param_count_formula(cfg: ModelConfig) -> dict[str, int]:
     conv = _short_conv_params(cfg)
     n_in = 2 if cfg.gated else 1
     ffn = n_in * e * f + f * e + bias * (n_in * f + e)
+    mixing = {m: attention + conv if m == "attention" else _mixer_params(cfg, m, attention)
+              for m in set(cfg.layer_mixers)}
     counts = {
         "embed": v * e,
         "positions": cfg.max_len * e if cfg.position == "learned" else 0,
-        "layers": cfg.n_layers * (attention + conv + ffn + 2 * norm),
+        "layers": sum(mixing[m] for m in cfg.layer_mixers) + cfg.n_layers * (ffn + 2 * norm),
         "final_norm": norm if cfg.norm_position == "pre" else 0,
         "unembed": 0 if cfg.tie_embeddings else e * v,
     }
@@ -37,17 +40,35 @@ def param_count_formula(cfg: ModelConfig) -> dict[str, int]:
     return counts
 
 
+def _mixer_params(cfg: ModelConfig, mixer: str, attention: int) -> int:
+    """One sub-quadratic mixer layer (llm/model/mixers.py): projections (a bias on the output only), the per-head
+    output norm, short convolutions, and each mixer's gates; `attention`: a softmax attention layer's projections
+    (Based has one beside its linear attention)."""
+    e, h, dv = cfg.d_model, cfg.n_heads, cfg.dim_per_head
+    dk = key_dim(cfg, mixer)
+    n = 2 * e * h * dk + e * h * dv + h * dv * e + (e if cfg.use_bias else 0) + dv
+    n += _short_conv_params(cfg, mixer)
+    n += {"gla": e * GLA_GATE_RANK + GLA_GATE_RANK * h * dk + h * dk, "mamba2": e * h + 2 * h, "deltanet": e * h,
+          "gated_deltanet": 2 * e * h + 2 * h, "based": attention}.get(mixer, 0)
+    return n
+
+
 def flops_params(cfg: ModelConfig) -> int:
     """N in PaLM's 6N + 12LHQT training FLOPs per token: every matmul weight, the output projection included,
     the input embedding and position tables (lookups, not matmuls) excluded, and so are the short convolutions'
     depthwise kernels (2K FLOPs per channel and token, not a matmul)."""
     c = param_count_formula(cfg)
-    return c["layers"] - cfg.n_layers * _short_conv_params(cfg) + c["final_norm"] + cfg.vocab_size * cfg.d_model
+    convs = sum(_short_conv_params(cfg, m) for m in cfg.layer_mixers)
+    return c["layers"] - convs + c["final_norm"] + cfg.vocab_size * cfg.d_model
 
 
-def _short_conv_params(cfg: ModelConfig) -> int:
-    """One layer's depthwise kernels of the query, key and value short convolutions."""
-    return cfg.short_conv * (cfg.n_heads + 2 * cfg.kv_heads) * cfg.dim_per_head
+def _short_conv_params(cfg: ModelConfig, mixer: str = "attention") -> int:
+    """One layer's depthwise kernels of its query, key and value short convolutions (Based: both branches')."""
+    attention = cfg.short_conv * (cfg.n_heads + 2 * cfg.kv_heads) * cfg.dim_per_head
+    if mixer == "attention":
+        return attention
+    own = cfg.short_conv * cfg.n_heads * (2 * key_dim(cfg, mixer) + cfg.dim_per_head)
+    return own + (attention if mixer == "based" else 0)
 
 
 def train_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
