@@ -45,9 +45,8 @@ def gla_parallel(q, k, v, g, *, segment_ids=None):
 def gla_mixing(q, k, g, *, segment_ids=None):
     """The token-mixing matrix M [B, H, T, T] of the parallel form, out = M v (no state in): what a layer of this
     family has instead of attention probabilities (signed, rows not normalised)."""
-    q, k = q.astype(jnp.float32), k.astype(jnp.float32)
-    g = jnp.broadcast_to(g.astype(jnp.float32), k.shape)
-    return jnp.einsum("bthk,btshk,bshk->bhts", q, _pair_decay(g, segments(segment_ids, *q.shape[:2])), k)
+    return _scores(q.astype(jnp.float32), k.astype(jnp.float32), g.astype(jnp.float32),
+                   segments(segment_ids, *q.shape[:2]))
 
 
 def gla_chunked(q, k, v, g, *, chunk: int = 64, segment_ids=None, state=None):
@@ -72,9 +71,9 @@ def _chunk(q, k, v, g, seg, state, prev_seg):
     """One chunk of C tokens: (out [B, C, H, V], the state after it). `state` (None: empty) belongs to the document
     `prev_seg` [B]; a token of another document does not see it."""
     q, k, v = (x.astype(jnp.float32) for x in (q, k, v))
-    g = jnp.broadcast_to(g.astype(jnp.float32), k.shape)
-    cum = jnp.cumsum(g, axis=1)  # G_t [B, C, H, K]
-    scores = jnp.einsum("bthk,btshk,bshk->bhts", q, _pair_decay(g, seg), k)
+    g = g.astype(jnp.float32)
+    cum = jnp.cumsum(g, axis=1)  # G_t [B, C, H, K or 1]
+    scores = _scores(q, k, g, seg)
     out = jnp.einsum("bhts,bshv->bthv", scores, v)
     if state is None:
         return out, None
@@ -86,6 +85,15 @@ def _chunk(q, k, v, g, seg, state, prev_seg):
     k_end = jnp.where(tail, k * jnp.exp(cum[:, -1:] - cum), 0.0)
     carried = jnp.where(sees[:, -1, :, :, None], jnp.exp(cum[:, -1])[..., None] * state, 0.0)
     return out, carried + jnp.einsum("bshk,bshv->bhkv", k_end, v)
+
+
+def _scores(q, k, g, seg):
+    """sum_k q_tk exp(G_tk - G_sk) k_sk over s <= t in the same document: [B, H, t, s]. A decay per head (g [.., 1])
+    factors out of the sum, so only [B, t, s, H] decays are built, not [B, t, s, H, K]."""
+    decay = _pair_decay(g, seg)
+    if g.shape[-1] == 1:
+        return jnp.einsum("bthk,bshk->bhts", q, k) * jnp.moveaxis(decay[..., 0], 3, 1)
+    return jnp.einsum("bthk,btshk,bshk->bhts", q, decay, k)
 
 
 def _pair_decay(g, seg):
