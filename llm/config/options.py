@@ -189,6 +189,7 @@ _MODEL_COLUMNS: dict[str, tuple[str, str]] = {
     "feature_map": (SOURCE, UNSUPPORTED),
     "feature_dim": (SOURCE, UNSUPPORTED),
     "mixer_chunk": (FREE, RUNTIME),
+    "mixer_impl": (FREE, RUNTIME),
     "dropout": (FREE, RUNTIME),
     "dropout_mask": (FREE, RUNTIME),
     "use_bias": (SOURCE, WEIGHTS),

@@ -26,6 +26,10 @@ DROPOUT_MASKS = ("hash", "bernoulli")  # llm/model/dropout.py
 # A layer's sequence mixer: softmax attention, or one of llm/model/mixers.py's sub-quadratic ones.
 MIXERS = ("attention", "linear", "based", "retnet", "gla", "mamba2", "deltanet", "gated_deltanet")
 FEATURE_MAPS = ("identity", "elu", "taylor")
+# How the mixers run in training: the chunked jnp form, or the Pallas kernel (llm/kernels/linear_attention.py; the
+# gated-linear family: linear, based, retnet, gla, mamba2; packed documents fall back to the jnp form).
+MIXER_IMPLS = ("chunked", "pallas")
+PALLAS_MIXERS = ("linear", "based", "retnet", "gla", "mamba2")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,7 +67,8 @@ class ModelConfig:
     mixer_pattern: str = ""
     feature_map: str = "identity"  # the 'linear' mixer's feature map of queries and keys (FEATURE_MAPS)
     feature_dim: int = 16  # the Taylor map's input size per head ('based', feature_map='taylor')
-    mixer_chunk: int = 64  # tokens per chunk of the mixers' chunked form
+    mixer_chunk: int = 64  # tokens per chunk of the mixers' chunked form (and of the Pallas kernel)
+    mixer_impl: str = "chunked"  # MIXER_IMPLS
     dropout: float = 0.0
     dropout_mask: str = "hash"  # how masks are drawn: "hash" (fast) or "bernoulli" (llm/model/dropout.py)
     use_bias: bool = True
@@ -154,7 +159,8 @@ class ModelConfig:
                               ("norm", NORMS), ("norm_position", NORM_POSITIONS), ("dtype", DTYPES),
                               ("param_dtype", DTYPES), ("remat", REMAT_POLICIES),
                               ("attention_impl", IMPLEMENTATIONS), ("dropout_mask", DROPOUT_MASKS),
-                              ("mixer", MIXERS), ("feature_map", FEATURE_MAPS)]:
+                              ("mixer", MIXERS), ("feature_map", FEATURE_MAPS),
+                              ("mixer_impl", MIXER_IMPLS)]:
             choice(name, options)
         if self.matmul_dtype is not None:
             choice("matmul_dtype", DTYPES)
@@ -204,6 +210,10 @@ class ModelConfig:
                                   f"model.n_layers={self.n_layers}; the pattern repeats over the depth")
         if "based" in self.layer_mixers and self.window is None:
             raise ConfigError("the 'based' mixer adds a sliding-window attention: set model.window (e.g. 64)")
+        others = sorted({m for m in self.layer_mixers if m != "attention" and m not in PALLAS_MIXERS})
+        if self.mixer_impl == "pallas" and others:
+            raise ConfigError(f"model.mixer_impl='pallas' covers {', '.join(PALLAS_MIXERS)}, not {others[0]!r}; use "
+                              "model.mixer_impl='chunked'")
 
 
 def _coerce(name: str, value: Any, hint: Any) -> Any:

@@ -26,7 +26,8 @@ from llm.model.config import ModelConfig
 from llm.model.conv import ShortConv
 from llm.model.linear import Projection
 from llm.model.norms import RMSNorm
-from llm.ops.linear import delta_chunked, delta_mixing, delta_recurrent, gla_chunked, gla_mixing, gla_recurrent
+from llm.ops.linear import (delta_chunked, delta_mixing, delta_recurrent, gla_chunked, gla_mixing, gla_pallas,
+                            gla_recurrent)
 
 LINEAR_MIXERS = ("linear", "based", "retnet", "gla", "mamba2")
 DELTA_MIXERS = ("deltanet", "gated_deltanet")
@@ -176,6 +177,8 @@ class Mixer(nn.Module):
         strength and decay)."""
         chunk = self.cfg.mixer_chunk
         if not self.decode:
+            if self.cfg.mixer_impl == "pallas" and segment_ids_BT is None and chunked is gla_chunked:
+                return gla_pallas(*args, chunk=chunk)[0]
             return chunked(*args, chunk=chunk, segment_ids=segment_ids_BT)[0]
         q, k, v, *rest = args
         b, _, h, dk = k.shape

@@ -1,0 +1,81 @@
+"""Recall against state: every sequence mixer on Zoology's multi-query associative recall (MQAR).
+
+    llm sweep experiments/mixers_mqar.py:lr --workdir runs/mixers_lr --parallel 2    # 1. learning rates
+    llm report runs/mixers_lr                                                       #    -> LR below
+    llm sweep experiments/mixers_mqar.py --workdir runs/mixers_mqar --parallel 2     # 2. widths x seeds
+    llm report runs/mixers_mqar --x state_size
+
+The task (`llm/data/synthetic.py`, `layout=zoology`): length 256, 16 key-value pairs, then the 16 keys again as
+queries at power-law gaps; accuracy counts the 16 answers. The model is Zoology's: 2 layers, widths 64, 128, 256;
+here 4 heads, RoPE (for the attention layers), a short causal convolution (kernel 3) on queries, keys and values of
+every mixer (as Based, GLA, DeltaNet and Zoology's attention baseline have), training rows with 4-16 pairs (Zoology
+trains on a mixture), vocabulary 256 instead of 8192 (see experiments/results/attention_ablation.md for why these
+fit a CPU budget).
+
+Mixers: softmax attention, sliding-window attention (64 tokens), and every `model.mixer`: linear (elu+1 feature
+map), based (Taylor map on 16 dimensions + the 64-token window), retnet, gla, mamba2, deltanet, gated_deltanet.
+The learning rate of each mixer is the best of `LR_GRID` at width 128, seed 0 (stage 1, `get_sweep("lr")`); stage
+2 runs every mixer at its learning rate for every width and seed. State size: numbers a layer keeps per sequence to
+decode (`llm.model.mixers.state_size`; attention: its KV cache at this length), logged with each run.
+Results: experiments/results/mixers_mqar.md.
+"""
+
+from llm.config import get_base_config
+from llm.sweep import chain
+
+LENGTH, PAIRS, VOCAB = 256, 16, 256
+WIDTHS = (64, 128, 256)
+SEEDS = (0, 1)
+LR_GRID = (1e-3, 3e-3, 1e-2)
+WINDOW = 64
+MIXERS = {  # run name -> overrides
+    "attention": {},
+    "window": {"model.window": WINDOW},
+    "linear": {"model.mixer": "linear", "model.feature_map": "elu"},
+    "based": {"model.mixer": "based", "model.feature_map": "taylor", "model.window": WINDOW},
+    "retnet": {"model.mixer": "retnet"},
+    "gla": {"model.mixer": "gla"},
+    "mamba2": {"model.mixer": "mamba2"},
+    "deltanet": {"model.mixer": "deltanet"},
+    "gated_deltanet": {"model.mixer": "gated_deltanet"},
+}
+# Stage 1's choice (the best final validation accuracy of LR_GRID at width 128, seed 0; ties: the smaller rate).
+LR = {"attention": 3e-3, "window": 3e-3, "linear": 3e-3, "based": 3e-3, "retnet": 3e-3, "gla": 3e-3,
+      "mamba2": 3e-3, "deltanet": 3e-3, "gated_deltanet": 3e-3}
+
+
+def get_config(arg=None):
+    if arg:
+        raise ValueError(f"mixers_mqar has no presets (got {arg!r})")
+    c = get_base_config()
+    c.data.synthetic = f"mqar:pairs={PAIRS},vocab={VOCAB},layout=zoology,min_pairs={PAIRS // 4}"
+    c.model.d_model, c.model.n_layers, c.model.n_heads = 128, 2, 4
+    c.model.max_len = LENGTH
+    c.model.position = "rope"
+    c.model.short_conv = 3
+    c.model.dropout = 0.0
+    c.train.batch_size = 32
+    c.train.steps = 600
+    c.train.eval_every = 200
+    c.train.eval_batches = 4
+    c.train.checkpoint_every = 300
+    c.train.log_every = 50
+    c.train.progress = False
+    c.optim.lr = 3e-3
+    c.optim.warmup_steps = 60
+    c.optim.weight_decay = 0.1
+    c.sample.num_samples = 0
+    return c
+
+
+def _run(mixer, width, seed, lr):
+    return {"_name": f"{mixer}-d{width}-s{seed}-lr{lr:g}", **MIXERS[mixer], "model.d_model": width, "seed": seed,
+            "optim.lr": lr}
+
+
+def get_sweep(arg=None):
+    if arg == "lr":
+        return chain([_run(m, 128, 0, lr) for m in MIXERS for lr in LR_GRID])
+    if arg:
+        raise ValueError(f"mixers_mqar sweeps: '' (widths x seeds) or 'lr' (learning rates), got {arg!r}")
+    return chain([_run(m, w, s, LR[m]) for m in MIXERS for w in WIDTHS for s in SEEDS])
