@@ -1,14 +1,18 @@
 """Sub-quadratic mixers in the model (llm/model/mixers.py): decoding with the recurrent state equals the full
 forward pass at every position, packed documents do not see each other, hybrids scan, bad configs are refused."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from llm.errors import ConfigError
+from llm.hf.configs import HFConversionError, check_exportable
 from llm.model.config import MIXERS, ModelConfig
 from llm.model.mixers import state_size
+from llm.model.params import flops_params, mixing_flops_per_token, train_flops_per_token
+from llm.ops.linear import gla_chunked
 from llm.model.transformer import Transformer
 
 EXTRA = {"based": {"window": 8}, "linear": {"feature_map": "taylor"}}
@@ -133,3 +137,85 @@ def test_parameter_counts_match_the_closed_form(mixer):
     params = Transformer(cfg).init(jax.random.key(0), TOKENS)["params"]
     assert count_params(params) == param_count_formula(cfg)["total"]
 
+
+
+def _xla_flops(fn, *args):
+    cost = jax.jit(fn).lower(*args).compile().cost_analysis()
+    return (cost[0] if isinstance(cost, list) else cost)["flops"]
+
+
+@pytest.mark.parametrize("mixer", ["linear", "mamba2"])
+def test_mixing_flops_match_xlas_count(mixer):
+    """The closed form's forward (a third of the training count) against XLA's count of the chunked core, one chunk
+    with a state in (XLA counts a loop body once, so one chunk; a state argument keeps its terms from folding).
+    A decay per key (GLA) costs the jnp form another ~4 C K elementwise FLOPs a token, which the count leaves out
+    as it leaves out softmax's exponentials."""
+    cfg = tiny(mixer, d_model=128, n_heads=2, mixer_chunk=64, feature_map="identity")
+    b, t, h, d = 2, 64, cfg.n_heads, cfg.dim_per_head
+    r = lambda i, *shape: jax.random.normal(jax.random.key(i), shape)
+    q, k, v, s0 = r(0, b, t, h, d), r(1, b, t, h, d), r(2, b, t, h, d), r(3, b, h, d, d)
+    g = -jnp.abs(r(4, b, t, h, 1))
+    xla = _xla_flops(lambda *a: gla_chunked(*a, chunk=64, state=s0), q, k, v, g) / (b * t * h)
+    ours = mixing_flops_per_token(cfg, mixer, t) / 3 / h
+    assert ours == pytest.approx(xla, rel=0.05)
+    assert mixing_flops_per_token(cfg, "attention", t) == 12 * h * d * t  # PaLM's 12 H Q T
+
+
+def test_training_flops_count_each_layers_mixer():
+    cfg = tiny("gla", mixer_pattern="gla,attention", n_layers=2)
+    want = 6 * flops_params(cfg) + mixing_flops_per_token(cfg, "gla", 32) + mixing_flops_per_token(cfg, "attention", 32)
+    assert train_flops_per_token(cfg, 32) == want
+    windowed = tiny("attention", window=8)
+    assert mixing_flops_per_token(windowed, "attention", 32) == 12 * 2 * 16 * 8  # a window caps T
+
+
+def test_sharding_names_and_lora_targets_treat_mixers_like_attention():
+    """Every mixer parameter carries logical axis names (so mesh rules shard it), heads on the head axis; LoRA's
+    default targets adapt a mixer's query and value as they do attention's, starting as the base model."""
+    cfg = tiny("gla", mixer_pattern="gla,mamba2,gated_deltanet,based", n_layers=4, window=8)
+    boxed = Transformer(cfg).init(jax.random.key(0), TOKENS)["params"]
+    leaves = jax.tree_util.tree_leaves_with_path(boxed, is_leaf=lambda x: isinstance(x, nn.Partitioned))
+    unnamed = [jax.tree_util.keystr(p) for p, x in leaves if not isinstance(x, nn.Partitioned)]
+    assert not unnamed
+    names = {jax.tree_util.keystr(p): x.names for p, x in leaves}
+    mixer_names = {p: n for p, n in names.items() if "'mixer'" in p}
+    for suffix in ("'query']['kernel']", "'value']['kernel']", "'out']['kernel']", "'a_log']", "'gate_up']['kernel']"):
+        hits = [n for p, n in mixer_names.items() if p.endswith(suffix)]
+        assert hits and all({"heads", "kv_heads"} & set(n) for n in hits), suffix
+
+    lora = tiny("gla", lora_rank=2)
+    params = nn.unbox(Transformer(lora).init(jax.random.key(0), TOKENS)["params"])
+    adapted = {"/".join(str(getattr(k, "key", k)) for k in p[:-1])
+               for p, _ in jax.tree_util.tree_leaves_with_path(params) if getattr(p[-1], "key", "") == "lora_b"}
+    assert adapted == {f"layers_{i}/mixer/{m}" for i in range(2) for m in ("query", "value")}
+    base = Transformer(tiny("gla"))
+    base_params = jax.tree_util.tree_map(lambda x: x, params)
+    for i in range(2):
+        for m in ("query", "value"):
+            del base_params[f"layers_{i}"]["mixer"][m]["lora_a"], base_params[f"layers_{i}"]["mixer"][m]["lora_b"]
+    np.testing.assert_allclose(Transformer(lora).apply({"params": params}, TOKENS),
+                               base.apply({"params": base_params}, TOKENS), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("mixer", ["gla", "mamba2"])
+def test_the_pallas_kernel_trains_as_the_chunked_form(mixer):
+    """model.mixer_impl='pallas' (the kernel, interpreted on CPU): the same loss and gradients as the jnp form."""
+    def loss_and_grads(impl):
+        model = Transformer(tiny(mixer, mixer_impl=impl))
+        params = model.init(jax.random.key(0), TOKENS)["params"]
+        loss = lambda p: jnp.mean(jax.nn.logsumexp(model.apply({"params": p}, TOKENS), -1))
+        return jax.value_and_grad(loss)(params)
+
+    (want, want_grads), (got, grads) = loss_and_grads("chunked"), loss_and_grads("pallas")
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    for x, y in zip(jax.tree_util.tree_leaves(grads), jax.tree_util.tree_leaves(want_grads), strict=True):
+        np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6)
+
+
+def test_pallas_and_hf_export_refuse_what_they_cannot_do():
+    with pytest.raises(ConfigError, match="mixer_impl='pallas' covers .* not 'deltanet'"):
+        ModelConfig.from_dict({**tiny("deltanet").__dict__, "mixer_impl": "pallas"})
+    llama = dict(position="rope", norm="rmsnorm", ffn="swiglu", use_bias=False, short_conv=0)
+    with pytest.raises(HFConversionError, match="model.mixer='gla' cannot be exported"):
+        check_exportable(tiny("gla", **llama), "llama")
+    check_exportable(tiny("attention", **llama), "llama")  # the same model with attention exports

@@ -87,7 +87,7 @@ class ModelConfig:
     lora_rank: int = 0
     lora_alpha: float = 16.0
     lora_dropout: float = 0.0
-    lora_targets: str = "attention/(query|value)"
+    lora_targets: str = "(attention|mixer)/(query|value)"
 
     # ---- derived values -------------------------------------------------------------------------------
     @property

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from llm.model.config import ModelConfig
-from llm.model.mixers import GLA_GATE_RANK, key_dim
+from llm.model.mixers import DELTA_MIXERS, GLA_GATE_RANK, feature_dims, key_dim
 
 
 def count_params(params: Any) -> int:
@@ -72,8 +72,27 @@ def _short_conv_params(cfg: ModelConfig, mixer: str = "attention") -> int:
 
 
 def train_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
-    """PaLM appendix B: 6N + 12 L H Q T (full T^2 attention, no causal halving)."""
-    return 6 * flops_params(cfg) + 12 * cfg.n_layers * cfg.n_heads * cfg.dim_per_head * seq_len
+    """PaLM appendix B: 6N + 12 L H Q T (full T^2 attention, no causal halving), the attention term taken per layer
+    by `mixing_flops_per_token` (sub-quadratic mixers, sliding windows)."""
+    return 6 * flops_params(cfg) + sum(mixing_flops_per_token(cfg, m, seq_len) for m in cfg.layer_mixers)
+
+
+def mixing_flops_per_token(cfg: ModelConfig, mixer: str, seq_len: int) -> float:
+    """Training FLOPs (forward and backward, 3x the forward) per token of one layer's token mixing: what its weight
+    matmuls (6N) leave out. Per head, with Q the head size, K the key (feature) size, V the value size, C the chunk:
+
+        attention       4 Q T' forward: scores and their mix over T' = T, or the window (PaLM's 12 H Q T)
+        gla family      2 C (K + V) in-chunk scores and their mix + 4 K V reading and writing the state
+        delta rule      4 C K + 3 C V + 6 K V: also the chunk's K K^T, its triangular solve and the K S term
+        based           the gla family's, plus its window attention's
+    """
+    h, q, c = cfg.n_heads, cfg.dim_per_head, cfg.mixer_chunk
+    window = min(seq_len, cfg.window or seq_len)
+    if mixer == "attention":
+        return 12 * h * q * window
+    k = feature_dims(cfg, mixer)
+    forward = 4 * c * k + 3 * c * q + 6 * k * q if mixer in DELTA_MIXERS else 2 * c * (k + q) + 4 * k * q
+    return 3 * h * forward + (12 * h * q * window if mixer == "based" else 0)
 
 
 _LAYER = re.compile(r"layers_(\d+)$")
