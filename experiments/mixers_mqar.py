@@ -27,7 +27,7 @@ from llm.sweep import chain
 LENGTH, PAIRS, VOCAB = 256, 16, 256
 WIDTHS = (64, 128, 256)
 SEEDS = (0, 1)
-LR_GRID = (1e-3, 3e-3, 1e-2)
+LR_GRID = (3e-3, 1e-2)
 WINDOW = 64
 MIXERS = {  # run name -> overrides
     "attention": {},

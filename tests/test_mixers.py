@@ -219,3 +219,15 @@ def test_pallas_and_hf_export_refuse_what_they_cannot_do():
     with pytest.raises(HFConversionError, match="model.mixer='gla' cannot be exported"):
         check_exportable(tiny("gla", **llama), "llama")
     check_exportable(tiny("attention", **llama), "llama")  # the same model with attention exports
+
+
+@pytest.mark.parametrize("mixer", ["gla", "deltanet"])
+def test_decoding_memory_does_not_grow_with_the_context(mixer):
+    """A recurrent mixer's cache (state and the convolutions' last K-1 inputs) is the same at any max_len."""
+    def cache_bytes(max_len):
+        cache = Transformer(tiny(mixer, max_len=max_len)).init(jax.random.key(0), TOKENS[:, :1], decode=True)["cache"]
+        return sum(x.nbytes for x in jax.tree_util.tree_leaves(cache))
+
+    assert cache_bytes(32) == cache_bytes(4096)
+    # per layer: the state [B, H, 16, 16] and three convolutions' last 2 inputs [B, 2, H, 16] + ids [B, 2]; one index
+    assert cache_bytes(32) == 2 * (2 * 2 * 16 * 16 * 4 + 3 * (2 * 2 * 2 * 16 * 4 + 2 * 2 * 4)) + 4

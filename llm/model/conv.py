@@ -57,6 +57,10 @@ class ShortConv(nn.Module):
     writes its T inputs at slots [index, index + T) and reads slots index-K+1 .. index-1 as the preceding inputs.
     So moving the cache index back (chat's bucketed prefill does: it pads the prompt at the end, then sets the
     index to the prompt's length) moves the convolution's history back with it.
+
+    rolling=True (the sub-quadratic mixers, whose decoding memory must not grow with the context): the cache keeps
+    only the last K-1 real inputs (`last_inputs`, `last_segment_ids`); padding (segment id 0, which the mixers'
+    callers pass for it) never enters it, so the index need not move back.
     """
 
     kernel_size: int
@@ -65,6 +69,7 @@ class ShortConv(nn.Module):
     decode: bool = False
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
+    rolling: bool = False
 
     @nn.compact
     def __call__(self, x_BTF, segment_ids_BT, decode_index):
@@ -79,6 +84,8 @@ class ShortConv(nn.Module):
         features = x_BTF.shape[2:]
         if segment_ids_BT is None:
             segment_ids_BT = jnp.ones((b, t), jnp.int32)  # as the KV cache's default
+        if self.rolling:
+            return self._rolling(x_BTF, w, segment_ids_BT)
         initialized = self.has_variable("cache", "inputs")
         inputs = self.variable("cache", "inputs", jnp.zeros, (b, k - 1 + self.max_len, *features), x_BTF.dtype)
         segments = self.variable("cache", "segment_ids", jnp.zeros, (b, k - 1 + self.max_len), jnp.int32)
@@ -91,4 +98,23 @@ class ShortConv(nn.Module):
             inputs.value = jax.lax.dynamic_update_slice(inputs.value, x_BTF.astype(inputs.value.dtype),
                                                         (0, at, *zeros))
             segments.value = jax.lax.dynamic_update_slice(segments.value, segment_ids_BT.astype(jnp.int32), (0, at))
+        return y.astype(self.dtype)
+
+    def _rolling(self, x_BTF, w, segment_ids_BT):
+        k = self.kernel_size
+        b, t = x_BTF.shape[:2]
+        initialized = self.has_variable("cache", "last_inputs")
+        last = self.variable("cache", "last_inputs", jnp.zeros, (b, k - 1, *x_BTF.shape[2:]), x_BTF.dtype)
+        last_seg = self.variable("cache", "last_segment_ids", jnp.full, (b, k - 1), NO_SEGMENT, jnp.int32)
+        y = causal_conv(x_BTF, w, segment_ids_BT, last.value, last_seg.value)
+        if initialized:
+            xs = jnp.concatenate([last.value, x_BTF.astype(last.value.dtype)], axis=1)
+            segs = jnp.concatenate([last_seg.value, segment_ids_BT.astype(jnp.int32)], axis=1)
+            real = jnp.concatenate([jnp.ones((b, k - 1), bool), segment_ids_BT != 0], axis=1)
+            # The last K-1 real entries, in order: real ones sorted first (stably), then the K-1 before the count.
+            order = jnp.argsort(~real, axis=1, stable=True)
+            end = jnp.sum(real, axis=1)
+            take = jax.vmap(lambda o, e: jax.lax.dynamic_slice(o, (e - (k - 1),), (k - 1,)))(order, end)
+            last.value = jnp.take_along_axis(xs, take.reshape(b, k - 1, *(1,) * (xs.ndim - 2)), axis=1)
+            last_seg.value = jnp.take_along_axis(segs, take, axis=1)
         return y.astype(self.dtype)

@@ -125,7 +125,8 @@ class Mixer(nn.Module):
         if cfg.short_conv:
             def conv(x, names, name):
                 return ShortConv(cfg.short_conv, names, cfg.max_len, decode=self.decode, dtype=jnp.dtype(cfg.dtype),
-                                 param_dtype=jnp.dtype(cfg.param_dtype), name=name)(x, segment_ids_BT, decode_index)
+                                 param_dtype=jnp.dtype(cfg.param_dtype), rolling=True, name=name)(
+                    x, segment_ids_BT, decode_index)
 
             q = conv(q, ("heads", None), "query_conv")
             k = conv(k, ("heads", None), "key_conv")
