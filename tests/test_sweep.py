@@ -210,3 +210,39 @@ def test_bad_parallel_is_refused_before_anything_is_written(tmp_path, capsys):
     assert main(["sweep", spec, "--workdir", str(tmp_path / "s"),
                  "--parallel", "0"]) == 2
     assert "--parallel must be >= 1" in capsys.readouterr().err and not (tmp_path / "s").exists()
+
+
+def test_the_mixers_sweep_is_valid_and_the_report_plots_recall_against_state(tmp_path):
+    """experiments/mixers_mqar.py: both stages' runs pass config validation with the flags a run gets; the
+    report's state column is each model's decoding state and the state figure groups runs by mixer."""
+    from pathlib import Path
+
+    import experiments.mixers_mqar as mq
+    from llm.model.config import ModelConfig
+    from llm.model.mixers import decode_state_size, state_size
+    from llm.sweep.report import _state_points, mixer_label
+    from llm.sweep.runner import load_sweep
+
+    spec = str(Path(__file__).resolve().parents[1] / "experiments" / "mixers_mqar.py")
+    _, runs = load_sweep(spec + ":lr")
+    assert len(runs) == len(mq.MIXERS) * len(mq.LR_GRID) and not [r.error for r in runs if r.error]
+    mq.LR.update(dict.fromkeys(mq.MIXERS, 3e-3))
+    try:
+        stage2 = mq.get_sweep()
+    finally:
+        mq.LR.clear()
+    assert len(stage2) == len(mq.MIXERS) * len(mq.WIDTHS) * len(mq.SEEDS)
+
+    gla = ModelConfig(vocab_size=8, max_len=256, d_model=64, n_layers=2, n_heads=4, mixer="gla")
+    assert decode_state_size(gla) == 2 * state_size(gla, "gla") == 2 * 4 * 16 * 16
+    window = ModelConfig(vocab_size=8, max_len=256, d_model=64, n_layers=2, n_heads=4, window=64)
+    assert decode_state_size(window) == 2 * 2 * 64 * 64  # keys and values of the window, per layer
+
+    def run(mixer, state, acc, **config):
+        return {"config": {"model.mixer": mixer, **config}, "state": state, "final_val_accuracy": acc}
+
+    runs = [run("gla", 10, 0.2), run("gla", 10, 0.4), run("gla", 40, 0.9), run("attention", 100, 1.0, **{
+        "model.window": 64})]
+    assert mixer_label(runs[-1]) == "window64"
+    points = _state_points(runs)
+    assert points["gla"][0][:2] == (10, pytest.approx(0.3)) and points["gla"][1] == (40, 0.9, 0.0, 1)

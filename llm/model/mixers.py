@@ -67,6 +67,19 @@ def state_size(cfg: ModelConfig, mixer: str) -> int:
     return state
 
 
+def layer_state_size(cfg: ModelConfig, mixer: str) -> int:
+    """Numbers one layer needs to keep per sequence to decode at the context `cfg.max_len`: a mixer's state, or
+    softmax attention's keys and values over the context (the window, with one: Zoology's accounting)."""
+    if mixer != "attention":
+        return state_size(cfg, mixer)
+    return 2 * cfg.kv_heads * cfg.dim_per_head * min(cfg.max_len, cfg.window or cfg.max_len)
+
+
+def decode_state_size(cfg: ModelConfig) -> int:
+    """Numbers the whole model keeps per sequence to decode at its context (every layer's `layer_state_size`)."""
+    return sum(layer_state_size(cfg, m) for m in cfg.layer_mixers)
+
+
 class Mixer(nn.Module):
     """A sub-quadratic mixer layer: projections, optional short convolutions, the decay or write strength, the
     chunked core, a per-head norm, the output projection. Called as `SelfAttention` is."""

@@ -7,6 +7,9 @@
     curves.png               val loss against step, one line per run
     variants.png             final val loss (and val accuracy, when logged) per variant (a run's name less its seed
                              suffix, or its overrides less `seed`): mean over seeds, std bars
+    state.png                when runs log accuracy and differ in decoding state (`state`: numbers a sequence keeps
+                             to decode, llm.model.mixers.decode_state_size): accuracy against state, one line per
+                             sequence mixer (Zoology's recall-versus-state figure)
 """
 
 from __future__ import annotations
@@ -26,16 +29,18 @@ from llm.runs import CONFIG_FILE, MANIFEST_FILE, METRICS_FILE, read_metrics
 from llm.sweep.runner import read_records
 from llm.sweep.spec import REPORT_FILES
 
-REPORT_MD, REPORT_CSV, CURVES_PNG, VARIANTS_PNG = REPORT_FILES
+REPORT_MD, REPORT_CSV, CURVES_PNG, VARIANTS_PNG, STATE_PNG = REPORT_FILES
 
 SEED_KEYS = ("seed",)
 COLUMNS_AFTER = ("final_val_loss", "best_val_loss", "final_val_accuracy", "best_val_accuracy", "final_train_loss",
-                 "tokens_per_s", "params", "wall_time_s", "status")
+                 "tokens_per_s", "params", "state", "wall_time_s", "status")
 
 
-def _params(config: dict, run_dir: Path) -> int | None:
-    """The closed-form parameter count of the run's model (its vocabulary from manifest.json when not in config)."""
+def _model_counts(config: dict, run_dir: Path) -> tuple[int | None, int | None]:
+    """(closed-form parameter count, decoding state size) of the run's model (its vocabulary from manifest.json
+    when not in config); Nones when the config does not describe a model."""
     from llm.model.config import ModelConfig
+    from llm.model.mixers import decode_state_size
     from llm.model.params import param_count_formula
 
     try:
@@ -43,9 +48,10 @@ def _params(config: dict, run_dir: Path) -> int | None:
         if model.get("vocab_size") is None:
             manifest = json.loads((run_dir / MANIFEST_FILE).read_text())
             model["vocab_size"] = manifest["tokenizer"]["vocab_size"]
-        return int(param_count_formula(ModelConfig.from_dict(model))["total"])
+        cfg = ModelConfig.from_dict(model)
+        return int(param_count_formula(cfg)["total"]), decode_state_size(cfg)
     except (OSError, KeyError, TypeError, ValueError, ConfigError, json.JSONDecodeError):
-        return None
+        return None, None
 
 
 def _finite(x) -> bool:
@@ -78,6 +84,7 @@ def collect(sweep_dir: str | Path) -> list[dict[str, Any]]:
         trains = [r["train_loss"] for r in rows if _finite(r.get("train_loss"))]
         losses = [r["loss"] for r in rows if _finite(r.get("loss"))]
         speeds = [r["tokens_per_s"] for r in rows if _finite(r.get("tokens_per_s"))]
+        params, state = _model_counts(config, run_dir) if config else (None, None)
         status = record.get("status") or ("done" if vals else "unknown")
         if status == "skipped":
             status = "done"  # finished in an earlier invocation
@@ -92,7 +99,8 @@ def collect(sweep_dir: str | Path) -> list[dict[str, Any]]:
             "best_val_accuracy": max(accs) if accs else None,
             "final_train_loss": trains[-1] if trains else (losses[-1] if losses else None),
             "tokens_per_s": statistics.median(speeds) if speeds else None,
-            "params": _params(config, run_dir) if config else None,
+            "params": params,
+            "state": state,
             "wall_time_s": record.get("wall_time"),
             "status": status,
         })
@@ -123,7 +131,7 @@ def _cell(value: Any) -> str:
 def table(runs: list[dict]) -> tuple[list[str], list[list[str]]]:
     keys = differing_keys(runs)
     header = ["name", *keys, *COLUMNS_AFTER]
-    for column in ("params", "final_val_accuracy", "best_val_accuracy"):
+    for column in ("params", "state", "final_val_accuracy", "best_val_accuracy"):
         if all(r[column] is None for r in runs):
             header.remove(column)
     rows = []
@@ -212,7 +220,48 @@ def plot(runs: list[dict], sweep_dir: Path) -> list[Path]:
     fig.savefig(sweep_dir / VARIANTS_PNG, dpi=110)
     plt.close(fig)
     out.append(sweep_dir / VARIANTS_PNG)
+    if _state_points(runs):
+        out.append(_plot_state(runs, sweep_dir, plt))
     return out
+
+
+def mixer_label(run: dict) -> str:
+    """A run's sequence mixer: `model.mixer` (a hybrid: its pattern), softmax attention with a window named so."""
+    c = run["config"]
+    mixer = c.get("model.mixer_pattern") or c.get("model.mixer", "attention")
+    return f"window{c['model.window']}" if mixer == "attention" and c.get("model.window") else mixer
+
+
+def _state_points(runs: list[dict]) -> dict[str, list[tuple[int, float, float, int]]]:
+    """{mixer: [(state, mean accuracy, std, seeds)] by state}, when accuracy is logged and states differ."""
+    done = [r for r in runs if r["final_val_accuracy"] is not None and r["state"] is not None]
+    if len({r["state"] for r in done}) < 2:
+        return {}
+    groups: dict[tuple[str, int], list[float]] = {}
+    for r in done:
+        groups.setdefault((mixer_label(r), r["state"]), []).append(r["final_val_accuracy"])
+    points: dict[str, list] = {}
+    for (label, state), accs in sorted(groups.items(), key=lambda kv: kv[0][1]):
+        points.setdefault(label, []).append((state, statistics.fmean(accs),
+                                             statistics.stdev(accs) if len(accs) > 1 else 0.0, len(accs)))
+    return points
+
+
+def _plot_state(runs: list[dict], sweep_dir: Path, plt) -> Path:
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for label, pts in _state_points(runs).items():
+        states, means, stds, _ = zip(*pts, strict=True)
+        ax.errorbar(states, means, yerr=stds, marker="o", capsize=3, label=label)
+    ax.set_xscale("log")
+    ax.set_xlabel("decoding state (numbers per sequence, all layers)")
+    ax.set_ylabel("final val accuracy (mean ± std over seeds)")
+    ax.set_title("recall against state")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(sweep_dir / STATE_PNG, dpi=110)
+    plt.close(fig)
+    return sweep_dir / STATE_PNG
 
 
 def write_report(sweep_dir: str | Path) -> str:
@@ -221,8 +270,10 @@ def write_report(sweep_dir: str | Path) -> str:
     runs = collect(sweep_dir)
     header, rows = table(runs)
     text = markdown(header, rows)
-    (sweep_dir / REPORT_MD).write_text(f"# Sweep {sweep_dir.name}\n\n{text}\n![val loss]({CURVES_PNG})\n\n"
-                                       f"![variants]({VARIANTS_PNG})\n")
+    figures = f"![val loss]({CURVES_PNG})\n\n![variants]({VARIANTS_PNG})\n"
+    if _state_points(runs):
+        figures += f"\n![recall against state]({STATE_PNG})\n"
+    (sweep_dir / REPORT_MD).write_text(f"# Sweep {sweep_dir.name}\n\n{text}\n{figures}")
     buf = io.StringIO()
     writer = csv.writer(buf)
     writer.writerow(header)
