@@ -164,6 +164,12 @@ def test_the_columns_drive_resume_finetune_and_hf():
     assert resume_differences(saved, changed) == ["train.steps: 2000 -> 9"]
     changed.data.order = "passes"
     assert resume_differences(saved, changed) == ["data.order: 'random' -> 'passes'", "train.steps: 2000 -> 9"]
+    changed.data.order, changed.train.steps = "random", 2000
+    changed.model.lora_targets = "feed_forward/up"  # LoRA off in both: the targets do nothing
+    assert resume_differences(saved, changed) == []
+    changed.model.lora_rank = 4
+    assert resume_differences(saved, changed) == ["model.lora_rank: 0 -> 4", "model.lora_targets: "
+                                                  f"{saved['model']['lora_targets']!r} -> 'feed_forward/up'"]
     assert set(OVERRIDABLE) == {"max_len"} | set(model_fields("hf", RUNTIME))
     assert "short_conv" in model_fields("hf", UNSUPPORTED) and "attention_impl" in model_fields("finetune", FREE)
 

@@ -147,11 +147,14 @@ def from_saved(saved: dict) -> ConfigDict:
 def resume_differences(saved: dict, config: ConfigDict) -> list[str]:
     """'key: old -> new' for every option a resumed run must keep (resume=FIXED) whose value differs between
     the saved config (a run's config.json, as a dict) and `config`. An option the saved config lacks (added to
-    the code after the run was written) counts as its default, which keeps the old behaviour."""
+    the code after the run was written) counts as its default, which keeps the old behaviour; one that needs
+    another (`Option.needs`) unset in both configs does nothing, so it may differ."""
     old, new = flatten(saved), flatten(json.loads(config.to_json_best_effort()))
     for k in set(new) - set(old):
         if k in OPTIONS:
             old[k] = OPTIONS[k].default
     keys = sorted(set(old) | set(new))
+    inert = lambda k: k in OPTIONS and OPTIONS[k].needs and not old.get(OPTIONS[k].needs) and not new.get(
+        OPTIONS[k].needs)
     return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys
-            if old.get(k) != new.get(k) and (k not in OPTIONS or OPTIONS[k].resume != FREE)]
+            if old.get(k) != new.get(k) and (k not in OPTIONS or OPTIONS[k].resume != FREE) and not inert(k)]

@@ -58,6 +58,7 @@ class Option:
     resume: str = FIXED
     finetune: str | None = None  # model options: SOURCE or FREE
     hf: str | None = None  # model options: WEIGHTS, CONTEXT, RUNTIME, ADAPTERS or UNSUPPORTED
+    needs: str | None = None  # the option whose truthy value it only matters with (LoRA's settings: lora_rank)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -205,6 +206,8 @@ _MODEL_COLUMNS: dict[str, tuple[str, str]] = {
     "lora_dropout": (FREE, ADAPTERS),
     "lora_targets": (FREE, ADAPTERS),
 }
+# Model options that do nothing unless another model option is set (so resuming ignores them while it is unset).
+_MODEL_NEEDS = {"lora_alpha": "lora_rank", "lora_dropout": "lora_rank", "lora_targets": "lora_rank"}
 # The default experiment's model where it differs from ModelConfig's defaults (None: the tokenizer's size).
 _MODEL_DEFAULTS = {"vocab_size": None, "max_len": 64}
 
@@ -219,7 +222,8 @@ def _model_options() -> list[Option]:
             hint, types.UnionType) else hint
         finetune, hf = _MODEL_COLUMNS.get(field.name, (None, None))
         out.append(Option(f"model.{field.name}", base, _MODEL_DEFAULTS.get(field.name, field.default),
-                          "see ModelConfig", nullable=nullable, finetune=finetune, hf=hf))
+                          "see ModelConfig", nullable=nullable, finetune=finetune, hf=hf,
+                          needs=f"model.{_MODEL_NEEDS[field.name]}" if field.name in _MODEL_NEEDS else None))
     return out
 
 
