@@ -15,9 +15,11 @@ fit a CPU budget).
 Mixers: softmax attention, sliding-window attention (64 tokens), and every `model.mixer`: linear (elu+1 feature
 map), based (Taylor map on 16 dimensions + the 64-token window), retnet, gla, mamba2, deltanet, gated_deltanet.
 The learning rate of each mixer is the best of `LR_GRID` at width 64, seed 0 (stage 1, `get_sweep("lr")`, written
-into `LR` by hand from its report); stage 2 runs every mixer at its learning rate for every width and seed. Chunks of
-16 tokens (`model.mixer_chunk`): on a CPU the chunk's C x C (x K for GLA) work dominates, so small chunks are fastest. State size: numbers a layer keeps per sequence to
-decode (`llm.model.mixers.state_size`; attention: its KV cache at this length), logged with each run.
+into `LR` by hand from its report); stage 2 runs every mixer at its learning rate for every width and seed.
+Chunks of 16 tokens (`model.mixer_chunk`): on a CPU the chunk's C x C (x K for GLA) work dominates, so small
+chunks are fastest. `llm report` gives each run's decoding state (numbers a sequence keeps to decode,
+`llm.model.mixers.decode_state_size`; attention: keys and values of its context or window) and plots accuracy
+against it.
 Results: experiments/results/mixers_mqar.md.
 """
 

@@ -6,8 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from llm.ops.linear.delta import delta_chunked, delta_mixing, delta_parallel, delta_recurrent
 from llm.ops.linear import gla_pallas
+from llm.ops.linear.delta import delta_chunked, delta_mixing, delta_parallel, delta_recurrent
 from llm.ops.linear.gla import gla_chunked, gla_mixing, gla_parallel, gla_recurrent
 
 TOL = dict(rtol=2e-5, atol=2e-5)

@@ -12,8 +12,8 @@ from llm.hf.configs import HFConversionError, check_exportable
 from llm.model.config import MIXERS, ModelConfig
 from llm.model.mixers import state_size
 from llm.model.params import flops_params, mixing_flops_per_token, train_flops_per_token
-from llm.ops.linear import gla_chunked
 from llm.model.transformer import Transformer
+from llm.ops.linear import gla_chunked
 
 EXTRA = {"based": {"window": 8}, "linear": {"feature_map": "taylor"}}
 TOKENS = jnp.asarray(np.random.default_rng(0).integers(0, 50, (2, 19)))
@@ -213,10 +213,10 @@ def test_the_pallas_kernel_trains_as_the_chunked_form(mixer):
 
 
 def test_pallas_and_hf_export_refuse_what_they_cannot_do():
-    with pytest.raises(ConfigError, match="mixer_impl='pallas' covers .* not 'deltanet'"):
+    with pytest.raises(ConfigError, match=r"mixer_impl='pallas' covers .* not 'deltanet'"):
         ModelConfig.from_dict({**tiny("deltanet").__dict__, "mixer_impl": "pallas"})
     llama = dict(position="rope", norm="rmsnorm", ffn="swiglu", use_bias=False, short_conv=0)
-    with pytest.raises(HFConversionError, match="model.mixer='gla' cannot be exported"):
+    with pytest.raises(HFConversionError, match=r"model\.mixer='gla' cannot be exported"):
         check_exportable(tiny("gla", **llama), "llama")
     check_exportable(tiny("attention", **llama), "llama")  # the same model with attention exports
 

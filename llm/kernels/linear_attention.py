@@ -159,8 +159,10 @@ def _rows(length, *widths):
 
 def _blocks(*shapes):
     """Per-(batch, head) blocks of arrays [B, H, *shape] (states)."""
-    return [pl.BlockSpec((None, None, *shape), lambda bi, hi, nd=len(shape): (bi, hi) + (0,) * nd)
-            for shape in shapes]
+    def index(zeros):
+        return lambda bi, hi: (bi, hi, *zeros)
+
+    return [pl.BlockSpec((None, None, *shape), index((0,) * len(shape))) for shape in shapes]
 
 
 def _forward(q, k, v, big, s0, chunk, interpret):

@@ -101,8 +101,7 @@ class ShortConv(nn.Module):
         return y.astype(self.dtype)
 
     def _rolling(self, x_BTF, w, segment_ids_BT):
-        k = self.kernel_size
-        b, t = x_BTF.shape[:2]
+        k, b = self.kernel_size, x_BTF.shape[0]
         initialized = self.has_variable("cache", "last_inputs")
         last = self.variable("cache", "last_inputs", jnp.zeros, (b, k - 1, *x_BTF.shape[2:]), x_BTF.dtype)
         last_seg = self.variable("cache", "last_segment_ids", jnp.full, (b, k - 1), NO_SEGMENT, jnp.int32)

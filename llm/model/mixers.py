@@ -26,8 +26,15 @@ from llm.model.config import ModelConfig
 from llm.model.conv import ShortConv
 from llm.model.linear import Projection
 from llm.model.norms import RMSNorm
-from llm.ops.linear import (delta_chunked, delta_mixing, delta_recurrent, gla_chunked, gla_mixing, gla_pallas,
-                            gla_recurrent)
+from llm.ops.linear import (
+    delta_chunked,
+    delta_mixing,
+    delta_recurrent,
+    gla_chunked,
+    gla_mixing,
+    gla_pallas,
+    gla_recurrent,
+)
 
 LINEAR_MIXERS = ("linear", "based", "retnet", "gla", "mamba2")
 DELTA_MIXERS = ("deltanet", "gated_deltanet")
