@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from llm.model.attention import SelfAttention
-from llm.model.config import ModelConfig
+from llm.model.config import PALLAS_MIXERS, ModelConfig
 from llm.model.conv import ShortConv
 from llm.model.linear import Projection
 from llm.model.norms import RMSNorm
@@ -36,7 +36,6 @@ from llm.ops.linear import (
     gla_recurrent,
 )
 
-LINEAR_MIXERS = ("linear", "based", "retnet", "gla", "mamba2")
 DELTA_MIXERS = ("deltanet", "gated_deltanet")
 GLA_GATE_RANK = 16  # the GLA paper's low-rank decay gate
 GLA_GATE_TEMPERATURE = 16.0  # g = logsigmoid(.) / 16: decays near 1 at the start of training (GLA, sec. 4.4)
@@ -51,27 +50,27 @@ def taylor_features(x):
     return jnp.concatenate([jnp.ones((*x.shape[:-1], 1), x.dtype), x, outer], axis=-1)
 
 
+def uses_taylor(cfg: ModelConfig, mixer: str) -> bool:
+    """Whether the mixer's queries and keys go through Based's Taylor map (on `cfg.feature_dim` dimensions)."""
+    return mixer == "based" or (mixer == "linear" and cfg.feature_map == "taylor")
+
+
 def key_dim(cfg: ModelConfig, mixer: str) -> int:
     """A mixer's projected query / key size per head, before its feature map."""
-    taylor = mixer == "based" or (mixer == "linear" and cfg.feature_map == "taylor")
-    return cfg.feature_dim if taylor else cfg.dim_per_head
+    return cfg.feature_dim if uses_taylor(cfg, mixer) else cfg.dim_per_head
 
 
 def feature_dims(cfg: ModelConfig, mixer: str) -> int:
     """The key (and query) size per head the state is built on: the feature map's output size."""
-    if mixer == "based" or (mixer == "linear" and cfg.feature_map == "taylor"):
-        d = cfg.feature_dim
-        return 1 + d + d * d
-    return cfg.dim_per_head
+    d = cfg.feature_dim
+    return 1 + d + d * d if uses_taylor(cfg, mixer) else cfg.dim_per_head
 
 
 def state_size(cfg: ModelConfig, mixer: str) -> int:
     """Numbers a layer of this mixer keeps per sequence when decoding (its recurrent state; Based adds its window's
     keys and values)."""
     state = cfg.n_heads * feature_dims(cfg, mixer) * cfg.dim_per_head
-    if mixer == "based":
-        state += 2 * cfg.kv_heads * cfg.dim_per_head * (cfg.window or 0)
-    return state
+    return state + (layer_state_size(cfg, "attention") if mixer == "based" else 0)
 
 
 def layer_state_size(cfg: ModelConfig, mixer: str) -> int:
@@ -154,7 +153,7 @@ class Mixer(nn.Module):
         return q, k, v
 
     def _features(self, x):
-        if self.mixer == "based" or (self.mixer == "linear" and self.cfg.feature_map == "taylor"):
+        if uses_taylor(self.cfg, self.mixer):
             return taylor_features(x.astype(jnp.float32))
         if self.mixer == "linear" and self.cfg.feature_map == "elu":
             return jax.nn.elu(x) + 1.0
@@ -198,7 +197,7 @@ class Mixer(nn.Module):
         strength and decay)."""
         chunk = self.cfg.mixer_chunk
         if not self.decode:
-            if self.cfg.mixer_impl == "pallas" and segment_ids_BT is None and chunked is gla_chunked:
+            if self.cfg.mixer_impl == "pallas" and segment_ids_BT is None and self.mixer in PALLAS_MIXERS:
                 return gla_pallas(*args, chunk=chunk)[0]
             return chunked(*args, chunk=chunk, segment_ids=segment_ids_BT)[0]
         q, k, v, *rest = args
