@@ -27,10 +27,8 @@ import datetime
 import json
 import platform
 import resource
-import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -50,15 +48,12 @@ def model_config(mixer: str, max_len: int, a):
 
 
 def timed(fn, repeats: int) -> float:
+    """Median seconds of `fn` (its results waited for) after a compiling call: benchmarks.sampling's timer."""
     import jax
 
-    jax.block_until_ready(fn())  # compile
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+    from benchmarks.sampling import timed as median_timed
+
+    return median_timed(lambda: jax.block_until_ready(fn()), repeats)[0]
 
 
 def train_row(mixer: str, length: int, a) -> dict:
