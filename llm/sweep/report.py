@@ -220,8 +220,9 @@ def plot(runs: list[dict], sweep_dir: Path) -> list[Path]:
     fig.savefig(sweep_dir / VARIANTS_PNG, dpi=110)
     plt.close(fig)
     out.append(sweep_dir / VARIANTS_PNG)
-    if _state_points(runs):
-        out.append(_plot_state(runs, sweep_dir, plt))
+    points = _state_points(runs)
+    if points:
+        out.append(_plot_state(points, sweep_dir, plt))
     return out
 
 
@@ -247,9 +248,9 @@ def _state_points(runs: list[dict]) -> dict[str, list[tuple[int, float, float, i
     return points
 
 
-def _plot_state(runs: list[dict], sweep_dir: Path, plt) -> Path:
+def _plot_state(points: dict[str, list], sweep_dir: Path, plt) -> Path:
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for label, pts in _state_points(runs).items():
+    for label, pts in points.items():
         states, means, stds, _ = zip(*pts, strict=True)
         ax.errorbar(states, means, yerr=stds, marker="o", capsize=3, label=label)
     ax.set_xscale("log")
@@ -265,13 +266,15 @@ def _plot_state(runs: list[dict], sweep_dir: Path, plt) -> Path:
 
 
 def write_report(sweep_dir: str | Path) -> str:
-    """Write report.md, report.csv, curves.png and variants.png into the sweep directory; returns the markdown."""
+    """Write report.md, report.csv, curves.png, variants.png (and state.png) into the sweep directory; returns the
+    markdown."""
     sweep_dir = Path(sweep_dir)
     runs = collect(sweep_dir)
     header, rows = table(runs)
     text = markdown(header, rows)
+    written = plot(runs, sweep_dir)
     figures = f"![val loss]({CURVES_PNG})\n\n![variants]({VARIANTS_PNG})\n"
-    if _state_points(runs):
+    if sweep_dir / STATE_PNG in written:
         figures += f"\n![recall against state]({STATE_PNG})\n"
     (sweep_dir / REPORT_MD).write_text(f"# Sweep {sweep_dir.name}\n\n{text}\n{figures}")
     buf = io.StringIO()
@@ -279,5 +282,4 @@ def write_report(sweep_dir: str | Path) -> str:
     writer.writerow(header)
     writer.writerows(rows)
     (sweep_dir / REPORT_CSV).write_text(buf.getvalue())
-    plot(runs, sweep_dir)
     return text
