@@ -66,9 +66,9 @@ def explain_data(run: LoadedRun, prompt: str, *, top: int = 50, max_vocab_points
     else:
         note = (f"The fused '{cfg.attention_impl}' attention kernel never materialises the attention weights, so "
                 "the explorer recomputed them with the reference softmax from each layer's own queries and keys.")
-    mixers = sorted({(m, i) for i, m in enumerate(cfg.layer_mixers) if m != "attention"}, key=lambda x: x[1])
+    mixers = [f"{i} ({m})" for i, m in enumerate(cfg.layer_mixers) if m != "attention"]
     if mixers:
-        layers = ", ".join(f"{i} ({m})" for m, i in mixers)
+        layers = ", ".join(mixers)
         note += (f" Layers {layers} have sub-quadratic mixers instead of attention: no probabilities exist there; "
                  "shown is their token-mixing matrix M (out = M v) as |M| normalised per row.")
     t = len(ids)
