@@ -43,7 +43,9 @@ def delta_recurrent(q, k, v, b, g=None, *, segment_ids=None, state=None):
 def delta_parallel(q, k, v, b, g=None, *, segment_ids=None):
     """out [B, T, H, V]: the whole sequence as one chunk (a T x T triangular solve), no state in."""
     g = jnp.zeros(b.shape, jnp.float32) if g is None else g
-    out, _ = _chunk(q, k, v, b, g, segments(segment_ids, *q.shape[:2]), None, None)
+    seg = segments(segment_ids, *q.shape[:2])
+    factors = _factors(k.astype(jnp.float32), b.astype(jnp.float32), g.astype(jnp.float32), seg)
+    out, _ = _chunk(q, k, v, b, g, seg, *factors, None, None)
     return out
 
 
@@ -52,13 +54,9 @@ def delta_mixing(q, k, b, g=None, *, segment_ids=None):
     parallel form with the values factored out (signed, rows not normalised)."""
     g = jnp.zeros(b.shape, jnp.float32) if g is None else g
     q, k, b = q.astype(jnp.float32), k.astype(jnp.float32), b.astype(jnp.float32)
-    gamma_ts, a_mat = _factors(k, b, g, segments(segment_ids, *q.shape[:2]))
+    gamma_ts, a_inv = _factors(k, b, g, segments(segment_ids, *q.shape[:2]))
     scores = jnp.einsum("bthk,bshk,btsh->bhts", q, k, gamma_ts)
-    t = q.shape[1]
-    # M = scores A^-1 diag(b): solve A^T X^T = scores^T, i.e. X = scores A^-1.
-    x = jax.scipy.linalg.solve_triangular(a_mat, jnp.swapaxes(scores, -1, -2), lower=True, unit_diagonal=True,
-                                          trans=1)
-    return jnp.swapaxes(x, -1, -2) * jnp.moveaxis(b, 1, 2)[:, :, None, :t]
+    return scores @ a_inv * jnp.moveaxis(b, 1, 2)[:, :, None, :]
 
 
 def delta_chunked(q, k, v, b, g=None, *, chunk: int = 64, segment_ids=None, state=None):
@@ -69,11 +67,15 @@ def delta_chunked(q, k, v, b, g=None, *, chunk: int = 64, segment_ids=None, stat
     state = jnp.zeros((bsz, h, dk, v.shape[-1]), jnp.float32) if state is None else state.astype(jnp.float32)
     # Padded tokens: zero keys, values and b, no decay - they change nothing.
     xs, n = split_chunks((q, k, v, b, g, seg), chunk)
+    # The chunks' triangular systems do not depend on the state: all solved at once, before the recurrence.
+    factors = jax.vmap(_factors)(*(x.astype(jnp.float32) for x in xs[1:2] + xs[3:5]), xs[5])
 
     def step(carry, xs):
         s, last = carry
         out, s = _chunk(*xs, s, last)
         return (s, xs[5][:, -1]), out
+
+    xs = xs + factors
 
     (state, _), out = jax.lax.scan(step, (state, seg[:, 0]), xs)
     out = jnp.moveaxis(out, 0, 1).reshape(bsz, n * chunk, h, v.shape[-1])
@@ -81,8 +83,8 @@ def delta_chunked(q, k, v, b, g=None, *, chunk: int = 64, segment_ids=None, stat
 
 
 def _factors(k, b, g, seg):
-    """(Gamma [B, t, s, H]: exp(G_t - G_s) for s <= t in the same document, else 0; A [B, H, t, s]: the unit lower
-    triangular I + tril(diag(b) (K K^T * Gamma), -1))."""
+    """(Gamma [B, t, s, H]: exp(G_t - G_s) for s <= t in the same document, else 0; A^-1 [B, H, t, s], A the unit
+    lower triangular I + tril(diag(b) (K K^T * Gamma), -1))."""
     c = k.shape[1]
     cum = jnp.cumsum(g, axis=1)
     keep = (seg[:, :, None] == seg[:, None, :])[..., None] & jnp.tril(jnp.ones((c, c), bool))[None, :, :, None]
@@ -90,21 +92,35 @@ def _factors(k, b, g, seg):
     gamma_ts = jnp.where(keep, jnp.exp(jnp.where(keep, diff, 0.0)), 0.0)
     strict = gamma_ts * (1.0 - jnp.eye(c))[None, :, :, None]
     kk = jnp.einsum("bthk,bshk->btsh", k, k) * strict * b[:, :, None]
-    return gamma_ts, jnp.moveaxis(jnp.eye(c)[None, :, :, None] + kk, 3, 1)
+    return gamma_ts, unit_lower_inverse(jnp.moveaxis(kk, 3, 1))
 
 
-def _chunk(q, k, v, b, g, seg, state, prev_seg):
-    """One chunk: (out [B, C, H, V], the state after it); `state` (None: empty) belongs to document `prev_seg`."""
+def unit_lower_inverse(n):
+    """(I + N)^-1 for strictly lower triangular N [..., C, C], by forward substitution: row i of the inverse is
+    e_i - N_i (I + N)^-1, whose rows below i are not used yet. A loop of C matrix-vector products rather than
+    jax.scipy.linalg.solve_triangular, whose XLA CPU kernel (LAPACK trsm) deadlocks after a few calls when run
+    in a scan (jax 0.10)."""
+    c = n.shape[-1]
+    eye = jnp.broadcast_to(jnp.eye(c, dtype=n.dtype), n.shape)
+
+    def row(i, inv):
+        n_i = jax.lax.dynamic_index_in_dim(n, i, axis=-2, keepdims=True)  # [..., 1, C]
+        return jax.lax.dynamic_update_index_in_dim(inv, jax.nn.one_hot(i, c, dtype=n.dtype) - n_i @ inv, i, -2)
+
+    return jax.lax.fori_loop(1, c, row, eye)
+
+
+def _chunk(q, k, v, b, g, seg, gamma_ts, a_inv, state, prev_seg):
+    """One chunk: (out [B, C, H, V], the state after it); `state` (None: empty) belongs to document `prev_seg`;
+    (gamma_ts, a_inv): the chunk's `_factors`."""
     q, k, v, b, g = (x.astype(jnp.float32) for x in (q, k, v, b, g))
     cum = jnp.cumsum(g, axis=1)  # G_t [B, C, H]
-    gamma_ts, a_mat = _factors(k, b, g, seg)
     rhs = b[..., None] * v  # [B, C, H, V]
     if state is not None:
         sees = (seg == prev_seg[:, None])[:, :, None]  # [B, C, 1]: still in the incoming state's document
         gamma = jnp.where(sees, jnp.exp(cum), 0.0)  # [B, C, H]
         rhs = rhs - (b * gamma)[..., None] * jnp.einsum("bthk,bhkv->bthv", k, state)
-    u = jax.scipy.linalg.solve_triangular(a_mat, jnp.moveaxis(rhs, 2, 1), lower=True, unit_diagonal=True)
-    u = jnp.moveaxis(u, 1, 2)  # [B, C, H, V]
+    u = jnp.einsum("bhts,bshv->bthv", a_inv, rhs)  # A U = rhs
     out = jnp.einsum("bthk,bshk,btsh,bshv->bthv", q, k, gamma_ts, u)
     if state is None:
         return out, None
