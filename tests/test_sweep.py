@@ -220,7 +220,7 @@ def test_the_mixers_sweep_is_valid_and_the_report_plots_recall_against_state(tmp
     import experiments.mixers_mqar as mq
     from llm.model.config import ModelConfig
     from llm.model.mixers import decode_state_size, state_size
-    from llm.sweep.report import _state_points, mixer_label
+    from llm.sweep.report import RECALL_FIGURES, mixer_label, recall_points
     from llm.sweep.runner import load_sweep
 
     spec = str(Path(__file__).resolve().parents[1] / "experiments" / "mixers_mqar.py")
@@ -238,11 +238,15 @@ def test_the_mixers_sweep_is_valid_and_the_report_plots_recall_against_state(tmp
     window = ModelConfig(vocab_size=8, max_len=256, d_model=64, n_layers=2, n_heads=4, window=64)
     assert decode_state_size(window) == 2 * 2 * 64 * 64  # keys and values of the window, per layer
 
-    def run(mixer, state, acc, **config):
-        return {"config": {"model.mixer": mixer, **config}, "state": state, "final_val_accuracy": acc}
+    def run(mixer, state, acc, width, **config):
+        return {"config": {"model.mixer": mixer, "model.d_model": width, **config}, "state": state,
+                "final_val_accuracy": acc}
 
-    runs = [run("gla", 10, 0.2), run("gla", 10, 0.4), run("gla", 40, 0.9), run("attention", 100, 1.0, **{
-        "model.window": 64})]
+    runs = [run("gla", 10, 0.2, 64), run("gla", 10, 0.4, 64), run("gla", 40, 0.9, 128),
+            run("attention", 100, 1.0, 64, **{"model.window": 64})]
     assert mixer_label(runs[-1]) == "window64"
-    points = _state_points(runs)
+    (_, by_state, *_), (_, by_width, *_) = RECALL_FIGURES
+    points = recall_points(runs, by_state)
     assert points["gla"][0][:2] == (10, pytest.approx(0.3)) and points["gla"][1] == (40, 0.9, 0.0, 1)
+    assert recall_points(runs, by_width)["window64"] == [(64, 1.0, 0.0, 1)]
+    assert recall_points(runs[:2], by_state) == {}  # one state: no figure

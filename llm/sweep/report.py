@@ -10,6 +10,7 @@
     state.png                when runs log accuracy and differ in decoding state (`state`: numbers a sequence keeps
                              to decode, llm.model.mixers.decode_state_size): accuracy against state, one line per
                              sequence mixer (Zoology's recall-versus-state figure)
+    width.png                the same against `model.d_model`, when runs differ in it
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from llm.runs import CONFIG_FILE, MANIFEST_FILE, METRICS_FILE, read_metrics
 from llm.sweep.runner import read_records
 from llm.sweep.spec import REPORT_FILES
 
-REPORT_MD, REPORT_CSV, CURVES_PNG, VARIANTS_PNG, STATE_PNG = REPORT_FILES
+REPORT_MD, REPORT_CSV, CURVES_PNG, VARIANTS_PNG, STATE_PNG, WIDTH_PNG = REPORT_FILES
 
 SEED_KEYS = ("seed",)
 COLUMNS_AFTER = ("final_val_loss", "best_val_loss", "final_val_accuracy", "best_val_accuracy", "final_train_loss",
@@ -220,9 +221,10 @@ def plot(runs: list[dict], sweep_dir: Path) -> list[Path]:
     fig.savefig(sweep_dir / VARIANTS_PNG, dpi=110)
     plt.close(fig)
     out.append(sweep_dir / VARIANTS_PNG)
-    points = _state_points(runs)
-    if points:
-        out.append(_plot_state(points, sweep_dir, plt))
+    for figure, x, xlabel, title in RECALL_FIGURES:
+        points = recall_points(runs, x)
+        if points:
+            out.append(_plot_recall(points, sweep_dir / figure, xlabel, title, plt))
     return out
 
 
@@ -233,49 +235,61 @@ def mixer_label(run: dict) -> str:
     return f"window{c['model.window']}" if mixer == "attention" and c.get("model.window") else mixer
 
 
-def _state_points(runs: list[dict]) -> dict[str, list[tuple[int, float, float, int]]]:
-    """{mixer: [(state, mean accuracy, std, seeds)] by state}, when accuracy is logged and states differ."""
-    done = [r for r in runs if r["final_val_accuracy"] is not None and r["state"] is not None]
-    if len({r["state"] for r in done}) < 2:
+def recall_points(runs: list[dict], x) -> dict[str, list[tuple[float, float, float, int]]]:
+    """{mixer: [(x, mean accuracy, std, seeds)] by x}, `x(run)` a number (None: left out); empty unless accuracy
+    is logged and x differs between runs."""
+    done = [(r, x(r)) for r in runs if r["final_val_accuracy"] is not None]
+    done = [(r, v) for r, v in done if v is not None]
+    if len({v for _, v in done}) < 2:
         return {}
-    groups: dict[tuple[str, int], list[float]] = {}
-    for r in done:
-        groups.setdefault((mixer_label(r), r["state"]), []).append(r["final_val_accuracy"])
+    groups: dict[tuple[str, float], list[float]] = {}
+    for r, v in done:
+        groups.setdefault((mixer_label(r), v), []).append(r["final_val_accuracy"])
     points: dict[str, list] = {}
-    for (label, state), accs in sorted(groups.items(), key=lambda kv: kv[0][1]):
-        points.setdefault(label, []).append((state, statistics.fmean(accs),
+    for (label, v), accs in sorted(groups.items(), key=lambda kv: kv[0][1]):
+        points.setdefault(label, []).append((v, statistics.fmean(accs),
                                              statistics.stdev(accs) if len(accs) > 1 else 0.0, len(accs)))
     return points
 
 
-def _plot_state(points: dict[str, list], sweep_dir: Path, plt) -> Path:
+# (file, x of a run, x label, title): the recall figures `plot` draws when their x varies.
+RECALL_FIGURES = (
+    (STATE_PNG, lambda r: r["state"], "decoding state (numbers per sequence, all layers)", "recall against state"),
+    (WIDTH_PNG, lambda r: r["config"].get("model.d_model"), "model width (d_model)", "recall against width"),
+)
+
+
+def _plot_recall(points: dict[str, list], path: Path, xlabel: str, title: str, plt) -> Path:
+    from matplotlib.ticker import NullFormatter
+
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for label, pts in points.items():
-        states, means, stds, _ = zip(*pts, strict=True)
-        ax.errorbar(states, means, yerr=stds, marker="o", capsize=3, label=label)
+        xs, means, stds, _ = zip(*pts, strict=True)
+        ax.errorbar(xs, means, yerr=stds, marker="o", capsize=3, label=label)
     ax.set_xscale("log")
-    ax.set_xlabel("decoding state (numbers per sequence, all layers)")
+    ax.xaxis.set_minor_formatter(NullFormatter())  # log-axis minor labels overlap
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("final val accuracy (mean ± std over seeds)")
-    ax.set_title("recall against state")
+    ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(sweep_dir / STATE_PNG, dpi=110)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
-    return sweep_dir / STATE_PNG
+    return path
 
 
 def write_report(sweep_dir: str | Path) -> str:
-    """Write report.md, report.csv, curves.png, variants.png (and state.png) into the sweep directory; returns the
-    markdown."""
+    """Write report.md, report.csv, curves.png, variants.png (and the recall figures) into the sweep directory;
+    returns the markdown."""
     sweep_dir = Path(sweep_dir)
     runs = collect(sweep_dir)
     header, rows = table(runs)
     text = markdown(header, rows)
     written = plot(runs, sweep_dir)
     figures = f"![val loss]({CURVES_PNG})\n\n![variants]({VARIANTS_PNG})\n"
-    if sweep_dir / STATE_PNG in written:
-        figures += f"\n![recall against state]({STATE_PNG})\n"
+    figures += "".join(f"\n![{title}]({figure})\n" for figure, _, _, title in RECALL_FIGURES
+                       if sweep_dir / figure in written)
     (sweep_dir / REPORT_MD).write_text(f"# Sweep {sweep_dir.name}\n\n{text}\n{figures}")
     buf = io.StringIO()
     writer = csv.writer(buf)

@@ -21,7 +21,7 @@ NAME_KEY = "_name"  # in an override dict: the run's name (not a config key)
 MAX_NAME_CHARS = 100
 # What a sweep directory holds besides its runs' directories (so no run may take these names).
 SWEEP_FILE, SLURM_FILE, LOG_DIR = "sweep.json", "sweep.slurm", "logs"
-REPORT_FILES = ("report.md", "report.csv", "curves.png", "variants.png", "state.png")
+REPORT_FILES = ("report.md", "report.csv", "curves.png", "variants.png", "state.png", "width.png")
 RESERVED_NAMES = {SWEEP_FILE, SLURM_FILE, LOG_DIR, *REPORT_FILES}
 
 
