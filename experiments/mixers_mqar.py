@@ -3,7 +3,10 @@
     llm sweep experiments/mixers_mqar.py:lr --workdir runs/mixers_lr --parallel 2    # 1. learning rates
     llm report runs/mixers_lr                                                       #    -> LR below
     llm sweep experiments/mixers_mqar.py --workdir runs/mixers_mqar --parallel 2     # 2. widths x seeds
-    llm report runs/mixers_mqar --x state_size
+    llm report runs/mixers_mqar                         # table, state.png and width.png (recall against both)
+
+Stage 2's width-64 seed-0 runs are stage 1's at the chosen rates (same names and configs): copy those run
+directories into runs/mixers_mqar first and the sweep skips them as finished.
 
 The task (`llm/data/synthetic.py`, `layout=zoology`): length 256, 16 key-value pairs, then the 16 keys again as
 queries at power-law gaps; accuracy counts the 16 answers. The model is Zoology's: 2 layers, widths 64, 128, 256;
@@ -20,6 +23,12 @@ Chunks of 16 tokens (`model.mixer_chunk`): on a CPU the chunk's C x C (x K for G
 chunks are fastest. `llm report` gives each run's decoding state (numbers a sequence keeps to decode,
 `llm.model.mixers.decode_state_size`; attention: keys and values of its context or window) and plots accuracy
 against it.
+
+A check that every mixer can learn recall at all, whatever stage 2 shows (`:easy`, minutes on a CPU): 4 pairs at
+length 64 (2-4 in training rows), 400 steps, every mixer at width 64 and each rate of LR_GRID.
+
+    llm sweep experiments/mixers_mqar.py:easy --workdir runs/mixers_easy --parallel 2
+
 Results: experiments/results/mixers_mqar.md.
 """
 
@@ -27,9 +36,10 @@ from llm.config import get_base_config
 from llm.sweep import chain
 
 LENGTH, PAIRS, VOCAB = 256, 16, 256
+EASY_LENGTH, EASY_PAIRS, EASY_STEPS = 64, 4, 400
 WIDTHS = (64, 128, 256)
 SEEDS = (0, 1)
-LR_GRID = (3e-3, 1e-2)
+LR_GRID = (1e-3, 3e-3, 1e-2)
 WINDOW = 64
 MIXERS = {  # run name -> overrides
     "attention": {},
@@ -47,18 +57,20 @@ LR: dict[str, float] = {}
 
 
 def get_config(arg=None):
-    if arg not in (None, "", "lr"):
-        raise ValueError(f"mixers_mqar has no presets (got {arg!r}); 'lr' names its learning-rate sweep")
+    if arg not in (None, "", "lr", "easy"):
+        raise ValueError(f"mixers_mqar presets: '' or 'lr' (length {LENGTH}, {PAIRS} pairs), 'easy' (length "
+                         f"{EASY_LENGTH}, {EASY_PAIRS} pairs); got {arg!r}")
+    length, pairs = (EASY_LENGTH, EASY_PAIRS) if arg == "easy" else (LENGTH, PAIRS)
     c = get_base_config()
-    c.data.synthetic = f"mqar:pairs={PAIRS},vocab={VOCAB},layout=zoology,min_pairs={PAIRS // 4}"
+    c.data.synthetic = f"mqar:pairs={pairs},vocab={VOCAB},layout=zoology,min_pairs={max(2, pairs // 4)}"
     c.model.d_model, c.model.n_layers, c.model.n_heads = 128, 2, 4
-    c.model.max_len = LENGTH
+    c.model.max_len = length
     c.model.position = "rope"
     c.model.short_conv = 3
     c.model.mixer_chunk = 16
     c.model.dropout = 0.0
     c.train.batch_size = 32
-    c.train.steps = 600
+    c.train.steps = EASY_STEPS if arg == "easy" else 600
     c.train.eval_every = 200
     c.train.eval_batches = 4
     c.train.checkpoint_every = 300
@@ -77,11 +89,13 @@ def _run(mixer, width, seed, lr):
 
 
 def get_sweep(arg=None):
-    if arg == "lr":
+    if arg in ("lr", "easy"):
         return chain([_run(m, WIDTHS[0], 0, lr) for m in MIXERS for lr in LR_GRID])
     if arg:
-        raise ValueError(f"mixers_mqar sweeps: '' (widths x seeds) or 'lr' (learning rates), got {arg!r}")
+        raise ValueError(f"mixers_mqar sweeps: '' (widths x seeds), 'lr' (learning rates) or 'easy' (4 pairs), "
+                         f"got {arg!r}")
     if set(LR) != set(MIXERS):
         raise ValueError(f"mixers_mqar: LR has no learning rate for {sorted(set(MIXERS) - set(LR))}; run stage 1 "
                          "(experiments/mixers_mqar.py:lr) and write its choices into LR")
-    return chain([_run(m, w, s, LR[m]) for m in MIXERS for w in WIDTHS for s in SEEDS])
+    # Width by width, seed by seed: a sweep cut short still has every mixer at the smaller widths.
+    return chain([_run(m, w, s, LR[m]) for w in WIDTHS for s in SEEDS for m in MIXERS])
