@@ -52,8 +52,12 @@ MIXERS = {  # run name -> overrides
     "deltanet": {"model.mixer": "deltanet"},
     "gated_deltanet": {"model.mixer": "gated_deltanet"},
 }
-# Stage 1's choice per mixer: the best final validation accuracy of LR_GRID (ties: the smaller rate).
-LR: dict[str, float] = {}
+# Stage 1's choice per mixer: the best final validation accuracy of LR_GRID (ties: the smaller rate); the table is
+# in experiments/results/mixers_mqar.md.
+LR: dict[str, float] = {
+    "attention": 1e-2, "window": 1e-3, "linear": 1e-2, "based": 1e-2, "retnet": 1e-3, "gla": 1e-3, "mamba2": 1e-3,
+    "deltanet": 3e-3, "gated_deltanet": 1e-3,
+}
 
 
 def get_config(arg=None):

@@ -226,12 +226,9 @@ def test_the_mixers_sweep_is_valid_and_the_report_plots_recall_against_state(tmp
     spec = str(Path(__file__).resolve().parents[1] / "experiments" / "mixers_mqar.py")
     _, runs = load_sweep(spec + ":lr")
     assert len(runs) == len(mq.MIXERS) * len(mq.LR_GRID) and not [r.error for r in runs if r.error]
-    mq.LR.update(dict.fromkeys(mq.MIXERS, 3e-3))
-    try:
-        stage2 = mq.get_sweep()
-    finally:
-        mq.LR.clear()
-    assert len(stage2) == len(mq.MIXERS) * len(mq.WIDTHS) * len(mq.SEEDS)
+    _, stage2 = load_sweep(spec)
+    assert len(stage2) == len(mq.MIXERS) * len(mq.WIDTHS) * len(mq.SEEDS) and not [r.error for r in stage2 if r.error]
+    assert {r.name for r in runs} >= {r.name for r in stage2 if "-d64-s0-" in r.name}  # stage 1 runs reused
 
     gla = ModelConfig(vocab_size=8, max_len=256, d_model=64, n_layers=2, n_heads=4, mixer="gla")
     assert decode_state_size(gla) == 2 * state_size(gla, "gla") == 2 * 4 * 16 * 16
