@@ -212,6 +212,16 @@ def test_bad_parallel_is_refused_before_anything_is_written(tmp_path, capsys):
     assert "--parallel must be >= 1" in capsys.readouterr().err and not (tmp_path / "s").exists()
 
 
+def test_parallel_runs_share_an_accelerator_without_preallocating_it(monkeypatch):
+    from llm.sweep.runner import run_env
+
+    monkeypatch.delenv("XLA_PYTHON_CLIENT_PREALLOCATE", raising=False)
+    assert run_env(2)["XLA_PYTHON_CLIENT_PREALLOCATE"] == "false"
+    assert "XLA_PYTHON_CLIENT_PREALLOCATE" not in run_env(1)
+    monkeypatch.setenv("XLA_PYTHON_CLIENT_PREALLOCATE", "true")  # the user's choice stands
+    assert run_env(2)["XLA_PYTHON_CLIENT_PREALLOCATE"] == "true"
+
+
 def test_the_mixers_sweep_is_valid_and_the_report_plots_recall_against_state(tmp_path):
     """experiments/mixers_mqar.py: both stages' runs pass config validation with the flags a run gets; the
     report's state column is each model's decoding state and the state figure groups runs by mixer."""

@@ -11,7 +11,8 @@ def main(argv: list[str]) -> int:
                                              "exit code 0 when all succeeded, 1 otherwise.")
     p.add_argument("experiment", help="experiments/X.py[:arg], defining get_config and get_sweep")
     p.add_argument("--workdir", required=True, help="the sweep's directory; run NAME goes to WORKDIR/NAME/")
-    p.add_argument("--parallel", type=int, default=1, help="runs at once, each an `llm train` subprocess")
+    p.add_argument("--parallel", type=int, default=1,
+                   help="runs at once, each an `llm train` subprocess (sharing a GPU: no memory preallocation)")
     p.add_argument("--dry-run", "--dry_run", action="store_true", help="list the runs (name, overrides); run nothing")
     p.add_argument("--emit", choices=("slurm",), help="write WORKDIR/sweep.slurm, a job array (task i runs run i)")
     p.add_argument("--only", action="append", metavar="NAME", help="run only this run (repeatable)")

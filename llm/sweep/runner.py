@@ -196,6 +196,16 @@ def _triage(spec: str, sweep_dir: Path, runs: list[Run], selected: list[Run], lo
     return todo, failed
 
 
+def run_env(parallel: int) -> dict[str, str]:
+    """The environment of the runs: this one, with this checkout on PYTHONPATH; with several runs at a time, JAX
+    not preallocating accelerator memory (runs sharing one GPU would each take 75% of it at start)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    if parallel > 1:
+        env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+    return env
+
+
 class _Pool:
     """At most `parallel` training subprocesses at a time; SIGTERM / SIGINT are passed on to them (they checkpoint
     and exit with ExitCode.PREEMPTED) and no new run starts."""
@@ -204,8 +214,7 @@ class _Pool:
         self.spec, self.sweep_dir, self.runs, self.parallel, self.log = spec, sweep_dir, runs, parallel, log
         self.running: dict[int, tuple[Run, subprocess.Popen, float, Path]] = {}
         self.stopped_by: int | None = None
-        self.env = dict(os.environ)
-        self.env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), self.env.get("PYTHONPATH")]))
+        self.env = run_env(parallel)
 
     def run(self, todo: list[Run]) -> bool:
         """Train every run of `todo` (until a signal); returns whether any failed."""
