@@ -68,14 +68,14 @@ def delta_chunked(q, k, v, b, g=None, *, chunk: int = 64, segment_ids=None, stat
     # Padded tokens: zero keys, values and b, no decay - they change nothing.
     xs, n = split_chunks((q, k, v, b, g, seg), chunk)
     # The chunks' triangular systems do not depend on the state: all solved at once, before the recurrence.
-    factors = jax.vmap(_factors)(*(x.astype(jnp.float32) for x in xs[1:2] + xs[3:5]), xs[5])
+    _, k_c, _, b_c, g_c, seg_c = xs
+    f32 = lambda x: x.astype(jnp.float32)
+    xs = xs + jax.vmap(_factors)(f32(k_c), f32(b_c), f32(g_c), seg_c)
 
     def step(carry, xs):
         s, last = carry
         out, s = _chunk(*xs, s, last)
         return (s, xs[5][:, -1]), out
-
-    xs = xs + factors
 
     (state, _), out = jax.lax.scan(step, (state, seg[:, 0]), xs)
     out = jnp.moveaxis(out, 0, 1).reshape(bsz, n * chunk, h, v.shape[-1])
@@ -96,10 +96,10 @@ def _factors(k, b, g, seg):
 
 
 def unit_lower_inverse(n):
-    """(I + N)^-1 for strictly lower triangular N [..., C, C], by forward substitution: row i of the inverse is
-    e_i - N_i (I + N)^-1, whose rows below i are not used yet. A loop of C matrix-vector products rather than
-    jax.scipy.linalg.solve_triangular, whose XLA CPU kernel (LAPACK trsm) deadlocks after a few calls when run
-    in a scan (jax 0.10)."""
+    """(I + N)^-1 for strictly lower triangular N [..., C, C], by forward substitution: row i of the inverse X is
+    e_i - N_i X, which reads only the rows of X above i (N is strictly lower), already final. A loop of C
+    matrix-vector products rather than jax.scipy.linalg.solve_triangular, whose XLA CPU kernel (LAPACK trsm)
+    deadlocks after a few calls when run in a scan (jax 0.10)."""
     c = n.shape[-1]
     eye = jnp.broadcast_to(jnp.eye(c, dtype=n.dtype), n.shape)
 
