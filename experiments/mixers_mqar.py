@@ -24,7 +24,7 @@ chunks are fastest. `llm report` gives each run's decoding state (numbers a sequ
 `llm.model.mixers.decode_state_size`; attention: keys and values of its context or window) and plots accuracy
 against it.
 
-A check that every mixer can learn recall at all, whatever stage 2 shows (`:easy`, minutes on a CPU): 4 pairs at
+A check that every mixer can learn recall at all, whatever stage 2 shows (`:easy`, ~30 min on 2 CPU cores): 4 pairs at
 length 64 (2-4 in training rows), 400 steps, every mixer at width 64 and each rate of LR_GRID.
 
     llm sweep experiments/mixers_mqar.py:easy --workdir runs/mixers_easy --parallel 2
