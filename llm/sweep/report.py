@@ -171,8 +171,12 @@ def variants(runs: list[dict], metric: str = "final_val_loss") -> list[tuple[str
                 items = [(k, _value(r, k)) for k in keys]
             label = ",".join(f"{k.split('.')[-1]}={v}" for k, v in items) or "base"
         groups.setdefault(label, []).append(r[metric])
-    return [(label, statistics.fmean(v), statistics.stdev(v) if len(v) > 1 else 0.0, len(v))
-            for label, v in groups.items()]
+    return [(label, *spread(v)) for label, v in groups.items()]
+
+
+def spread(values: list[float]) -> tuple[float, float, int]:
+    """(mean, standard deviation (0 for one value), count) of a group of runs' values."""
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0, len(values)
 
 
 def plot(runs: list[dict], sweep_dir: Path) -> list[Path]:
@@ -247,8 +251,7 @@ def recall_points(runs: list[dict], x) -> dict[str, list[tuple[float, float, flo
         groups.setdefault((mixer_label(r), v), []).append(r["final_val_accuracy"])
     points: dict[str, list] = {}
     for (label, v), accs in sorted(groups.items(), key=lambda kv: kv[0][1]):
-        points.setdefault(label, []).append((v, statistics.fmean(accs),
-                                             statistics.stdev(accs) if len(accs) > 1 else 0.0, len(accs)))
+        points.setdefault(label, []).append((v, *spread(accs)))
     return points
 
 
