@@ -2,9 +2,10 @@
 
     XLA_FLAGS=--xla_force_host_platform_device_count=8 python tests/sharding_worker.py CORPUS OUTDIR MESH...
 
-Each MESH is data,fsdp,tensor[,impl]; for each, a few steps of `llm.training.train` run in OUTDIR/<mesh> and one
-JSON line is printed: the per-step losses, and what the run's own final state arrays hold: a few parameters'
-shardings and shard shapes, and the bytes of parameters and optimizer state on each device.
+Each MESH is data,fsdp,tensor[,impl] or data,fsdp,context,tensor[,impl] (context splits the sequence); for each,
+four steps of `llm.training.train` run in OUTDIR/<mesh> and one JSON line is printed: the per-step losses, and what
+the run's own final state arrays hold: a few parameters' shardings and shard shapes, and the bytes of parameters
+and optimizer state on each device. FIRST>THEN runs steps 1-2 on mesh FIRST and resumes steps 3-4 on mesh THEN.
 """
 
 import json
@@ -27,21 +28,32 @@ PROBES = {  # parameter path -> what the sharding rules should do with it
 }
 
 
+def mesh_sizes(spec: str) -> tuple[dict[str, int], str]:
+    """'2,2,2,dense' -> ({'data': 2, 'fsdp': 2, 'context': 1, 'tensor': 2}, 'dense')."""
+    parts = spec.split(",")
+    impl = parts.pop() if not parts[-1].isdigit() else "xla"
+    if len(parts) == 3:
+        parts.insert(2, "1")
+    return dict(zip(("data", "fsdp", "context", "tensor"), map(int, parts))), impl
+
+
 def run(corpus: str, out: Path, spec: str) -> dict:
-    data, fsdp, tensor, *rest = spec.split(",")
     out.mkdir(parents=True, exist_ok=True)
-    c = tiny_config(out)
-    c.data.corpus = corpus
-    c.model.d_model, c.model.n_heads, c.model.n_kv_heads, c.model.n_layers = 64, 8, 4, 2
-    c.model.scan_layers = True
-    c.model.attention_impl = rest[0] if rest else "xla"
-    c.train.steps, c.train.log_every, c.train.eval_every, c.train.checkpoint_every = 4, 1, 4, 4
-    c.train.batch_size = 8
-    c.sample.num_samples = 0
-    c.mesh.data, c.mesh.fsdp, c.mesh.tensor = int(data), int(fsdp), int(tensor)
-    workdir = out / spec.replace(",", "_")
+    workdir = out / spec.replace(",", "_").replace(">", "_then_")
     messages = []
-    result = train(c, workdir, log=messages.append)
+    stages = spec.split(">")
+    for i, stage in enumerate(stages):
+        c = tiny_config(out)
+        c.data.corpus = corpus
+        c.model.d_model, c.model.n_heads, c.model.n_kv_heads, c.model.n_layers = 64, 8, 4, 2
+        c.model.scan_layers = True
+        sizes, c.model.attention_impl = mesh_sizes(stage)
+        c.train.steps, c.train.log_every, c.train.eval_every, c.train.checkpoint_every = 4, 1, 4, 4
+        c.train.batch_size = 8
+        c.sample.num_samples = 0
+        for axis, size in sizes.items():
+            c.mesh[axis] = size
+        result = train(c, workdir, log=messages.append, stop_after=2 if i < len(stages) - 1 else None)
     rows = [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in rows if "loss" in r]
     memory = next(m for m in messages if m.startswith("per-device memory"))

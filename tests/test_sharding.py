@@ -20,8 +20,11 @@ from llm.runs import load_run
 pytestmark = pytest.mark.slow  # real `llm` processes: minutes on 2 cores (-m 'not slow' skips them)
 
 HERE = Path(__file__).parent
-# Attention: 'xla' unless named; the 2 x 2 x 2 mesh runs the default ('dense') and the Pallas kernel.
-MESHES = ["8,1,1", "1,8,1", "1,2,4", "2,2,2,dense", "2,2,2,flash"]
+# data,fsdp,tensor or data,fsdp,context,tensor (tests/sharding_worker.py). Attention: 'xla' unless named; the
+# 2 x 2 x 2 mesh runs the default ('dense') and the Pallas kernel. Context parallelism (more meshes in
+# test_context_parallel.py): the 8-way ring, and a run whose checkpoint at step 2 (4-way context with fsdp) resumes
+# on 2-way context with data.
+MESHES = ["8,1,1", "1,8,1", "1,2,4", "2,2,2,dense", "2,2,2,flash", "1,1,8,1", "1,2,4,1>4,1,2,1"]
 
 
 def run_worker(corpus, out, meshes, devices):
@@ -72,10 +75,11 @@ def test_fsdp_divides_parameter_and_optimizer_memory(runs):
         assert one[part] / fsdp[part] > 6.5, (part, one[part], fsdp[part])
 
 
-def test_checkpoint_from_8_way_fsdp_restores_on_one_device(runs):
+@pytest.mark.parametrize("mesh", ["1,8,1", "1,2,4,1>4,1,2,1"])
+def test_checkpoint_from_a_mesh_restores_on_one_device(runs, mesh):
     single, eight = runs
     a = load_run(single["1,1,1"]["workdir"]).params
-    b = load_run(eight["1,8,1"]["workdir"]).params
+    b = load_run(eight[mesh]["workdir"]).params
     assert len(jax.devices()) == 1
     for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True):
         assert x.sharding.device_set == y.sharding.device_set == {jax.devices()[0]}

@@ -27,6 +27,7 @@ from llm.data.metrics import METRICS
 from llm.data.mixture import parse_mixture
 from llm.errors import ConfigError
 from llm.model.config import ModelConfig
+from llm.ops.attention.capabilities import CONTEXT_STRATEGIES
 from llm.parallel.rules import MESH_AXES, logical_rules
 from llm.tokenizers import KINDS as TOKENIZERS
 
@@ -313,8 +314,13 @@ _OPTIONS: list[Option] = [
              check=mesh_size, resume=FREE) for axis in MESH_AXES),
     *(Option(f"mesh.rules.{name}", str, axes, "mesh axes of a logical axis name (comma-separated; '' = replicated)",
              check=mesh_axes, resume=FREE)
-      for name, axes in (("batch", "data,fsdp"), ("length", ""), ("embed", "fsdp"), ("vocab", "tensor"),
+      for name, axes in (("batch", "data,fsdp"), ("length", "context"), ("embed", "fsdp"), ("vocab", "tensor"),
                          ("heads", "tensor"), ("kv_heads", "tensor"), ("kv", ""), ("mlp", "tensor"), ("layers", ""))),
+    Option("mesh.context_strategy", str, "ring", "how attention sees keys on other devices: ring or all_gather "
+           "(llm/ops/attention/context.py)", check=choice(*CONTEXT_STRATEGIES), resume=FREE),
+    Option("mesh.context_balance", bool, True, "under mesh.context > 1, each device holds two mirrored chunks of "
+           "a sequence, so causal attention's work is even (needs attention-only models without short_conv)",
+           resume=FREE),
     Option("distributed.enabled", bool, False, "JAX's distributed runtime (llm/parallel/distributed.py)", resume=FREE),
     Option("distributed.coordinator_address", str, None, "host:port of process 0", nullable=True, resume=FREE),
     Option("distributed.num_processes", int, None, nullable=True, resume=FREE),

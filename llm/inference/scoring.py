@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from llm.model import Transformer
+from llm.model.spmd import to_context_layout
 from llm.ops import cross_entropy
 from llm.parallel import Shardings
 
@@ -25,7 +26,7 @@ def make_eval_step(model: Transformer, shardings: Shardings | None = None):
     """(params, inputs, targets, extras=None) -> (sum of token losses, token count); extras as in a batch."""
 
     def f(params, x, y, extras=None):
-        extras = extras or {}
+        x, y, extras = to_context_layout(x, y, extras or {})
         return cross_entropy(_logits(model, params, x, extras), y, extras.get("weights"))
 
     return _jit(f, shardings)
@@ -35,6 +36,7 @@ def make_accuracy_step(model: Transformer, shardings: Shardings | None = None):
     """(params, inputs, targets, extras) -> (weighted count of argmax == target, sum of weights)."""
 
     def f(params, x, y, extras):
+        x, y, extras = to_context_layout(x, y, extras)
         w = extras["weights"].astype(jnp.float32)
         return jnp.sum((jnp.argmax(_logits(model, params, x, extras), -1) == y) * w), jnp.sum(w)
 

@@ -13,8 +13,9 @@ from llm.model.conv import ShortConv
 from llm.model.linear import Projection
 from llm.model.norms import RMSNorm
 from llm.model.positions import alibi_slopes, apply_rope
-from llm.model.spmd import fit_spec
+from llm.model.spmd import context_layout, fit_spec
 from llm.ops.attention import attention, attention_weights, decode_impl
+from llm.ops.attention.context import Masking, context_attention
 
 
 class SelfAttention(nn.Module):
@@ -83,29 +84,40 @@ class SelfAttention(nn.Module):
                           deterministic=self.deterministic, name="out")(out_BTHD)
 
     def _attend(self, q_BTHD, k_BTKD, v_BTKD, segment_ids_BT, kw):
-        """The attention op; a Pallas kernel (a per-device program) runs under shard_map on a mesh."""
+        """The attention op. On a mesh, per-device programs run under shard_map: the Pallas kernel, and the
+        context-parallel attention when the mesh splits the sequence (llm/ops/attention/context.py)."""
         impl = self.cfg.attention_impl
         mesh = jax.sharding.get_abstract_mesh()
-        if impl != "flash" or mesh.empty or mesh.size == 1:
+        layout = context_layout()
+        if layout is None and (impl != "flash" or mesh.empty or mesh.size == 1):
             return attention(q_BTHD, k_BTKD, v_BTKD, impl=impl, segment_ids=segment_ids_BT, **kw)
-        q_spec = fit_spec(nn.logical_to_mesh_axes(("batch", "length", "heads", "kv")), q_BTHD.shape, mesh.shape)
-        kv_spec = fit_spec(nn.logical_to_mesh_axes(("batch", "length", "kv_heads", "kv")), k_BTKD.shape,
-                           mesh.shape)
-        if q_spec[1] is not None or q_spec[3] is not None or q_spec[0] != kv_spec[0]:
-            raise ValueError(f"impl='flash' under a mesh needs length and head_dim unsplit and batch split alike for "
-                             f"queries and keys; the rules give {q_spec} and {kv_spec}")
-        if kv_spec[2] != q_spec[2]:
-            # Local query head i reads local KV head i // group only if both are split the same way.
-            q_spec = P(q_spec[0], None, kv_spec[2], None)
-            kv_spec = P(kv_spec[0], None, kv_spec[2], None)
+        q_spec, kv_spec = _head_specs(q_BTHD.shape, k_BTKD.shape, mesh)
+        length = None if layout is None else layout.axis
+        if q_spec[1] != length or kv_spec[1] != length or q_spec[3] is not None or q_spec[0] != kv_spec[0]:
+            raise ValueError(f"attention under this mesh needs length split over {length!r} (mesh.rules.length), "
+                             f"head_dim unsplit and batch split alike for queries and keys; the rules give {q_spec} "
+                             f"and {kv_spec}")
+        rest = {name: x for name, x in kw.items() if name != "alibi_slopes"}
+        slopes, segments = kw["alibi_slopes"], segment_ids_BT
+        if layout is not None and segments is None:
+            segments = jnp.zeros(q_BTHD.shape[:2], jnp.int32)
 
-        def per_device(q, k, v, *seg):
-            return attention(q, k, v, impl=impl, segment_ids=seg[0] if seg else None, **kw)
+        def per_device(q, k, v, *optional):
+            optional = list(optional)
+            seg = optional.pop(0) if segments is not None else None
+            local_slopes = optional[0] if slopes is not None else None
+            if layout is None:
+                return attention(q, k, v, impl=impl, segment_ids=seg, alibi_slopes=local_slopes, **rest)
+            masking = Masking(causal=rest["causal"], window=rest["window"], scale=q.shape[-1] ** -0.5,
+                              softcap=rest["softcap"])
+            return context_attention(q, k, v, seg, seg, local_slopes, layout=layout, masking=masking)
 
-        args, specs = (q_BTHD, k_BTKD, v_BTKD), (q_spec, kv_spec, kv_spec)
-        if segment_ids_BT is not None:
-            args, specs = (*args, segment_ids_BT), (*specs, P(q_spec[0], None))
-        return jax.shard_map(per_device, in_specs=specs, out_specs=q_spec, check_vma=False)(*args)
+        args, specs = [q_BTHD, k_BTKD, v_BTKD], [q_spec, kv_spec, kv_spec]
+        if segments is not None:
+            args, specs = [*args, segments], [*specs, P(q_spec[0], q_spec[1])]
+        if slopes is not None:  # each device's heads' slopes
+            args, specs = [*args, slopes], [*specs, P(q_spec[2])]
+        return jax.shard_map(per_device, in_specs=tuple(specs), out_specs=q_spec, check_vma=False)(*args)
 
     def _attend_cached(self, q_BTHD, k_BTKD, v_BTKD, segment_ids_BT, index, kw):
         cfg = self.cfg
@@ -132,3 +144,18 @@ class SelfAttention(nn.Module):
             q_BTHD, jnp.swapaxes(key.value, 1, 2), jnp.swapaxes(value.value, 1, 2),
             impl=decode_impl(cfg.attention_impl, **cfg.attention_features),
             segment_ids=segment_ids_BT, kv_segment_ids=segments.value, q_offset=index, **kw)
+
+
+def _head_specs(q_shape, kv_shape, mesh) -> tuple[P, P]:
+    """The partition specs of queries and keys / values under the current rules. Local query head i reads local
+    KV head i // group only if both are split the same way: the KV heads' split decides."""
+    def spec(names, shape):  # axes of size 1 split nothing: dropped, so specs compare by what they split
+        dims = [tuple(a for a in ((d,) if isinstance(d, str) else d or ()) if mesh.shape[a] > 1)
+                for d in fit_spec(nn.logical_to_mesh_axes(names), shape, mesh.shape)]
+        return P(*(None if not d else d[0] if len(d) == 1 else d for d in dims))
+
+    q_spec = spec(("batch", "length", "heads", "kv"), q_shape)
+    kv_spec = spec(("batch", "length", "kv_heads", "kv"), kv_shape)
+    if kv_spec[2] != q_spec[2]:
+        q_spec = P(q_spec[0], q_spec[1], kv_spec[2], q_spec[3])
+    return q_spec, kv_spec

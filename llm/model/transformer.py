@@ -15,6 +15,7 @@ from llm.model.matmuls import matmul_2d
 from llm.model.mixers import Mixer
 from llm.model.norms import make_norm
 from llm.model.positions import LearnedPositions, sinusoidal
+from llm.model.spmd import context_layout
 
 # Names of jax.checkpoint policies for `ModelConfig.remat` ('none' disables remat, 'full' saves nothing).
 REMAT_POLICIES = {
@@ -101,6 +102,10 @@ class Transformer(nn.Module):
             decode_index = index.value
             if self.is_mutable_collection("cache") and not self.is_initializing():
                 index.value = decode_index + t
+        layout = None if decode else context_layout()
+        if layout is not None and layout.balanced and positions_BT is None and not self.is_initializing():
+            raise ValueError("the mesh splits the sequence in the balanced layout: pass the tokens in its order with "
+                             "their positions (llm.model.spmd.to_context_layout)")
         if positions_BT is None:
             positions_BT = jnp.broadcast_to(decode_index + jnp.arange(t, dtype=jnp.int32), (b, t))
 

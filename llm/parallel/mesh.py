@@ -1,7 +1,8 @@
-"""The device mesh: named axes `data`, `fsdp` and `tensor`, sized by the experiment's `mesh` section.
+"""The device mesh: named axes `data`, `fsdp`, `context` and `tensor`, sized by the experiment's `mesh` section.
 
     data    pure data parallelism: parameters replicated, batch split;
     fsdp    fully-sharded data parallelism: batch split, and parameters / optimizer state split on `embed`;
+    context context parallelism: every sequence split along its length (llm/ops/attention/context.py);
     tensor  tensor (model) parallelism: heads, MLP hidden units and vocabulary split (Megatron style).
 
 One size may be -1: it takes the devices the others leave.
@@ -22,7 +23,7 @@ from llm.parallel.rules import MESH_AXES
 
 def mesh_shape(sizes: dict[str, int], n_devices: int) -> tuple[int, ...]:
     """Axis sizes in MESH_AXES order, with a -1 resolved; ConfigError if they do not multiply to n_devices."""
-    shape = [int(sizes[a]) for a in MESH_AXES]
+    shape = [int(sizes.get(a, 1)) for a in MESH_AXES]
     if any(s == 0 or s < -1 for s in shape) or shape.count(-1) > 1:
         raise ConfigError(f"mesh sizes {dict(zip(MESH_AXES, shape))} must be positive, with at most one -1")
     known = math.prod(s for s in shape if s != -1)

@@ -8,7 +8,8 @@ from typing import Any
 
 from llm.errors import ConfigError
 
-MESH_AXES = ("data", "fsdp", "tensor")
+# Outermost first: tensor parallelism talks most, so it gets the innermost (fastest-linked) devices.
+MESH_AXES = ("data", "fsdp", "context", "tensor")
 Rules = tuple[tuple[str, Any], ...]
 
 

@@ -99,6 +99,28 @@ def _check_devices(config: ConfigDict, mesh) -> None:
     if backend not in CAPABILITIES[impl].backends:
         raise ConfigError(f"model.attention_impl={impl!r} runs on {', '.join(CAPABILITIES[impl].backends)} only, and "
                           f"this run's devices are {backend}; choose another implementation (e.g. 'dense' or 'xla')")
+    if mesh.shape["context"] > 1:
+        _check_context(config, mesh.shape["context"])
+
+
+def _check_context(config: ConfigDict, size: int) -> None:
+    """A mesh that splits the sequence: the length rule names the axis, every sequence splits evenly, and the
+    balanced layout (which reorders the tokens) meets no layer that mixes tokens in order."""
+    m, balance = config.model, config.mesh.context_balance
+    if config.mesh.rules.length != "context":
+        raise ConfigError(f"mesh.context={size} splits sequences, but mesh.rules.length={config.mesh.rules.length!r}; "
+                          "set mesh.rules.length='context'")
+    chunks = size * (2 if balance else 1)
+    seq_len = config.train.seq_len or m.max_len
+    if seq_len % chunks:
+        raise ConfigError(f"sequences of {seq_len} tokens do not split into {chunks} equal chunks (mesh.context={size}"
+                          f"{', 2 per device with mesh.context_balance' if balance else ''}); make the sequence "
+                          "length (train.seq_len or model.max_len) a multiple of it")
+    mixers = set(model_config(config, vocab_size=m.vocab_size or 1).layer_mixers) - {"attention"}
+    in_order = ["model.short_conv"] * bool(m.short_conv) + [f"the {x} mixer" for x in sorted(mixers)]
+    if balance and in_order:
+        raise ConfigError(f"mesh.context_balance reorders the tokens, which {in_order[0]} cannot take (it reads them "
+                          "in order); set mesh.context_balance=False")
 
 
 def _check_checkpoints_fit(plan: RunPlan) -> None:

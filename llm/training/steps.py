@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import optax
 
 from llm.model import Transformer
+from llm.model.spmd import to_context_layout
 from llm.ops import cross_entropy
 from llm.parallel import Shardings
 from llm.state import TrainState
@@ -30,6 +31,7 @@ def make_train_step(model: Transformer, tx: optax.GradientTransformation, lr_sch
 
     def loss_fn(params, inputs, targets, extras, key):
         """(sum of token losses, number of target tokens) of one (micro-)batch."""
+        inputs, targets, extras = to_context_layout(inputs, targets, extras)
         logits = model.apply({"params": params}, inputs, positions_BT=extras.get("positions"),
                              segment_ids_BT=extras.get("segment_ids"), train=True, rngs={"dropout": key})
         return cross_entropy(logits, targets, extras.get("weights"))

@@ -20,6 +20,7 @@ from llm.errors import CheckpointError, TrainingDiverged
 from llm.inference import make_accuracy_step, make_eval_step, score
 from llm.model import Transformer
 from llm.model.params import count_params, train_flops_per_token
+from llm.model.spmd import ContextSettings, context_settings
 from llm.parallel import format_memory_report, global_batch, make_shardings, memory_report
 from llm.runs import CHECKPOINT_DIR, DAMAGED_DIR, Checkpointer, MetricsLog
 from llm.runtime import peak_flops
@@ -57,7 +58,8 @@ class Trainer:
     def run(self, stop_after: int | None = None) -> None:
         """Train to train.steps, or for `stop_after` steps (then checkpoint, as if interrupted); everything traces
         under the mesh and the rules, which turn the model's logical axis names into shardings."""
-        with jax.set_mesh(self.plan.mesh), nn.logical_axis_rules(self.plan.rules):
+        settings = ContextSettings(self.config.mesh.context_strategy, self.config.mesh.context_balance)
+        with jax.set_mesh(self.plan.mesh), nn.logical_axis_rules(self.plan.rules), context_settings(settings):
             self._build_state()
             self.state, meta = self.restore_or_init()
             self._start_counters(meta)

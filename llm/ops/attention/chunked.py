@@ -15,23 +15,50 @@ def chunked_attention(q, k, v, *, causal, window, segment_ids, kv_segment_ids, q
                       alibi_slopes=None, block_k: int = 512):
     """Memory-efficient attention: never holds more than a [Tq, block_k] slab of scores per head."""
     b, tq = q.shape[:2]
+    if segment_ids is None:
+        segment_ids, kv_segment_ids = jnp.zeros((b, tq), jnp.int32), jnp.zeros((b, k.shape[1]), jnp.int32)
+    st, k, v, q_seg, kv_seg, q_offset, slopes = _prepare(k, v, segment_ids, kv_segment_ids, q_offset, alibi_slopes,
+                                                         causal=causal, window=window, scale=scale, softcap=softcap,
+                                                         block_k=block_k)
+    return _chunked(st, q, k, v, q_seg, kv_seg, q_offset, slopes)
+
+
+def block_attention(q, k, v, q_seg, kv_seg, q_offset, alibi_slopes, *, causal, window, scale, softcap,
+                    block_k: int = 512):
+    """(out [B, Tq, H, D] float32, logsumexp [B, K, G, Tq]) of q over one block of keys: what an online-softmax
+    merge over several blocks needs (context-parallel attention). q_seg [B, Tq] and kv_seg [B, Tk] are int
+    segment ids; q_offset is the slot of q's first row minus that of k's first key. A row that sees no key has
+    output 0 and logsumexp -inf."""
+    st, k, v, q_seg, kv_seg, q_offset, slopes = _prepare(k, v, q_seg, kv_seg, q_offset, alibi_slopes, causal=causal,
+                                                         window=window, scale=scale, softcap=softcap, block_k=block_k)
+    return _chunked_fwd_impl(st, q, k, v, q_seg, kv_seg, q_offset, slopes)
+
+
+def block_attention_grads(q, k, v, q_seg, kv_seg, q_offset, alibi_slopes, out, lse, do, *, causal, window, scale,
+                          softcap, block_k: int = 512):
+    """(dq, dk, dv), float32, of this key block's share of an attention whose final output `out` and logsumexp
+    `lse` (over all blocks) are given, for the output cotangent `do`. Summed over the blocks they are the
+    gradients of the whole attention."""
+    tk = k.shape[1]
+    st, k, v, q_seg, kv_seg, q_offset, slopes = _prepare(k, v, q_seg, kv_seg, q_offset, alibi_slopes, causal=causal,
+                                                         window=window, scale=scale, softcap=softcap, block_k=block_k)
+    dq, dk, dv = _chunked_grads(st, (q, k, v, q_seg, kv_seg, q_offset, slopes, out, lse), do)
+    return dq, dk[:, :tk], dv[:, :tk]
+
+
+def _prepare(k, v, q_seg, kv_seg, q_offset, alibi_slopes, *, causal, window, scale, softcap, block_k):
+    """The static options, and the keys, values and key segment ids padded to a whole number of key blocks."""
     tk = k.shape[1]
     block_k = max(1, min(block_k, tk))
     pad = -tk % block_k
     if pad:
         k = jnp.pad(k, ((0, 0), (0, pad), (0, 0), (0, 0)))
         v = jnp.pad(v, ((0, 0), (0, pad), (0, 0), (0, 0)))
-    if segment_ids is None:
-        q_seg = jnp.zeros((b, tq), jnp.int32)
-        kv_seg = jnp.zeros((b, tk), jnp.int32)
-    else:
-        q_seg, kv_seg = segment_ids.astype(jnp.int32), kv_segment_ids.astype(jnp.int32)
     # Padded keys get a segment id no query has, so they are never visible.
-    kv_seg = jnp.pad(kv_seg, ((0, 0), (0, pad)), constant_values=jnp.iinfo(jnp.int32).min)
-    q_offset = jnp.asarray(q_offset, jnp.int32)
+    kv_seg = jnp.pad(kv_seg.astype(jnp.int32), ((0, 0), (0, pad)), constant_values=jnp.iinfo(jnp.int32).min)
     static = _ChunkStatic(causal=causal, window=window, scale=scale, softcap=softcap, block_k=block_k)
     slopes = None if alibi_slopes is None else alibi_slopes.astype(jnp.float32)
-    return _chunked(static, q, k, v, q_seg, kv_seg, q_offset, slopes)
+    return static, k, v, q_seg.astype(jnp.int32), kv_seg, jnp.asarray(q_offset, jnp.int32), slopes
 
 
 class _ChunkStatic(tuple):
@@ -90,21 +117,28 @@ def _chunked_fwd_impl(st, q, k, v, q_seg, kv_seg, q_offset, slopes):
     safe = jnp.where(denom == 0, 1.0, denom)
     out_bkgqd = acc / safe[..., None]
     lse = jnp.where(denom == 0, -jnp.inf, m + jnp.log(safe))
-    out = jnp.moveaxis(out_bkgqd, 3, 1).reshape(b, tq, h, d).astype(q.dtype)
-    return out, lse
+    return jnp.moveaxis(out_bkgqd, 3, 1).reshape(b, tq, h, d), lse
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _chunked(st, q, k, v, q_seg, kv_seg, q_offset, slopes):
-    return _chunked_fwd_impl(st, q, k, v, q_seg, kv_seg, q_offset, slopes)[0]
+    return _chunked_fwd_impl(st, q, k, v, q_seg, kv_seg, q_offset, slopes)[0].astype(q.dtype)
 
 
 def _chunked_fwd(st, q, k, v, q_seg, kv_seg, q_offset, slopes):
     out, lse = _chunked_fwd_impl(st, q, k, v, q_seg, kv_seg, q_offset, slopes)
+    out = out.astype(q.dtype)
     return out, (q, k, v, q_seg, kv_seg, q_offset, slopes, out, lse)
 
 
 def _chunked_bwd(st, res, do):
+    q, k, v = res[:3]
+    dq, dk, dv = _chunked_grads(st, res, do)
+    return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), None, None, None, None
+
+
+def _chunked_grads(st, res, do):
+    """(dq, dk, dv) in float32; dk and dv span the padded keys."""
     q, k, v, q_seg, kv_seg, q_offset, slopes, out, lse = res
     b, tq, h, d = q.shape
     kh = k.shape[2]
@@ -135,8 +169,7 @@ def _chunked_bwd(st, res, do):
     def unblock(x):  # [n, B, bk, K, D] -> [B, n * bk, K, D]
         return jnp.moveaxis(x, 0, 1).reshape(b, -1, kh, d)
 
-    return (dq.reshape(b, tq, h, d).astype(q.dtype), unblock(dk_blocks).astype(k.dtype),
-            unblock(dv_blocks).astype(v.dtype), None, None, None, None)
+    return dq.reshape(b, tq, h, d), unblock(dk_blocks), unblock(dv_blocks)
 
 
 _chunked.defvjp(_chunked_fwd, _chunked_bwd)

@@ -1,0 +1,60 @@
+"""Context parallelism: attention with the sequence split over 2, 4 and 8 simulated CPU devices (ring and
+all-gather, balanced and contiguous layouts), and a model's loss and gradients under meshes that add data, fsdp and
+tensor axes, equal to one device's. Training runs under such meshes (and a resume across context sizes) are in
+tests/test_sharding.py."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from llm.ops.attention.context import Layout
+
+pytestmark = pytest.mark.slow  # 8 simulated devices in a subprocess
+
+HERE = Path(__file__).parent
+
+
+def run_worker(mode: str) -> list[dict]:
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.run([sys.executable, str(HERE / "context_worker.py"), mode], capture_output=True, text=True,
+                          env=env, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return [json.loads(line[7:]) for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+
+
+def test_attention_over_split_sequences_equals_the_whole():
+    results = run_worker("ops")
+    assert len(results) == 10
+    for r in results:
+        # float32 sums in another order; the outputs and gradients are O(1).
+        assert r["out"] < 2e-6, r
+        for grad in ("dq", "dk", "dv"):
+            assert r.get(grad, 0.0) < 5e-6, r
+    assert sum("dq" in r for r in results) == 9  # all but the soft-capped case check gradients
+
+
+def test_model_loss_and_gradients_under_context_meshes_equal_one_device():
+    results = run_worker("model")
+    assert {r["case"].split()[0] for r in results} == {"1,1,8,1", "1,1,4,1", "2,1,2,2", "1,2,4,1", "1,2,2,2"}
+    for r in results:
+        np.testing.assert_allclose(r["loss"], r["want_loss"], rtol=1e-6, err_msg=r["case"])
+        assert r["grad_error"] < 1e-6 * max(1.0, r["grad_scale"]), r
+
+
+def test_balanced_layout_pairs_mirrored_chunks():
+    layout = Layout("context", 4, balanced=True)
+    order = layout.order(16)  # 8 chunks of 2 slots: device d holds chunks d and 7 - d
+    assert order.tolist() == [0, 1, 14, 15, 2, 3, 12, 13, 4, 5, 10, 11, 6, 7, 8, 9]
+    assert Layout("context", 4, balanced=False).order(16).tolist() == list(range(16))
+    # Causal work per device (visible (query, key) pairs) is equal when balanced, skewed when not.
+    for balanced, spread in ((True, 0), (False, 48)):
+        slots = Layout("context", 4, balanced=balanced).order(16).reshape(4, 4)
+        work = [int(sum(s + 1 for s in device)) for device in slots]
+        assert max(work) - min(work) == spread, work
+    with pytest.raises(ValueError, match="does not split into 8 equal chunks"):
+        layout.order(20)
