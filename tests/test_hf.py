@@ -159,9 +159,13 @@ GPT2_JSON = dict(model_type="gpt2", vocab_size=VOCAB, n_embd=32, n_layer=2, n_he
 @pytest.mark.parametrize("config, field", [
     (dict(GPT2_JSON, activation_function="gelu"), "activation_function"),
     (dict(GPT2_JSON, scale_attn_by_inverse_layer_idx=True), "scale_attn_by_inverse_layer_idx"),
-    (dict(LLAMA_JSON, rope_scaling={"rope_type": "linear", "factor": 2.0}), "rope_scaling"),
-    (dict(LLAMA_JSON, rope_parameters={"rope_type": "llama3", "rope_theta": 5e5, "factor": 8.0}), "rope_parameters"),
+    (dict(LLAMA_JSON, rope_scaling={"rope_type": "proportional", "factor": 2.0}), "rope_scaling"),
+    (dict(LLAMA_JSON, rope_parameters={"rope_type": "llama3", "rope_theta": 5e5, "factor": 8.0}), "low_freq_factor"),
+    (dict(LLAMA_JSON, rope_scaling={"type": "linear", "factor": 2.0}, rope_parameters={"rope_type": "yarn"}),
+     "disagree"),
     (dict(LLAMA_JSON, partial_rotary_factor=0.5), "partial_rotary_factor"),
+    (dict(LLAMA_JSON, rope_parameters={"rope_type": "default", "partial_rotary_factor": 0.5}),
+     "partial_rotary_factor"),
     (dict(LLAMA_JSON, hidden_act="gelu"), "hidden_act"),
     (dict(LLAMA_JSON, model_type="qwen2", use_sliding_window=True, sliding_window=8, max_window_layers=1),
      "layer_types"),
@@ -172,6 +176,45 @@ GPT2_JSON = dict(model_type="gpt2", vocab_size=VOCAB, n_embd=32, n_layer=2, n_he
 def test_import_rejects_what_the_model_cannot_do(tmp_path, config, field):
     with pytest.raises(HFConversionError, match=field):
         import_hf(_hf_dir(tmp_path, **config))
+
+
+# rope_parameters of each scaled type for LLAMA_JSON's head_dim of 8, over an original context of 16.
+ROPE_JSON = {
+    "linear": dict(rope_type="linear", factor=2.0),
+    "dynamic": dict(rope_type="dynamic", factor=3.0),
+    "yarn": dict(rope_type="yarn", factor=2.0, original_max_position_embeddings=16, beta_fast=16.0),
+    "yarn-mscale": dict(rope_type="yarn", factor=4.0, original_max_position_embeddings=16, mscale=0.7,
+                        mscale_all_dim=0.5, truncate=False),
+    "llama3": dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+                   original_max_position_embeddings=16),
+    "longrope": dict(rope_type="longrope", short_factor=[1.0, 1.25, 1.5, 2.0], long_factor=[1.0, 2.0, 4.0, 8.0],
+                     original_max_position_embeddings=16),  # factor: max_position_embeddings / 16
+}
+
+
+@pytest.mark.parametrize("name", sorted(ROPE_JSON))
+def test_rope_scaling_config_round_trip(name):
+    """A scaled RoPE imports from v5's rope_parameters, exports, and imports again the same, from either spelling
+    of the export (v4: rope_theta + rope_scaling, whose legacy key 'type' also reads)."""
+    from llm.hf.configs import hf_config, model_config_from_hf
+
+    _, cfg = model_config_from_hf(dict(LLAMA_JSON, rope_parameters=dict(ROPE_JSON[name], rope_theta=50.0)))
+    assert (cfg.rope_scaling, cfg.rope_base) == (name.split("-")[0], 50.0)
+    exported = hf_config(cfg, "llama")
+    assert model_config_from_hf(exported)[1] == cfg
+    v4 = {k: v for k, v in exported.items() if k != "rope_parameters"}
+    v4["rope_scaling"] = {"type" if k == "rope_type" else k: v for k, v in v4["rope_scaling"].items()}
+    assert model_config_from_hf(v4)[1] == cfg
+    if name == "yarn-mscale":  # resolved as transformers does: mscale / mscale_all_dim
+        assert cfg.rope_attention_factor == pytest.approx((0.07 * np.log(4) + 1) / (0.05 * np.log(4) + 1))
+        assert not cfg.rope_truncate
+    if name == "longrope":
+        assert cfg.rope_factor == 2.0 and cfg.rope_long_factor == "1.0,2.0,4.0,8.0"
+    if name == "dynamic":  # transformers' dynamic scaling starts beyond max_position_embeddings
+        assert cfg.rope_original_max_len == 32
+    if name == "llama3":  # a top-level original_max_position_embeddings (Phi-3's spelling) wins, as in transformers
+        hf = dict(LLAMA_JSON, original_max_position_embeddings=8, rope_parameters=ROPE_JSON[name])
+        assert model_config_from_hf(hf)[1].rope_original_max_len == 8
 
 
 def test_import_file_errors(tmp_path):
@@ -212,6 +255,7 @@ def test_import_file_errors(tmp_path):
     (dict(norm="rmsnorm", ffn="swiglu", position="rope"), "mistral", "biases"),  # nonzero biases
     (dict(norm="rmsnorm", ffn="swiglu", position="rope"), "qwen2", "biases"),
     (dict(), "gpt-3", "arch="),
+    (dict(norm="rmsnorm", ffn="swiglu", position="rope", rotary_fraction=0.5), "llama", "model.rotary_fraction=0.5"),
 ])
 def test_export_rejects_what_the_architecture_cannot_hold(tmp_path, fields, arch, match):
     cfg = ModelConfig(**SMALL, **fields)
@@ -315,6 +359,93 @@ def test_transformers_models_import_export_exactly(hf, tmp_path, name):
     assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
     assert type(reloaded) is type(model)
     np.testing.assert_allclose(hf_logits(hf, reloaded.eval()), want, atol=1e-6, rtol=0)
+
+
+LONG = np.random.default_rng(1).integers(0, VOCAB, (2, 32)).astype(np.int32)
+# rope_parameters of each scaled type for hf_llama_family's head_dim of 16: max_position_embeddings 32 over an
+# original context of 16, so LONG goes beyond it (dynamic: beyond max_position_embeddings 16). rope_theta 100 puts
+# frequencies in each of llama3's bands and on yarn's ramp.
+ROPE_MODELS = {
+    "linear": dict(rope_type="linear", factor=2.0),
+    "dynamic": dict(rope_type="dynamic", factor=2.0),
+    "yarn": dict(rope_type="yarn", factor=2.0, original_max_position_embeddings=16),
+    "llama3": dict(rope_type="llama3", factor=4.0, low_freq_factor=0.5, high_freq_factor=2.0,
+                   original_max_position_embeddings=16),
+    "longrope": dict(rope_type="longrope", original_max_position_embeddings=16,
+                     short_factor=[1.0 + 0.1 * i for i in range(8)], long_factor=[1.0 + 0.5 * i for i in range(8)]),
+}
+
+
+def max_logit_diff(name, got, want):
+    """max |ours - transformers'| over the given logits, printed for the record (pytest -rP shows it)."""
+    diff = max(float(np.abs(g - w).max()) for g, w in zip(got, want, strict=True))
+    print(f"max |logit diff| {name}: {diff:.2e}")
+    return diff
+
+
+@pytest.mark.parametrize("kind", sorted(ROPE_MODELS))
+def test_rope_scaling_matches_transformers(hf, tmp_path, kind):
+    """Each scaled RoPE on a sequence beyond the original context and on one within it (dynamic and longrope
+    switch there), then exported: transformers reads our config.json as the same model."""
+    model = hf_llama_family(hf, max_position_embeddings=16 if kind == "dynamic" else 32,
+                            rope_parameters=dict(ROPE_MODELS[kind], rope_theta=100.0))
+    model.save_pretrained(tmp_path / "hf", safe_serialization=True)
+    lengths = (LONG, LONG[:, :12])
+    want = [hf_logits(hf, model, t) for t in lengths]  # long first: transformers' dynamic resets below 16
+
+    cfg, params, _ = import_hf(tmp_path / "hf", max_len=32)
+    assert cfg.rope_scaling == kind
+    assert max_logit_diff(kind, [logits(cfg, params, t) for t in lengths], want) < 1e-4
+
+    export_hf(cfg, params, tmp_path / "out", arch="llama")
+    assert import_hf(tmp_path / "out", max_len=32)[0] == cfg
+    reloaded = hf.transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
+    np.testing.assert_allclose(hf_logits(hf, reloaded, LONG), want[0], atol=1e-6, rtol=0)
+
+
+PARTIAL_ROTARY = {
+    "partial": dict(rope_type="default", partial_rotary_factor=0.5),
+    "partial-longrope": dict(rope_type="longrope", partial_rotary_factor=0.75,  # Phi-4-mini's kind
+                             short_factor=ROPE_MODELS["longrope"]["short_factor"][:6],
+                             long_factor=ROPE_MODELS["longrope"]["long_factor"][:6]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PARTIAL_ROTARY))
+def test_partial_rotary_matches_transformers_phi3(hf, name):
+    """model.rotary_fraction against Phi-3, which rotates the first int(head_dim * partial_rotary_factor) channels
+    (transformers' Llama-family models rotate whole heads). Phi-3 is Llama with fused q|k|v and gate|up
+    projections; split here into Llama's names, they load with the Llama mapping."""
+    from llm.hf.weights import params_from_hf
+
+    rope = dict(PARTIAL_ROTARY[name], rope_theta=100.0)
+    config = hf.transformers.Phi3Config(
+        vocab_size=VOCAB, hidden_size=64, intermediate_size=160, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=32, original_max_position_embeddings=16, rope_parameters=rope,
+        tie_word_embeddings=False, pad_token_id=0, bos_token_id=99, eos_token_id=EOS)
+    model = randomize(hf, hf.transformers.Phi3ForCausalLM(config))
+    lengths = (LONG, LONG[:, :12])
+    want = [hf_logits(hf, model, t) for t in lengths]
+
+    tensors = {}
+    for key, x in model.state_dict().items():
+        x = x.numpy()
+        if key.endswith("qkv_proj.weight"):
+            for part, w in zip("qkv", np.split(x, [64, 96]), strict=True):  # 4 query heads, 2 + 2 KV heads of 16
+                tensors[key.replace("qkv_proj", f"{part}_proj")] = w
+        elif key.endswith("gate_up_proj.weight"):
+            for part, w in zip(("gate", "up"), np.split(x, 2), strict=True):
+                tensors[key.replace("gate_up_proj", f"{part}_proj")] = w
+        else:
+            tensors[key] = x
+    scaling = {} if rope["rope_type"] == "default" else dict(
+        rope_scaling="longrope", rope_factor=2.0, rope_original_max_len=16,
+        **{f"rope_{key}": ",".join(map(str, rope[key])) for key in ("short_factor", "long_factor")})
+    cfg = ModelConfig(vocab_size=VOCAB, max_len=32, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=160,
+                      ffn="swiglu", norm="rmsnorm", norm_eps=config.rms_norm_eps, position="rope", rope_base=100.0,
+                      use_bias=False, tie_embeddings=False, rotary_fraction=rope["partial_rotary_factor"], **scaling)
+    params = params_from_hf(tensors, cfg, "llama")
+    assert max_logit_diff(name, [logits(cfg, params, t) for t in lengths], want) < 1e-4
 
 
 def test_bfloat16_sharded_checkpoint(hf, tmp_path):

@@ -11,7 +11,9 @@ import pytest
 
 from llm.errors import ConfigError
 from llm.model import ModelConfig, Transformer, count_params, param_count_formula, stack_layers
+from llm.model.config import ROPE_SCALINGS, RopeScaling
 from llm.model.positions import alibi_slopes, apply_rope, sinusoidal
+from llm.model.rope import FREQUENCIES
 
 BASE = dict(vocab_size=37, max_len=32, d_model=32, n_layers=2, n_heads=4)
 
@@ -23,6 +25,8 @@ VARIANTS = {
     "nopos_qknorm_softcap": dict(position="none", qk_norm=True, attn_softcap=4.0, attention_impl="chunked"),
     "scan_remat_rope": dict(position="rope", scan_layers=True, remat="full", n_kv_heads=2),
     "shortconv_gqa_scan": dict(position="rope", short_conv=3, n_kv_heads=2, scan_layers=True),
+    "yarn_partial_rope": dict(position="rope", rope_scaling="yarn", rope_factor=4.0, rope_original_max_len=8,
+                              rotary_fraction=0.5, n_kv_heads=2),
 }
 
 
@@ -152,6 +156,76 @@ def test_rope_base_is_used():
     assert not np.allclose(forward(model_a)(params, x), forward(model_b)(params, x))
 
 
+def test_unscaled_rope_is_the_plain_formula_bit_for_bit():
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((2, 5, 3, 16)), jnp.float32)
+    positions = jnp.asarray(rng.integers(0, 1000, (2, 5)))
+    inv_freq = 500.0 ** (-np.arange(0, 16, 2, dtype=np.float32) / 16)
+    angle = positions[..., None].astype(jnp.float32) * inv_freq
+    cos, sin = jnp.cos(angle)[:, :, None, :], jnp.sin(angle)[:, :, None, :]
+    x1, x2 = jnp.split(x, 2, axis=-1)
+    want = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    assert np.asarray(apply_rope(x, positions, 500.0)).tobytes() == np.asarray(want).tobytes()
+
+
+def test_every_rope_scaling_has_its_frequencies():
+    assert tuple(FREQUENCIES) == ROPE_SCALINGS
+
+
+def numpy_rope(x, positions, inv_freq, scale=1.0):
+    """Rotate-half RoPE in float64 on the first 2 * len(inv_freq) channels; cos and sin times `scale`."""
+    r = 2 * len(inv_freq)
+    angle = positions[..., None] * inv_freq
+    cos, sin = scale * np.cos(angle)[:, :, None, :], scale * np.sin(angle)[:, :, None, :]
+    x1, x2, rest = x[..., :r // 2], x[..., r // 2:r], x[..., r:]
+    return np.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin, rest], axis=-1)
+
+
+def llama3_inv_freq(base, dim, factor, low, high, original):
+    """Meta's `apply_scaling` (llama-models, Llama 3.1), one frequency at a time."""
+    out = []
+    for f in 1.0 / base ** (np.arange(0, dim, 2) / dim):
+        wavelen = 2 * np.pi / f
+        if wavelen < original / high:
+            out.append(f)
+        elif wavelen > original / low:
+            out.append(f / factor)
+        else:
+            smooth = (original / wavelen - low) / (high - low)
+            out.append((1 - smooth) * f / factor + smooth * f)
+    return np.array(out)
+
+
+def yarn_inv_freq(base, dim, factor, original, beta_fast=32, beta_slow=1):
+    """YaRN's reference (jquesnelle/yarn): frequency index i is interpolated by a ramp from 0 (kept) at the index
+    that turns beta_fast times over the original context to 1 (divided by factor) at the one that turns beta_slow
+    times, both rounded outwards."""
+    def index_turning(turns):  # solve original * base^(-2i/dim) / (2 pi) = turns for i
+        return dim / 2 * np.log(original / (2 * np.pi * turns)) / np.log(base)
+    low, high = max(np.floor(index_turning(beta_fast)), 0), min(np.ceil(index_turning(beta_slow)), dim - 1)
+    ramp = np.clip((np.arange(dim // 2) - low) / (high - low), 0, 1)
+    plain = base ** (-np.arange(0, dim, 2) / dim)
+    return plain * (1 - ramp) + plain / factor * ramp
+
+
+@pytest.mark.parametrize("kind", ["llama3", "yarn"])
+def test_scaled_rope_matches_a_numpy_reference(kind):
+    """llama3 on all 32 channels of a head, yarn on the first 24 (partial rotary): against from-scratch float64
+    versions of the published recipes."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 6, 3, 32))
+    positions = rng.integers(0, 200, (2, 6))
+    if kind == "llama3":
+        scaling, dim = RopeScaling("llama3", 8.0, 64, low_freq_factor=1.0, high_freq_factor=4.0), 32
+        want = numpy_rope(x, positions, llama3_inv_freq(1e4, dim, 8.0, 1.0, 4.0, 64))
+    else:
+        scaling, dim = RopeScaling("yarn", 4.0, 64), 24
+        want = numpy_rope(x, positions, yarn_inv_freq(1e4, dim, 4.0, 64), scale=0.1 * np.log(4.0) + 1)
+    got = apply_rope(jnp.asarray(x, jnp.float32), jnp.asarray(positions), 1e4, scaling, rotary_dim=dim)
+    np.testing.assert_allclose(got, want, atol=2e-5, rtol=0)
+    assert not np.allclose(got, numpy_rope(x, positions, 1e4 ** (-np.arange(0, dim, 2) / dim)), atol=1e-2)
+
+
 def test_sinusoidal_table():
     pe = np.asarray(sinusoidal(jnp.arange(50)[None], 8))[0]
     pos, i = 17, 2
@@ -275,6 +349,19 @@ def test_untied_embeddings_have_own_output_matrix():
     (dict(short_conv=-1), "model.short_conv is a kernel size >= 0"),
     (dict(colour="blue"), "unknown model config key"),
     (dict(matmul_dtype="int8"), "model.matmul_dtype='int8' is not one of: float32, bfloat16, float16"),
+    (dict(position="rope", rope_scaling="ntk"), "model.rope_scaling='ntk' is not one of: none, linear, dynamic"),
+    (dict(rope_scaling="linear"), "apply to position='rope' only"),
+    (dict(position="rope", rope_scaling="yarn"), "needs model.rope_original_max_len"),
+    (dict(position="rope", rope_factor=0.0), "model.rope_factor must be positive"),
+    (dict(position="rope", rope_scaling="llama3", rope_original_max_len=16, rope_low_freq_factor=4.0),
+     "model.rope_low_freq_factor=4.0 must be below model.rope_high_freq_factor=4.0"),
+    (dict(position="rope", rope_scaling="longrope", rope_original_max_len=16, rope_short_factor="1,2",
+          rope_long_factor="1,2,3,4"), "model.rope_short_factor='1,2' must be 4 comma-separated positive numbers"),
+    (dict(position="rope", rope_scaling="longrope", rope_original_max_len=16, rope_short_factor="1,2,3,4",
+          rope_long_factor="1,x,3,4"), "model.rope_long_factor='1,x,3,4' must be 4"),
+    (dict(position="rope", rotary_fraction=1.5), "model.rotary_fraction must be in (0, 1]"),
+    (dict(position="rope", rotary_fraction=0.1), "0.1) = 0 channels, which must be even and > 0"),
+    (dict(position="rope", rotary_fraction=0.4), "0.4) = 3 channels, which must be even"),
 ])
 def test_config_validation(overrides, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):

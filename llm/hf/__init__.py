@@ -26,11 +26,12 @@ bfloat16 included), tokenizer.json (+ tokenizer_config.json's eos_token). What i
            gelu_new / gelu_pytorch_tanh / gelu_fast (= our tanh-approximate gelu), relu or silu, biases, tied or
            untied lm_head. Rejected: activation 'gelu' (exact erf), scale_attn_by_inverse_layer_idx,
            scale_attn_weights=false, cross-attention.
-  llama    RoPE (rope_theta; rope_type 'default' only: rope_scaling linear/dynamic/yarn/llama3/longrope and
-  mistral  partial_rotary_factor are rejected), RMSNorm (rms_norm_eps), SwiGLU (hidden_act silu, intermediate_size),
-  qwen2    GQA (num_key_value_heads), head_dim, attention_bias / mlp_bias (Qwen2's q/k/v biases; absent biases
-  qwen3    become zeros), tie_word_embeddings, Mistral's sliding_window (every layer; Qwen's window on some layers
-           only is rejected), Qwen3's q_norm / k_norm (our qk_norm). Quantized checkpoints are rejected.
+  llama    RoPE (rope_theta; rope_type default, linear, dynamic, yarn, llama3 (Llama 3.1/3.2), longrope, from
+  mistral  rope_scaling or rope_parameters; partial_rotary_factor is rejected: these models rotate whole heads),
+  qwen2    RMSNorm (rms_norm_eps), SwiGLU (hidden_act silu, intermediate_size), GQA (num_key_value_heads),
+  qwen3    head_dim, attention_bias / mlp_bias (Qwen2's q/k/v biases; absent biases become zeros),
+           tie_word_embeddings, Mistral's sliding_window (every layer; Qwen's window on some layers only is
+           rejected), Qwen3's q_norm / k_norm (our qk_norm). Quantized checkpoints are rejected.
 Export checks the reverse: e.g. ALiBi, RMSNorm or SwiGLU cannot be GPT-2; a window needs arch='mistral', QK-norm
 arch='qwen3'; biases an architecture cannot hold must be all zeros (they are left out, e.g. Qwen2's o_proj).
 """

@@ -6,12 +6,14 @@ the field; nothing is silently approximated. Conventions checked against transfo
   GELU   our MLP's 'gelu' is flax's `nn.gelu`, the tanh approximation, i.e. HF 'gelu_new' (= 'gelu_pytorch_tanh',
          'gelu_fast'). HF 'gelu' is the exact erf form, which the model does not have: rejected.
   RoPE   our `apply_rope` rotates the pairs (i, i + D/2), HF's `rotate_half` layout, with the same frequencies
-         base^(-2i/D): q/k projections are copied as they are (no column permutation).
+         base^(-2i/D): q/k projections are copied as they are (no column permutation). The scaled types (linear,
+         dynamic, yarn, llama3, longrope) are llm/model/rope.py's, from either spelling of config.json.
   norms  HF LlamaRMSNorm = our RMSNorm (float32, weight * x / sqrt(mean(x^2) + eps)); GPT-2's LayerNorm = flax's.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from llm.config.options import RUNTIME, UNSUPPORTED, model_fields
@@ -107,23 +109,95 @@ def _gpt2_fields(hf: dict) -> dict[str, Any]:
                 init_std=hf.get("initializer_range", 0.02))
 
 
-def _rope_theta(hf: dict) -> float:
-    """rope_theta from either spelling: transformers v4 (`rope_theta`, `rope_scaling`) or v5 (`rope_parameters`)."""
-    params = hf.get("rope_parameters")
-    for name, d in (("rope_scaling", hf.get("rope_scaling")), ("rope_parameters", params)):
-        if d is None:
-            continue
-        if not isinstance(d, dict) or any(isinstance(v, dict) for v in d.values()):
+# transformers' rope_type -> model.rope_scaling; and each type's rope_parameters keys -> the ModelConfig fields.
+ROPE_TYPES = {"default": "none", "linear": "linear", "dynamic": "dynamic", "yarn": "yarn", "llama3": "llama3",
+              "longrope": "longrope"}
+ROPE_KEYS = {
+    "none": {},
+    "linear": {"factor": "rope_factor"},
+    "dynamic": {"factor": "rope_factor"},  # its original context: max_position_embeddings
+    "yarn": {"factor": "rope_factor", "original_max_position_embeddings": "rope_original_max_len",
+             "beta_fast": "rope_beta_fast", "beta_slow": "rope_beta_slow", "truncate": "rope_truncate",
+             "attention_factor": "rope_attention_factor"},
+    "llama3": {"factor": "rope_factor", "original_max_position_embeddings": "rope_original_max_len",
+               "low_freq_factor": "rope_low_freq_factor", "high_freq_factor": "rope_high_freq_factor"},
+    "longrope": {"factor": "rope_factor", "original_max_position_embeddings": "rope_original_max_len",
+                 "short_factor": "rope_short_factor", "long_factor": "rope_long_factor",
+                 "attention_factor": "rope_attention_factor"},
+}
+
+# The keys transformers cannot do without (the others have defaults, or are derived).
+ROPE_REQUIRED = {"linear": ("factor",), "dynamic": ("factor",), "yarn": (),
+                 "llama3": ("factor", "low_freq_factor", "high_freq_factor"),
+                 "longrope": ("short_factor", "long_factor")}
+
+
+def _rope_dict(hf: dict) -> tuple[str, dict]:
+    """The RoPE parameters and the key they came from: transformers v4's `rope_scaling` or v5's `rope_parameters`
+    (v5 reads rope_scaling when it is set), with rope_theta filled in from the top level."""
+    scaling, params = hf.get("rope_scaling"), hf.get("rope_parameters")
+    for name, d in (("rope_scaling", scaling), ("rope_parameters", params)):
+        if d is not None and (not isinstance(d, dict) or any(isinstance(v, dict) for v in d.values())):
             raise _unsupported(name, d, "RoPE parameters per layer type are not implemented")
-        kind = d.get("rope_type", d.get("type", "default"))
-        if kind != "default":
-            raise _unsupported(name, d, f"rope_type {kind!r} (scaled RoPE: linear, dynamic, yarn, llama3, longrope) "
-                               "is not implemented, only plain RoPE (rope_type 'default')")
-    params = params or {}
-    partial = params.get("partial_rotary_factor", hf.get("partial_rotary_factor", 1.0))
+    if scaling and params and _rope_type(scaling) != _rope_type(params):
+        raise HFConversionError(f"config.json: rope_scaling (rope_type {_rope_type(scaling)!r}) and rope_parameters "
+                                f"(rope_type {_rope_type(params)!r}) disagree; keep one of them")
+    name, d = ("rope_scaling", scaling) if scaling else ("rope_parameters", params or {})
+    theta = d.get("rope_theta", hf.get("rope_theta", (params or {}).get("rope_theta", 10000.0)))
+    return name, {**d, "rope_theta": theta}
+
+
+def _rope_type(d: dict) -> str:
+    return d.get("rope_type", d.get("type", "default"))
+
+
+def _rope_fields(hf: dict) -> dict[str, Any]:
+    """ModelConfig's RoPE fields (rope_base, rope_scaling, rope_*) of an HF config, resolved as transformers'
+    `modeling_rope_utils.py` does."""
+    name, d = _rope_dict(hf)
+    kind = _rope_type(d)
+    if kind not in ROPE_TYPES:
+        raise _unsupported(name, d, f"rope_type {kind!r} is not implemented; these are: {', '.join(ROPE_TYPES)}")
+    partial = d.get("partial_rotary_factor", hf.get("partial_rotary_factor", 1.0))
     if partial not in (None, 1, 1.0):
-        raise _unsupported("partial_rotary_factor", partial, "RoPE rotates every channel of a head")
-    return float(params.get("rope_theta", hf.get("rope_theta", 10000.0)))
+        raise _unsupported("partial_rotary_factor", partial, "transformers' Llama, Mistral and Qwen models rotate "
+                           "every channel of a head (rope_type 'default' ignores the factor, the scaled types fail)")
+    ours = ROPE_TYPES[kind]
+    d = _resolved(ours, d, hf, name)
+    fields = {field: d[key] for key, field in ROPE_KEYS[ours].items() if d.get(key) is not None}
+    for field in ("rope_short_factor", "rope_long_factor"):
+        if field in fields:
+            fields[field] = ",".join(repr(float(x)) for x in fields[field])
+    if ours == "dynamic":
+        fields["rope_original_max_len"] = hf.get("max_position_embeddings", 2048)
+    return dict(fields, rope_base=float(d["rope_theta"]), rope_scaling=ours)
+
+
+def _resolved(kind: str, d: dict, hf: dict, name: str) -> dict:
+    """`d` with the values transformers derives when they are left out."""
+    max_pos = hf.get("max_position_embeddings", 2048)
+    if kind == "none":
+        return d
+    if kind in ("yarn", "llama3", "longrope"):
+        # A top-level original_max_position_embeddings (Phi-3's spelling) wins over rope_parameters'.
+        original = hf.get("original_max_position_embeddings", d.get("original_max_position_embeddings", max_pos))
+        d = dict(d, original_max_position_embeddings=original)
+    missing = [key for key in ROPE_REQUIRED[kind] if d.get(key) is None]
+    if missing:
+        raise HFConversionError(f"config.json: {name} of rope_type {kind!r} has no {missing[0]!r}")
+    if kind in ("yarn", "longrope") and d.get("factor") is None:
+        d = dict(d, factor=max_pos / d["original_max_position_embeddings"])
+    if kind == "yarn":
+        d = dict(d, beta_fast=d.get("beta_fast") or 32.0, beta_slow=d.get("beta_slow") or 1.0,
+                 truncate=d.get("truncate", True))
+        if d.get("attention_factor") is None and d.get("mscale") and d.get("mscale_all_dim"):
+            d = dict(d, attention_factor=_mscale(d["factor"], d["mscale"]) / _mscale(d["factor"], d["mscale_all_dim"]))
+    return d
+
+
+def _mscale(factor: float, mscale: float) -> float:
+    """YaRN's attention scale for `factor` (transformers' get_mscale)."""
+    return 1.0 if factor <= 1 else 0.1 * mscale * math.log(factor) + 1.0
 
 
 def _window(hf: dict, arch: str, n_layers: int) -> int | None:
@@ -159,14 +233,33 @@ def _llama_fields(hf: dict, arch: str) -> dict[str, Any]:
                 head_dim=None if head_dim * n_heads == d_model else head_dim,
                 d_ff=_required(hf, "intermediate_size"), ffn="swiglu", norm="rmsnorm",
                 norm_eps=hf.get("rms_norm_eps", 1e-6), norm_position="pre", position="rope",
-                rope_base=_rope_theta(hf), window=_window(hf, arch, n_layers), qk_norm=arch == "qwen3",
+                window=_window(hf, arch, n_layers), qk_norm=arch == "qwen3",
                 use_bias=any(hf.get(flag, False) if flag not in ("never", "always") else flag == "always"
                              for flag in BIAS_GROUPS[arch].values()),
-                tie_embeddings=hf.get("tie_word_embeddings", False), init_std=hf.get("initializer_range", 0.02))
+                tie_embeddings=hf.get("tie_word_embeddings", False), init_std=hf.get("initializer_range", 0.02),
+                **_rope_fields(hf))
 
 
 # ------------------------------------------------------------------------------------------------------------
 # export
+
+
+def _rope_config(cfg: ModelConfig) -> dict[str, Any]:
+    """config.json's RoPE keys in both spellings: transformers v4 reads rope_theta and rope_scaling, v5
+    rope_parameters."""
+    kind = next(hf for hf, ours in ROPE_TYPES.items() if ours == cfg.rope_scaling)
+    params = {"rope_type": kind}
+    for key, field in ROPE_KEYS[cfg.rope_scaling].items():
+        value = list(getattr(cfg.rope, key)) if key in ("short_factor", "long_factor") else getattr(cfg, field)
+        if value is not None and not (key == "truncate" and value):
+            params[key] = value
+    out = {"rope_theta": cfg.rope_base, "rope_parameters": {**params, "rope_theta": cfg.rope_base}}
+    if cfg.rope_scaling != "none":
+        out["rope_scaling"] = params
+    if cfg.rope_scaling == "dynamic":
+        # transformers' dynamic scaling starts beyond max_position_embeddings, which then is the original context.
+        out["max_position_embeddings"] = cfg.rope_original_max_len
+    return out
 
 
 def check_exportable(cfg: ModelConfig, arch: str) -> None:
@@ -202,6 +295,8 @@ def _hint(name: str, arch: str) -> str:
         return "; export with arch='mistral' for a sliding window"
     if name == "qk_norm" and arch != "qwen3":
         return "; export with arch='qwen3' for QK-norm"
+    if name == "rotary_fraction":
+        return "; transformers' Llama-family models rotate every channel of a head"
     if name in ("position", "norm", "ffn") and arch == "gpt2":
         return "; a RoPE/RMSNorm/SwiGLU model exports as arch='llama'"
     return ""
@@ -225,8 +320,7 @@ def hf_config(cfg: ModelConfig, arch: str, *, biases: dict[str, bool] | None = N
            "num_hidden_layers": cfg.n_layers, "num_attention_heads": cfg.n_heads,
            "num_key_value_heads": cfg.kv_heads, "head_dim": cfg.dim_per_head, "hidden_act": "silu",
            "max_position_embeddings": cfg.max_len, "rms_norm_eps": cfg.norm_eps, "attention_dropout": 0.0,
-           # v4 reads rope_theta, v5 rope_parameters.
-           "rope_theta": cfg.rope_base, "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_base}}
+           **_rope_config(cfg)}
     biases = biases or {}
     if arch == "llama":
         out.update(attention_bias=biases.get("attention_bias", False), mlp_bias=biases.get("mlp_bias", False),

@@ -61,8 +61,8 @@ class SelfAttention(nn.Module):
             q_BTHD = RMSNorm(cfg.norm_eps, dtype, param_dtype, axis_name="kv", name="query_norm")(q_BTHD)
             k_BTKD = RMSNorm(cfg.norm_eps, dtype, param_dtype, axis_name="kv", name="key_norm")(k_BTKD)
         if cfg.position == "rope":
-            q_BTHD = apply_rope(q_BTHD, positions_BT, cfg.rope_base)
-            k_BTKD = apply_rope(k_BTKD, positions_BT, cfg.rope_base)
+            q_BTHD = apply_rope(q_BTHD, positions_BT, cfg.rope_base, cfg.rope, cfg.rotary_dim)
+            k_BTKD = apply_rope(k_BTKD, positions_BT, cfg.rope_base, cfg.rope, cfg.rotary_dim)
         q_BTHD = nn.with_logical_constraint(q_BTHD, ("batch", "length", "heads", "kv"))
         k_BTKD = nn.with_logical_constraint(k_BTKD, ("batch", "length", "kv_heads", "kv"))
         v_BTKD = nn.with_logical_constraint(v_BTKD, ("batch", "length", "kv_heads", "kv"))

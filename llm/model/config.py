@@ -16,6 +16,7 @@ from llm.errors import ConfigError
 from llm.ops.attention.capabilities import FEATURES, IMPLEMENTATIONS, missing
 
 POSITIONS = ("learned", "sinusoidal", "rope", "alibi", "none")
+ROPE_SCALINGS = ("none", "linear", "dynamic", "yarn", "llama3", "longrope")  # llm/model/rope.py's FREQUENCIES
 FFNS = ("mlp", "swiglu", "geglu")
 ACTIVATIONS = ("gelu", "relu", "silu")
 NORMS = ("layernorm", "rmsnorm")
@@ -30,6 +31,23 @@ FEATURE_MAPS = ("identity", "elu", "taylor")
 # gated-linear family: linear, based, retnet, gla, mamba2; packed documents fall back to the jnp form).
 MIXER_IMPLS = ("chunked", "pallas")
 PALLAS_MIXERS = ("linear", "based", "retnet", "gla", "mamba2")
+
+
+@dataclasses.dataclass(frozen=True)
+class RopeScaling:
+    """A scaling and its parameters (ModelConfig's rope_* fields); defaults as transformers'."""
+
+    kind: str = "none"
+    factor: float = 1.0
+    original_max_len: int | None = None  # the pretraining context ('dynamic': where scaling starts)
+    low_freq_factor: float = 1.0  # llama3
+    high_freq_factor: float = 4.0  # llama3
+    beta_fast: float = 32.0  # yarn
+    beta_slow: float = 1.0  # yarn
+    truncate: bool = True  # yarn: round the ramp's ends to whole frequencies
+    attention_factor: float | None = None  # yarn, longrope; None: the type's default from `factor`
+    short_factor: tuple[float, ...] = ()  # longrope: one divisor per frequency within the original context
+    long_factor: tuple[float, ...] = ()  # longrope: beyond it
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +70,23 @@ class ModelConfig:
     norm_position: str = "pre"
     position: str = "learned"
     rope_base: float = 10000.0
+    # RoPE scaling for a context beyond the pretraining one, as transformers computes each (llm/model/rope.py):
+    # 'none', 'linear', 'dynamic' (NTK-aware), 'yarn', 'llama3' (Llama 3.1), 'longrope' (Phi-3). The rope_* fields
+    # below are transformers' rope_parameters of the same names; each type reads its own.
+    rope_scaling: str = "none"
+    rope_factor: float = 1.0  # every type: the context extension factor
+    rope_original_max_len: int | None = None  # the pretraining context (every type but linear; dynamic: its start)
+    rope_low_freq_factor: float = 1.0  # llama3
+    rope_high_freq_factor: float = 4.0  # llama3
+    rope_beta_fast: float = 32.0  # yarn
+    rope_beta_slow: float = 1.0  # yarn
+    rope_truncate: bool = True  # yarn
+    rope_attention_factor: float | None = None  # yarn, longrope: scales cos and sin; None: the type's default
+    # longrope: comma-separated divisors, one per rotated frequency (rotary_dim / 2), within the original context
+    # (short) and beyond it (long)
+    rope_short_factor: str = ""
+    rope_long_factor: str = ""
+    rotary_fraction: float = 1.0  # RoPE rotates the first int(head_dim * rotary_fraction) channels of each head
     # llm/ops/attention.py; "dense" measured fastest on CPU (benchmarks/results/perf_before_after.md), on GPU
     # choose "cudnn" or "flash" (benchmarks/train.py --preset gpu)
     attention_impl: str = "dense"
@@ -97,6 +132,21 @@ class ModelConfig:
     @property
     def dim_per_head(self) -> int:
         return self.d_model // self.n_heads if self.head_dim is None else self.head_dim
+
+    @property
+    def rotary_dim(self) -> int:
+        """Channels of each head that RoPE rotates, int(head_dim * rotary_fraction) as transformers rounds."""
+        return int(self.dim_per_head * self.rotary_fraction)
+
+    @property
+    def rope(self) -> RopeScaling:
+        """The RoPE scaling of the rope_* fields (llm/model/rope.py)."""
+        return RopeScaling(
+            kind=self.rope_scaling, factor=self.rope_factor, original_max_len=self.rope_original_max_len,
+            low_freq_factor=self.rope_low_freq_factor, high_freq_factor=self.rope_high_freq_factor,
+            beta_fast=self.rope_beta_fast, beta_slow=self.rope_beta_slow, truncate=self.rope_truncate,
+            attention_factor=self.rope_attention_factor, short_factor=_floats(self.rope_short_factor),
+            long_factor=_floats(self.rope_long_factor))
 
     @property
     def layer_mixers(self) -> tuple[str, ...]:
@@ -160,13 +210,14 @@ class ModelConfig:
                               ("param_dtype", DTYPES), ("remat", REMAT_POLICIES),
                               ("attention_impl", IMPLEMENTATIONS), ("dropout_mask", DROPOUT_MASKS),
                               ("mixer", MIXERS), ("feature_map", FEATURE_MAPS),
-                              ("mixer_impl", MIXER_IMPLS)]:
+                              ("mixer_impl", MIXER_IMPLS), ("rope_scaling", ROPE_SCALINGS)]:
             choice(name, options)
         if self.matmul_dtype is not None:
             choice("matmul_dtype", DTYPES)
         for name in ("vocab_size", "max_len", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim",
                      "d_ff", "ff_multiple_of", "norm_eps", "rope_base", "window", "attn_softcap", "init_std",
-                     "feature_dim", "mixer_chunk"):
+                     "feature_dim", "mixer_chunk", "rope_factor", "rope_original_max_len", "rope_low_freq_factor",
+                     "rope_high_freq_factor", "rope_beta_fast", "rope_beta_slow", "rope_attention_factor"):
             positive(name)
         if self.head_dim is None and self.d_model % self.n_heads:
             raise ConfigError(f"model.d_model={self.d_model} is not divisible by model.n_heads={self.n_heads}; "
@@ -177,8 +228,7 @@ class ModelConfig:
         if self.window is not None and self.window > self.max_len:
             raise ConfigError(f"model.window={self.window} is larger than the context model.max_len="
                               f"{self.max_len}; shrink the window or drop it (None)")
-        if self.position == "rope" and self.dim_per_head % 2:
-            raise ConfigError(f"RoPE needs an even head_dim, got {self.dim_per_head}")
+        self._validate_rope()
         self._validate_mixers()
         if self.short_conv < 0:
             raise ConfigError(f"model.short_conv is a kernel size >= 0 (0: no convolution), got {self.short_conv}")
@@ -198,6 +248,45 @@ class ModelConfig:
             raise ConfigError(f"model.attention_impl={self.attention_impl!r} has no {FEATURES[lacks[0]]}; use "
                               f"{', '.join(map(repr, have))} with this model")
 
+    def _validate_rope(self) -> None:
+        if self.position != "rope":
+            if self.rope_scaling != "none" or self.rotary_fraction != 1.0:
+                raise ConfigError(f"model.rope_scaling={self.rope_scaling!r} and model.rotary_fraction="
+                                  f"{self.rotary_fraction} apply to position='rope' only (model.position="
+                                  f"{self.position!r}); set 'none' and 1.0, or use RoPE")
+            return
+        if not 0.0 < self.rotary_fraction <= 1.0:
+            raise ConfigError(f"model.rotary_fraction must be in (0, 1], got {self.rotary_fraction}")
+        if self.rotary_dim % 2 or self.rotary_dim == 0:
+            if self.rotary_fraction == 1.0:
+                raise ConfigError(f"RoPE needs an even head_dim, got {self.dim_per_head}")
+            raise ConfigError(f"RoPE rotates int(head_dim * model.rotary_fraction) = int({self.dim_per_head} * "
+                              f"{self.rotary_fraction}) = {self.rotary_dim} channels, which must be even and > 0; "
+                              "change model.rotary_fraction")
+        kind = self.rope_scaling
+        if kind in ("dynamic", "yarn", "llama3", "longrope") and self.rope_original_max_len is None:
+            raise ConfigError(f"model.rope_scaling={kind!r} needs model.rope_original_max_len, the context length "
+                              "the model was pretrained with (HF original_max_position_embeddings)")
+        if kind == "dynamic" and self.rotary_dim < 4:
+            raise ConfigError(f"model.rope_scaling='dynamic' needs at least 4 rotated channels per head, got "
+                              f"{self.rotary_dim}")
+        if kind == "llama3" and self.rope_low_freq_factor >= self.rope_high_freq_factor:
+            raise ConfigError(f"model.rope_low_freq_factor={self.rope_low_freq_factor} must be below "
+                              f"model.rope_high_freq_factor={self.rope_high_freq_factor} (Llama 3.1: 1 and 4)")
+        if kind == "longrope":
+            for name in ("rope_short_factor", "rope_long_factor"):
+                self._check_longrope_factors(name)
+
+    def _check_longrope_factors(self, name: str) -> None:
+        value, want = getattr(self, name), self.rotary_dim // 2
+        try:
+            factors = _floats(value)
+        except ValueError:
+            factors = None
+        if factors is None or len(factors) != want or min(factors) <= 0:
+            raise ConfigError(f"model.{name}={value!r} must be {want} comma-separated positive numbers (one per "
+                              f"rotated frequency: rotary_dim / 2 = {self.rotary_dim} / 2) for "
+                              "model.rope_scaling='longrope'")
 
     def _validate_mixers(self) -> None:
         if self.mixer_pattern:
@@ -214,6 +303,11 @@ class ModelConfig:
         if self.mixer_impl == "pallas" and others:
             raise ConfigError(f"model.mixer_impl='pallas' covers {', '.join(PALLAS_MIXERS)}, not {others[0]!r}; use "
                               "model.mixer_impl='chunked'")
+
+
+def _floats(value: str) -> tuple[float, ...]:
+    """'1.0,2.5' -> (1.0, 2.5); '' -> ()."""
+    return tuple(float(x) for x in value.split(",")) if value.strip() else ()
 
 
 def _coerce(name: str, value: Any, hint: Any) -> Any:

@@ -8,6 +8,9 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
+from llm.model.config import RopeScaling
+from llm.model.rope import rope_frequencies
+
 
 def sinusoidal(positions_BT: jnp.ndarray, d_model: int, base: float = 10000.0) -> jnp.ndarray:
     """The Transformer paper's fixed table, [B, T, d_model]: sin on even channels, cos on odd ones."""
@@ -17,18 +20,28 @@ def sinusoidal(positions_BT: jnp.ndarray, d_model: int, base: float = 10000.0) -
     return table.reshape(*positions_BT.shape, -1)[..., :d_model]
 
 
-def apply_rope(x_BTHD: jnp.ndarray, positions_BT: jnp.ndarray, base: float) -> jnp.ndarray:
-    """Rotate channel pairs (i, i + D/2) by angle pos * base^(-2i/D) (the rotate-half layout of GPT-NeoX/Llama).
+def apply_rope(x_BTHD: jnp.ndarray, positions_BT: jnp.ndarray, base: float, scaling: RopeScaling | None = None,
+               rotary_dim: int | None = None) -> jnp.ndarray:
+    """Rotate channel pairs (i, i + R/2) of the first R = rotary_dim channels (default: all D) by angle
+    pos * inv_freq[i], the rotate-half layout of GPT-NeoX/Llama; the other D - R channels pass through (partial
+    rotary, as Phi-3 / GPT-NeoX). inv_freq is base^(-2i/R), or `scaling`'s (llm/model/rope.py), whose attention
+    factor multiplies the rotated channels.
 
-    The dot product of two rotated vectors depends only on the difference of their positions.
+    The dot product of two rotated vectors depends only on the difference of their positions (up to 'dynamic' and
+    'longrope', whose frequencies depend on the sequence's length).
     """
     d = x_BTHD.shape[-1]
-    inv_freq = base ** (-np.arange(0, d, 2, dtype=np.float32) / d)  # [D/2]
+    r = d if rotary_dim is None else rotary_dim
+    inv_freq, attention_factor = rope_frequencies(base, r, scaling or RopeScaling(), positions_BT)  # [R/2]
     angle_BTF = positions_BT[..., None].astype(jnp.float32) * inv_freq
     cos = jnp.cos(angle_BTF)[:, :, None, :]
     sin = jnp.sin(angle_BTF)[:, :, None, :]
-    x1, x2 = jnp.split(x_BTHD.astype(jnp.float32), 2, axis=-1)
-    out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    if attention_factor != 1.0:
+        cos, sin = cos * attention_factor, sin * attention_factor
+    x = x_BTHD.astype(jnp.float32)
+    x1, x2 = jnp.split(x[..., :r] if r < d else x, 2, axis=-1)
+    rotated = [x1 * cos - x2 * sin, x2 * cos + x1 * sin]
+    out = jnp.concatenate([*rotated, x[..., r:]] if r < d else rotated, axis=-1)
     return out.astype(x_BTHD.dtype)
 
 
