@@ -13,8 +13,12 @@ recorded with its error, never a crash. Results go to benchmarks/results/attenti
   python -m benchmarks.attention --mgpu-suite   # H200: Mosaic GPU forward vs Triton vs cuDNN (~2 min)
 
 Implementations: those of `llm.ops.attention` plus 'flash_mgpu' / 'flash_triton' (impl='flash' with the
-backend pinned to 'mosaic_gpu' / 'triton'; a call outside mgpu's scope is recorded as an error, not timed).
+backend pinned to 'mosaic_gpu' / 'triton'; a call outside mgpu's scope is recorded as an error, not timed), and
+'ring' / 'all_gather': context-parallel attention (llm/ops/attention/context.py) with the sequence split over all
+devices (balanced when causal; inputs taken as already laid out; memory is per device).
   python -m benchmarks.attention --impls flash,xla --seq-lens 4096 --head-dims 128 --flash block_k=64
+  python -m benchmarks.attention --context-devices 8 --impls chunked,ring,all_gather --seq-lens 8192 \
+      --head-dims 64 --causal true --dtypes float32 --tokens 8192 --heads-x-dim 256 --tag cpu_context
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ import numpy as np
 
 from llm.kernels import flash_attention as fa
 from llm.ops.attention import attention
+from llm.ops.attention.context import Layout, Masking, context_attention
 
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
@@ -99,11 +104,40 @@ def make_inputs(case: Case, seq: int | None = None, batch: int | None = None, se
     return (q, k, v) if case.mode == "fwd" else (q, k, v, do)
 
 
-def make_fn(case: Case, impl: str | None = None):
+CONTEXT_IMPLS = ("ring", "all_gather")  # benchmark names of context-parallel attention over all devices
+
+
+def context_fn(case: Case, *, in_order: bool):
+    """Context-parallel attention over every device; it takes and gives sequences in the layout's order, or, with
+    `in_order`, in slot order (for checking against the reference)."""
+    mesh = jax.sharding.Mesh(np.asarray(jax.devices()), ("context",))
+    layout = Layout("context", jax.device_count(), balanced=case.causal, strategy=case.impl)
+    masking = Masking(causal=case.causal, window=None, scale=case.head_dim ** -0.5, softcap=None, block_k=512)
+
+    def per_device(q, k, v):
+        seg = jnp.zeros(q.shape[:2], jnp.int32)
+        return context_attention(q, k, v, seg, seg, None, layout=layout, masking=masking)
+
+    spec = jax.sharding.PartitionSpec(None, "context")
+    split = jax.shard_map(per_device, mesh=mesh, in_specs=(spec,) * 3, out_specs=spec, check_vma=False)
+    if not in_order:
+        return split
+
+    def f(q, k, v):
+        order = layout.order(q.shape[1])
+        return split(q[:, order], k[:, order], v[:, order])[:, np.argsort(order)]
+
+    return f
+
+
+def make_fn(case: Case, impl: str | None = None, *, in_order: bool = False):
     """The jitted function a case times: attention, or attention's VJP (forward + backward)."""
     name = impl or case.impl
-    f = functools.partial(attention, impl="flash" if is_flash(name) else name, causal=case.causal,
-                          **(impl_kwargs(case) if impl is None else {}))
+    if name in CONTEXT_IMPLS:
+        f = context_fn(case, in_order=in_order)
+    else:
+        f = functools.partial(attention, impl="flash" if is_flash(name) else name, causal=case.causal,
+                              **(impl_kwargs(case) if impl is None else {}))
     if case.mode == "fwd":
         return jax.jit(f)
 
@@ -151,7 +185,7 @@ def verify(case: Case, seq: int) -> str:
         return _VERIFIED[key]
     try:
         args = make_inputs(case, seq=seq, batch=1, seed=1)
-        got = jax.tree.leaves(make_fn(case)(*args))
+        got = jax.tree.leaves(make_fn(case, in_order=True)(*args))
         want = jax.tree.leaves(make_fn(case, impl="reference")(*args))
         tol = 1e-4 if case.dtype == "float32" else 5e-2
         if jax.default_backend() == "gpu" and case.dtype == "float32":
@@ -453,9 +487,14 @@ def main(argv=None) -> int:
     p.add_argument("--gpu-suite", action="store_true", help="H200 preset: flash vs cuDNN vs XLA + autotune")
     p.add_argument("--mgpu-suite", action="store_true",
                    help="H200 preset: Mosaic GPU forward (small autotune) vs Triton vs cuDNN; tag gpu_mgpu")
+    p.add_argument("--context-devices", type=int, default=None,
+                   help="simulate this many CPU devices (for the ring and all_gather rows)")
     p.add_argument("--out-dir", default=RESULTS_DIR)
     p.add_argument("--tag", default=None, help="file name tag (default: the platform, e.g. cpu or gpu)")
     a = p.parse_args(argv)
+    if a.context_devices:  # read when JAX first asks for its devices, which is below
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                                   f" --xla_force_host_platform_device_count={a.context_devices}")
 
     platform = jax.default_backend()
     tag = a.tag or (f"{platform}_mgpu" if a.mgpu_suite else platform)

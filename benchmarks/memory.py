@@ -1,6 +1,7 @@
 """Per-device memory of a training step under several device meshes (parameters, optimizer state, activations).
 
     python -m benchmarks.memory [--config experiments/gpt2.py:124m] [--batch 8] [--devices 8]
+    python -m benchmarks.memory --context 32768 [--config ...]   # one long sequence split over 1, 2, 4, 8 devices
 
 Runs on simulated CPU devices (XLA_FLAGS=--xla_force_host_platform_device_count=N is set here before JAX
 starts), so it needs no accelerator: parameter and optimizer bytes come from the shardings, activations and
@@ -16,7 +17,11 @@ import os
 import sys
 from pathlib import Path
 
-MESHES = [("1 device", (1, 1, 1), 1), ("8-way FSDP", (1, 8, 1), 8), ("2 data x 2 fsdp x 2 tensor", (2, 2, 2), 8)]
+# (name, (data, fsdp, context, tensor), context strategy)
+MESHES = [("1 device", (1, 1, 1, 1), "ring"), ("8-way FSDP", (1, 8, 1, 1), "ring"),
+          ("2 data x 2 fsdp x 2 tensor", (2, 2, 1, 2), "ring")]
+CONTEXT_MESHES = [("1 device", (1, 1, 1, 1), "ring"),
+                  *((f"{n}-way context, {s}", (1, 1, n, 1), s) for n in (2, 4, 8) for s in ("ring", "all_gather"))]
 
 
 def main(argv=None) -> None:
@@ -25,6 +30,8 @@ def main(argv=None) -> None:
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--vocab", type=int, default=50257)
     p.add_argument("--devices", type=int, default=8)
+    p.add_argument("--context", type=int, default=0, metavar="LENGTH",
+                   help="one sequence of LENGTH tokens per step (batch 1, chunked attention) under context parallelism")
     p.add_argument("--out", default="benchmarks/results")
     a = p.parse_args(argv)
     os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={a.devices}"
@@ -36,6 +43,7 @@ def main(argv=None) -> None:
 
     from llm.config import model_config
     from llm.model import Transformer
+    from llm.model.spmd import ContextSettings, context_settings
     from llm.parallel import logical_rules, make_mesh, make_shardings, memory_report
     from llm.state.optimizers import make_optimizer
     from llm.state.train_state import abstract_train_state, boxed_abstract_train_state
@@ -44,37 +52,44 @@ def main(argv=None) -> None:
     path, _, preset = a.config.partition(":")
     sys.path.insert(0, str(Path(path).parent))
     config = __import__(Path(path).stem).get_config(preset or None)
+    meshes = MESHES
+    if a.context:  # the chunked kernel everywhere, so that only the split differs between rows
+        config.model.max_len, config.train.seq_len, config.model.attention_impl = a.context, a.context, "chunked"
+        a.batch, meshes = 1, CONTEXT_MESHES
     model = Transformer(model_config(config, vocab_size=a.vocab))
     seq = config.train.seq_len or model.cfg.max_len
     tx, lr = make_optimizer(config.optim, config.train.steps)
     rules = logical_rules(config.mesh.rules)
     rows = []
-    for name, (d, f, t), n in MESHES:
-        mesh = make_mesh({"data": d, "fsdp": f, "tensor": t}, devices=jax.devices()[:n])
-        with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    for name, shape, strategy in meshes:
+        mesh = make_mesh(dict(zip(("data", "fsdp", "context", "tensor"), shape)),
+                         devices=jax.devices()[:int(np.prod(shape))])
+        with jax.set_mesh(mesh), nn.logical_axis_rules(rules), context_settings(ContextSettings(strategy)):
             sh = make_shardings(boxed_abstract_train_state(model, tx, seq), mesh, rules)
             abstract = abstract_train_state(model, tx, seq)
             state = jax.tree_util.tree_map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                                            abstract, sh.state)
             batch = jax.ShapeDtypeStruct((a.batch, seq), np.int32, sharding=sh.batch)
             step = make_train_step(model, tx, lr, 1, jax.random.PRNGKey(0), sh)
-            compiled = step.lower(state, batch, batch).compile()
+            compiled = step.lower(state, batch, batch, {}).compile()
             report = memory_report(abstract, sh, compiled)
-        rows.append({"mesh": name, "shape": [d, f, t], **{k: v / 2**20 for k, v in report.items()}})
+        rows.append({"mesh": name, "shape": list(shape), **{k: v / 2**20 for k, v in report.items()}})
         print(rows[-1], flush=True)
 
     lines = [f"# Per-device training memory: {a.config}, batch {a.batch} x {seq}, vocab {a.vocab}", "",
              f"jax {jax.__version__}, {datetime.date.today()}, simulated CPU devices, "
-             f"`python -m benchmarks.memory --config {a.config} --batch {a.batch}`", "",
+             f"`python -m benchmarks.memory --config {a.config} "
+             f"{f'--context {a.context}' if a.context else f'--batch {a.batch}'}`", "",
              "MiB per device: parameters and AdamW state from the shardings; activations and temporaries from "
              "XLA's compiled memory analysis of the train step (CPU compiler; a GPU's differs somewhat).", "",
-             "| mesh (data, fsdp, tensor) | params | optimizer state | activations + temps |", "|---|---|---|---|"]
+             "| mesh (data, fsdp, context, tensor) | params | optimizer state | activations + temps |",
+             "|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['mesh']} {tuple(r['shape'])} | {r['params']:,.1f} | {r['opt_state']:,.1f} | "
                      f"{r['activations_and_temps']:,.1f} |")
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = f"memory_{Path(path).stem}_{preset or 'default'}"
+    stem = f"memory_{Path(path).stem}_{preset or 'default'}{f'_context{a.context}' if a.context else ''}"
     (out / f"{stem}.json").write_text(json.dumps({"config": a.config, "batch": a.batch, "rows": rows}, indent=2))
     (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
