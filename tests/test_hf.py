@@ -74,6 +74,10 @@ OURS = {
                             window=8), "mistral"),
     "qwen3-qknorm": (dict(SMALL, n_kv_heads=2, position="rope", norm="rmsnorm", ffn="swiglu", use_bias=False,
                           qk_norm=True, head_dim=16), "qwen3"),
+    "phi3-partial-longrope": (dict(SMALL, n_kv_heads=2, position="rope", norm="rmsnorm", ffn="swiglu", use_bias=False,
+                                   window=8, rotary_fraction=0.5, rope_scaling="longrope", rope_factor=2.0,
+                                   rope_original_max_len=16, rope_short_factor="1.0,1.5",
+                                   rope_long_factor="2.0,4.0"), "phi3"),
 }
 
 
@@ -171,6 +175,8 @@ GPT2_JSON = dict(model_type="gpt2", vocab_size=VOCAB, n_embd=32, n_layer=2, n_he
      "layer_types"),
     (dict(LLAMA_JSON, quantization_config={"quant_method": "gptq"}), "quantization_config"),
     (dict(LLAMA_JSON, model_type="gemma"), "model_type"),
+    (dict(LLAMA_JSON, model_type="phi3", rope_parameters={"rope_type": "linear", "factor": 2.0}),
+     "Phi3Config takes rope_type 'default' or 'longrope' only"),
     (dict(LLAMA_JSON, hidden_size=None), "hidden_size"),
 ])
 def test_import_rejects_what_the_model_cannot_do(tmp_path, config, field):
@@ -217,6 +223,67 @@ def test_rope_scaling_config_round_trip(name):
         assert model_config_from_hf(hf)[1].rope_original_max_len == 8
 
 
+PHI3_JSON = dict(LLAMA_JSON, model_type="phi3", max_position_embeddings=64, original_max_position_embeddings=16,
+                 sliding_window=8, resid_pdrop=0.1, embd_pdrop=0.1, pad_token_id=32000)
+PHI3_LONGROPE = dict(rope_type="longrope", partial_rotary_factor=0.5, short_factor=[1.0, 1.5], long_factor=[2.0, 4.0])
+
+
+@pytest.mark.parametrize("spelling", ["v5", "v4", "su"])
+def test_phi3_config_round_trip(spelling):
+    """Phi3Config's rules: partial_rotary_factor (in the RoPE parameters or, v4, at the top level), the top-level
+    original_max_position_embeddings, 'su' for longrope, a window on every layer; dropout and pad id do not
+    change the function. Exported and imported again, it is the same model."""
+    from llm.hf.configs import hf_config, model_config_from_hf
+
+    rope = dict(PHI3_LONGROPE, rope_theta=50.0)
+    if spelling == "v5":
+        hf = dict(PHI3_JSON, rope_parameters=rope)
+    else:
+        partial = rope.pop("partial_rotary_factor")
+        hf = dict(PHI3_JSON, rope_scaling={**rope, "type": "su" if spelling == "su" else "longrope"},
+                  partial_rotary_factor=partial)
+        del hf["rope_scaling"]["rope_type"]
+    _, cfg = model_config_from_hf(hf)
+    assert (cfg.rope_scaling, cfg.rope_factor, cfg.rope_original_max_len, cfg.rotary_fraction, cfg.window) == (
+        "longrope", 4.0, 16, 0.5, 8)
+    assert (cfg.use_bias, cfg.qk_norm, cfg.norm_eps) == (False, False, 1e-6)
+    exported = hf_config(cfg, "phi3")
+    assert exported["original_max_position_embeddings"] == 16 and exported["pad_token_id"] is None
+    assert model_config_from_hf(exported)[1] == cfg
+    # Without the top-level field Phi3Config's default, 4096, is the original context (not rope_parameters').
+    hf = {k: v for k, v in hf.items() if k not in ("rope_scaling", "original_max_position_embeddings")}
+    rope = dict(PHI3_LONGROPE, original_max_position_embeddings=16)
+    hf = dict(hf, max_position_embeddings=8192, rope_parameters=rope)
+    assert model_config_from_hf(hf)[1].rope_original_max_len == 4096
+
+
+def test_phi3_fused_projections(tmp_path):
+    """Phi-3's q|k|v and gate|up are fused in the file: read as another architecture's names, or alongside the
+    split names, they are refused naming the tensor."""
+    from safetensors.numpy import load_file, save_file
+
+    cfg = ModelConfig(**OURS["llama-nobias-scan"][0])  # 4 query heads, 1 KV head, head_dim 16
+    params = random_params(cfg)
+    export_hf(cfg, params, tmp_path / "phi3", arch="phi3")
+    tensors = load_file(tmp_path / "phi3" / "model.safetensors")
+    assert tensors["model.layers.0.self_attn.qkv_proj.weight"].shape == ((4 + 1 + 1) * 16, 32)
+    assert tensors["model.layers.0.mlp.gate_up_proj.weight"].shape == (2 * cfg.hidden_ff, 32)
+    config = json.loads((tmp_path / "phi3" / "config.json").read_text())
+    (tmp_path / "phi3" / "config.json").write_text(json.dumps(dict(config, model_type="llama")))
+    with pytest.raises(HFConversionError, match=r"no tensor 'layers\.0\.self_attn\.q_proj\.weight'"):
+        import_hf(tmp_path / "phi3")
+    (tmp_path / "phi3" / "config.json").write_text(json.dumps(config))
+    tensors["model.layers.1.mlp.up_proj.weight"] = tensors["model.layers.1.mlp.down_proj.weight"].T
+    save_file(tensors, tmp_path / "phi3" / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(HFConversionError, match=r"both layers\.1\.mlp\.gate_up_proj\.weight and"):
+        import_hf(tmp_path / "phi3")
+    export_hf(cfg, params, tmp_path / "llama", arch="llama")
+    config = json.loads((tmp_path / "llama" / "config.json").read_text())
+    (tmp_path / "llama" / "config.json").write_text(json.dumps(dict(config, model_type="phi3")))
+    with pytest.raises(HFConversionError, match=r"no tensor 'layers\.0\.self_attn\.qkv_proj\.weight'"):
+        import_hf(tmp_path / "llama")
+
+
 def test_import_file_errors(tmp_path):
     with pytest.raises(HFConversionError, match="not a directory"):
         import_hf(tmp_path / "nope")
@@ -255,7 +322,11 @@ def test_import_file_errors(tmp_path):
     (dict(norm="rmsnorm", ffn="swiglu", position="rope"), "mistral", "biases"),  # nonzero biases
     (dict(norm="rmsnorm", ffn="swiglu", position="rope"), "qwen2", "biases"),
     (dict(), "gpt-3", "arch="),
-    (dict(norm="rmsnorm", ffn="swiglu", position="rope", rotary_fraction=0.5), "llama", "model.rotary_fraction=0.5"),
+    (dict(norm="rmsnorm", ffn="swiglu", position="rope", rotary_fraction=0.5), "llama", "arch='phi3'"),
+    (dict(norm="rmsnorm", ffn="swiglu", position="rope", use_bias=False, rope_scaling="linear", rope_factor=2.0),
+     "phi3", "model.rope_scaling='linear'.*arch='llama'"),
+    (dict(norm="rmsnorm", ffn="swiglu", position="rope", use_bias=False, qk_norm=True), "phi3", "qk_norm"),
+    (dict(norm="rmsnorm", ffn="swiglu", position="rope"), "phi3", "biases"),  # nonzero biases
 ])
 def test_export_rejects_what_the_architecture_cannot_hold(tmp_path, fields, arch, match):
     cfg = ModelConfig(**SMALL, **fields)
@@ -403,7 +474,8 @@ def test_rope_scaling_matches_transformers(hf, tmp_path, kind):
     np.testing.assert_allclose(hf_logits(hf, reloaded, LONG), want[0], atol=1e-6, rtol=0)
 
 
-PARTIAL_ROTARY = {
+PHI3_ROPE = {
+    "plain": dict(rope_type="default"),  # with a sliding window and tied embeddings (Phi-4-mini ties them)
     "partial": dict(rope_type="default", partial_rotary_factor=0.5),
     "partial-longrope": dict(rope_type="longrope", partial_rotary_factor=0.75,  # Phi-4-mini's kind
                              short_factor=ROPE_MODELS["longrope"]["short_factor"][:6],
@@ -411,41 +483,40 @@ PARTIAL_ROTARY = {
 }
 
 
-@pytest.mark.parametrize("name", sorted(PARTIAL_ROTARY))
-def test_partial_rotary_matches_transformers_phi3(hf, name):
-    """model.rotary_fraction against Phi-3, which rotates the first int(head_dim * partial_rotary_factor) channels
-    (transformers' Llama-family models rotate whole heads). Phi-3 is Llama with fused q|k|v and gate|up
-    projections; split here into Llama's names, they load with the Llama mapping."""
-    from llm.hf.weights import params_from_hf
-
-    rope = dict(PARTIAL_ROTARY[name], rope_theta=100.0)
+def hf_phi3(hf, rope, **kw):
+    """A random Phi3ForCausalLM of hf_llama_family's shapes: fused q|k|v and gate|up projections, RoPE on the first
+    int(head_dim * partial_rotary_factor) channels (transformers' Llama-family models rotate whole heads)."""
     config = hf.transformers.Phi3Config(
         vocab_size=VOCAB, hidden_size=64, intermediate_size=160, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=32, original_max_position_embeddings=16, rope_parameters=rope,
-        tie_word_embeddings=False, pad_token_id=0, bos_token_id=99, eos_token_id=EOS)
-    model = randomize(hf, hf.transformers.Phi3ForCausalLM(config))
+        num_key_value_heads=2, max_position_embeddings=32, original_max_position_embeddings=16,
+        rope_parameters=dict(rope, rope_theta=100.0), pad_token_id=None, bos_token_id=99, eos_token_id=EOS, **kw)
+    return randomize(hf, hf.transformers.Phi3ForCausalLM(config))
+
+
+@pytest.mark.parametrize("name", sorted(PHI3_ROPE))
+def test_phi3_matches_transformers(hf, tmp_path, name):
+    """Phi-3 through the public import (model.rotary_fraction, longrope on both sides of the original context,
+    the window), then exported: transformers loads the same model, and it imports back to the same params."""
+    plain = name == "plain"
+    model = hf_phi3(hf, PHI3_ROPE[name], sliding_window=8 if plain else None, tie_word_embeddings=plain)
+    model.save_pretrained(tmp_path / "hf", safe_serialization=True)
     lengths = (LONG, LONG[:, :12])
     want = [hf_logits(hf, model, t) for t in lengths]
 
-    tensors = {}
-    for key, x in model.state_dict().items():
-        x = x.numpy()
-        if key.endswith("qkv_proj.weight"):
-            for part, w in zip("qkv", np.split(x, [64, 96]), strict=True):  # 4 query heads, 2 + 2 KV heads of 16
-                tensors[key.replace("qkv_proj", f"{part}_proj")] = w
-        elif key.endswith("gate_up_proj.weight"):
-            for part, w in zip(("gate", "up"), np.split(x, 2), strict=True):
-                tensors[key.replace("gate_up_proj", f"{part}_proj")] = w
-        else:
-            tensors[key] = x
-    scaling = {} if rope["rope_type"] == "default" else dict(
-        rope_scaling="longrope", rope_factor=2.0, rope_original_max_len=16,
-        **{f"rope_{key}": ",".join(map(str, rope[key])) for key in ("short_factor", "long_factor")})
-    cfg = ModelConfig(vocab_size=VOCAB, max_len=32, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=160,
-                      ffn="swiglu", norm="rmsnorm", norm_eps=config.rms_norm_eps, position="rope", rope_base=100.0,
-                      use_bias=False, tie_embeddings=False, rotary_fraction=rope["partial_rotary_factor"], **scaling)
-    params = params_from_hf(tensors, cfg, "llama")
-    assert max_logit_diff(name, [logits(cfg, params, t) for t in lengths], want) < 1e-4
+    cfg, params, _ = import_hf(tmp_path / "hf")
+    assert (cfg.rotary_fraction, cfg.window, cfg.tie_embeddings) == (
+        PHI3_ROPE[name].get("partial_rotary_factor", 1.0), 8 if plain else None, plain)
+    assert max_logit_diff(f"phi3-{name}", [logits(cfg, params, t) for t in lengths], want) < 1e-4
+
+    export_hf(cfg, params, tmp_path / "out", arch="phi3")
+    cfg2, params2, _ = import_hf(tmp_path / "out")
+    assert cfg2 == cfg
+    assert_same_params(params, params2)
+    reloaded, info = hf.transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out", output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
+    assert type(reloaded) is type(model)
+    for tokens, w in zip(lengths, want, strict=True):
+        np.testing.assert_allclose(hf_logits(hf, reloaded.eval(), tokens), w, atol=1e-6, rtol=0)
 
 
 def test_bfloat16_sharded_checkpoint(hf, tmp_path):

@@ -15,7 +15,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("direction", choices=("import", "export"))
     p.add_argument("source", help="import: a Hugging Face model directory; export: a run's workdir")
     p.add_argument("target", help="import: the new run's workdir; export: the output directory")
-    p.add_argument("--arch", default="llama", help="export: gpt2, llama, mistral, qwen2 or qwen3")
+    p.add_argument("--arch", default="llama", help="export: gpt2, llama, mistral, qwen2, qwen3 or phi3")
     p.add_argument("--checkpoint", default="latest", help="export: latest, best, or a step number")
     p.add_argument("--tokenizer", help="import: the model's Hugging Face tokenizer.json, when HF_DIR has none")
     p.add_argument("--debug", action="store_true")

@@ -185,7 +185,7 @@ _MODEL_COLUMNS: dict[str, tuple[str, str]] = {
         "rope_scaling", "rope_factor", "rope_original_max_len", "rope_low_freq_factor", "rope_high_freq_factor",
         "rope_beta_fast", "rope_beta_slow", "rope_truncate", "rope_attention_factor", "rope_short_factor",
         "rope_long_factor")},
-    "rotary_fraction": (SOURCE, UNSUPPORTED),  # HF's Llama family rotates whole heads (Phi-3, GPT-NeoX do not)
+    "rotary_fraction": (SOURCE, WEIGHTS),  # Phi-3's partial_rotary_factor; HF's Llama, Mistral, Qwen need 1.0
     "attention_impl": (FREE, RUNTIME),
     "window": (SOURCE, WEIGHTS),
     "qk_norm": (SOURCE, WEIGHTS),

@@ -1,4 +1,4 @@
-"""Hugging Face interop: GPT-2 and Llama-family (Llama, Mistral, Qwen2, Qwen3) checkpoints in and out.
+"""Hugging Face interop: GPT-2 and Llama-family (Llama, Mistral, Qwen2, Qwen3, Phi-3) checkpoints in and out.
 
 Convert a downloaded checkpoint (weights cannot be downloaded by the code here; fetch them first):
 
@@ -32,8 +32,14 @@ bfloat16 included), tokenizer.json (+ tokenizer_config.json's eos_token). What i
   qwen3    head_dim, attention_bias / mlp_bias (Qwen2's q/k/v biases; absent biases become zeros),
            tie_word_embeddings, Mistral's sliding_window (every layer; Qwen's window on some layers only is
            rejected), Qwen3's q_norm / k_norm (our qk_norm). Quantized checkpoints are rejected.
-Export checks the reverse: e.g. ALiBi, RMSNorm or SwiGLU cannot be GPT-2; a window needs arch='mistral', QK-norm
-arch='qwen3'; biases an architecture cannot hold must be all zeros (they are left out, e.g. Qwen2's o_proj).
+  phi3     Phi-3 / Phi-3.5 / Phi-4-mini: the Llama mapping with fused qkv_proj (q|k|v) and gate_up_proj (gate|up),
+           no biases; rope_type default or longrope (short/long factors; legacy 'su' and 'yarn' are longrope, as
+           in Phi3Config) with the top-level original_max_position_embeddings (default 4096);
+           partial_rotary_factor (our rotary_fraction); sliding_window on every layer as Mistral's.
+           resid_pdrop / embd_pdrop (training only) and pad_token_id are not read.
+Export checks the reverse: e.g. ALiBi, RMSNorm or SwiGLU cannot be GPT-2; a window needs arch='mistral' or 'phi3',
+QK-norm arch='qwen3', rotary_fraction < 1 arch='phi3' (plain RoPE or longrope only); biases an architecture cannot
+hold must be all zeros (they are left out, e.g. Qwen2's o_proj; Phi-3 has none).
 """
 
 from llm.hf.configs import ARCHS, HFConversionError

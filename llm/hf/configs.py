@@ -1,4 +1,4 @@
-"""Hugging Face `config.json` <-> ModelConfig, for GPT-2 and the Llama family (Llama, Mistral, Qwen2, Qwen3).
+"""Hugging Face `config.json` <-> ModelConfig, for GPT-2 and the Llama family (Llama, Mistral, Qwen2, Qwen3, Phi-3).
 
 Every HF option either maps exactly onto a ModelConfig field or is rejected with an HFConversionError that names
 the field; nothing is silently approximated. Conventions checked against transformers' modeling code:
@@ -9,6 +9,8 @@ the field; nothing is silently approximated. Conventions checked against transfo
          base^(-2i/D): q/k projections are copied as they are (no column permutation). The scaled types (linear,
          dynamic, yarn, llama3, longrope) are llm/model/rope.py's, from either spelling of config.json.
   norms  HF LlamaRMSNorm = our RMSNorm (float32, weight * x / sqrt(mean(x^2) + eps)); GPT-2's LayerNorm = flax's.
+  Phi-3  Llama with fused projections (llm/hf/weights.py), RoPE on the first int(head_dim * partial_rotary_factor)
+         channels (our rotary_fraction), plain or longrope only, and Mistral's sliding window on every layer.
 """
 
 from __future__ import annotations
@@ -25,10 +27,10 @@ class HFConversionError(ConfigError):
     """A Hugging Face checkpoint or config that cannot be converted; a one-line message naming the field."""
 
 
-LLAMA_FAMILY = ("llama", "mistral", "qwen2", "qwen3")
+LLAMA_FAMILY = ("llama", "mistral", "qwen2", "qwen3", "phi3")
 ARCHS = ("gpt2", *LLAMA_FAMILY)
 ARCHITECTURES = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM",
-                 "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}
+                 "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM", "phi3": "Phi3ForCausalLM"}
 # HF activation names that are exactly (up to float rounding) one of ours.
 GPT2_ACTIVATIONS = {"gelu_new": "gelu", "gelu_pytorch_tanh": "gelu", "gelu_fast": "gelu", "relu": "relu",
                     "silu": "silu", "swish": "silu"}
@@ -39,7 +41,13 @@ BIAS_GROUPS = {
     "mistral": {"qkv": "never", "o": "never", "mlp": "never"},
     "qwen2": {"qkv": "always", "o": "never", "mlp": "never"},
     "qwen3": {"qkv": "attention_bias", "o": "attention_bias", "mlp": "never"},
+    "phi3": {"qkv": "never", "o": "never", "mlp": "never"},
 }
+# Phi3Config's own RoPE rules (transformers' models/phi3/configuration_phi3.py): plain or longrope only, the
+# legacy names 'su' and 'yarn' read as longrope; its top-level original_max_position_embeddings always exists
+# (default 4096) and wins over rope_parameters'.
+PHI3_ROPE_TYPES = {"default": "default", "longrope": "longrope", "su": "longrope", "yarn": "longrope"}
+PHI3_ORIGINAL_MAX_LEN = 4096
 # ModelConfig fields a caller may set on import: how the math runs (the option table's RUNTIME column), and the
 # context (shorter than max_position_embeddings: a smaller KV cache).
 OVERRIDABLE = ("max_len", *model_fields("hf", RUNTIME))
@@ -151,36 +159,49 @@ def _rope_type(d: dict) -> str:
     return d.get("rope_type", d.get("type", "default"))
 
 
-def _rope_fields(hf: dict) -> dict[str, Any]:
-    """ModelConfig's RoPE fields (rope_base, rope_scaling, rope_*) of an HF config, resolved as transformers'
-    `modeling_rope_utils.py` does."""
+def _rope_fields(hf: dict, arch: str) -> dict[str, Any]:
+    """ModelConfig's RoPE fields (rope_base, rope_scaling, rope_*, rotary_fraction) of an HF config, resolved as
+    transformers' `modeling_rope_utils.py` (and, for Phi-3, Phi3Config) does."""
     name, d = _rope_dict(hf)
     kind = _rope_type(d)
+    if arch == "phi3":
+        if kind not in PHI3_ROPE_TYPES:
+            raise _unsupported(name, d, f"Phi3Config takes rope_type 'default' or 'longrope' only, not {kind!r}")
+        kind = PHI3_ROPE_TYPES[kind]
     if kind not in ROPE_TYPES:
         raise _unsupported(name, d, f"rope_type {kind!r} is not implemented; these are: {', '.join(ROPE_TYPES)}")
-    partial = d.get("partial_rotary_factor", hf.get("partial_rotary_factor", 1.0))
-    if partial not in (None, 1, 1.0):
-        raise _unsupported("partial_rotary_factor", partial, "transformers' Llama, Mistral and Qwen models rotate "
-                           "every channel of a head (rope_type 'default' ignores the factor, the scaled types fail)")
     ours = ROPE_TYPES[kind]
-    d = _resolved(ours, d, hf, name)
+    fraction = _rotary_fraction(hf, d, arch)
+    d = _resolved(ours, d, hf, name, arch)
     fields = {field: d[key] for key, field in ROPE_KEYS[ours].items() if d.get(key) is not None}
     for field in ("rope_short_factor", "rope_long_factor"):
         if field in fields:
             fields[field] = ",".join(repr(float(x)) for x in fields[field])
     if ours == "dynamic":
         fields["rope_original_max_len"] = hf.get("max_position_embeddings", 2048)
-    return dict(fields, rope_base=float(d["rope_theta"]), rope_scaling=ours)
+    return dict(fields, rope_base=float(d["rope_theta"]), rope_scaling=ours, rotary_fraction=fraction)
 
 
-def _resolved(kind: str, d: dict, hf: dict, name: str) -> dict:
+def _rotary_fraction(hf: dict, d: dict, arch: str) -> float:
+    """model.rotary_fraction: Phi-3's partial_rotary_factor (from the RoPE parameters, else the top level)."""
+    partial = d.get("partial_rotary_factor", hf.get("partial_rotary_factor"))
+    if partial is None or partial == 1:
+        return 1.0
+    if arch != "phi3":
+        raise _unsupported("partial_rotary_factor", partial, "transformers' Llama, Mistral and Qwen models rotate "
+                           "every channel of a head (rope_type 'default' ignores the factor, the scaled types fail)")
+    return partial
+
+
+def _resolved(kind: str, d: dict, hf: dict, name: str, arch: str) -> dict:
     """`d` with the values transformers derives when they are left out."""
     max_pos = hf.get("max_position_embeddings", 2048)
     if kind == "none":
         return d
     if kind in ("yarn", "llama3", "longrope"):
         # A top-level original_max_position_embeddings (Phi-3's spelling) wins over rope_parameters'.
-        original = hf.get("original_max_position_embeddings", d.get("original_max_position_embeddings", max_pos))
+        fallback = PHI3_ORIGINAL_MAX_LEN if arch == "phi3" else d.get("original_max_position_embeddings", max_pos)
+        original = hf.get("original_max_position_embeddings", fallback)
         d = dict(d, original_max_position_embeddings=original)
     missing = [key for key in ROPE_REQUIRED[kind] if d.get(key) is None]
     if missing:
@@ -210,7 +231,7 @@ def _window(hf: dict, arch: str, n_layers: int) -> int | None:
             return None
         first = hf.get("max_window_layers", 28)  # layers >= max_window_layers use the window
         types = ["sliding_attention" if i >= first else "full_attention" for i in range(n_layers)]
-    else:  # mistral: every layer
+    else:  # mistral, phi3: every layer (a window or none)
         types = ["sliding_attention" if window is not None else "full_attention"] * n_layers
     types = hf.get("layer_types") or types
     if window is None or set(types) == {"full_attention"}:
@@ -237,7 +258,7 @@ def _llama_fields(hf: dict, arch: str) -> dict[str, Any]:
                 use_bias=any(hf.get(flag, False) if flag not in ("never", "always") else flag == "always"
                              for flag in BIAS_GROUPS[arch].values()),
                 tie_embeddings=hf.get("tie_word_embeddings", False), init_std=hf.get("initializer_range", 0.02),
-                **_rope_fields(hf))
+                **_rope_fields(hf, arch))
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -249,6 +270,8 @@ def _rope_config(cfg: ModelConfig) -> dict[str, Any]:
     rope_parameters."""
     kind = next(hf for hf, ours in ROPE_TYPES.items() if ours == cfg.rope_scaling)
     params = {"rope_type": kind}
+    if cfg.rotary_fraction != 1.0:  # Phi-3 only (check_exportable)
+        params["partial_rotary_factor"] = cfg.rotary_fraction
     for key, field in ROPE_KEYS[cfg.rope_scaling].items():
         value = list(getattr(cfg.rope, key)) if key in ("short_factor", "long_factor") else getattr(cfg, field)
         if value is not None and not (key == "truncate" and value):
@@ -274,8 +297,11 @@ def check_exportable(cfg: ModelConfig, arch: str) -> None:
         "norm_position": ("pre",),
         **{name: (getattr(ModelConfig, name),) for name in model_fields("hf", UNSUPPORTED)},  # the defaults
         "qk_norm": (arch == "qwen3",),
-        "window": (None,) if arch != "mistral" else (cfg.window,),
+        "window": (cfg.window,) if arch in ("mistral", "phi3") else (None,),
+        "rotary_fraction": (cfg.rotary_fraction,) if arch == "phi3" else (1.0,),
     }
+    if arch == "phi3":
+        wanted["rope_scaling"] = ("none", "longrope")
     if gpt2:
         wanted.update({"activation": ("gelu", "relu", "silu"), "use_bias": (True,), "n_kv_heads": (None, cfg.n_heads),
                        "head_dim": (None, cfg.d_model // cfg.n_heads)})
@@ -292,11 +318,13 @@ def check_exportable(cfg: ModelConfig, arch: str) -> None:
 
 def _hint(name: str, arch: str) -> str:
     if name == "window" and arch != "mistral":
-        return "; export with arch='mistral' for a sliding window"
+        return "; export with arch='mistral' or arch='phi3' for a sliding window"
     if name == "qk_norm" and arch != "qwen3":
         return "; export with arch='qwen3' for QK-norm"
     if name == "rotary_fraction":
-        return "; transformers' Llama-family models rotate every channel of a head"
+        return "; transformers' Llama, Mistral and Qwen models rotate every channel of a head: export with arch='phi3'"
+    if name == "rope_scaling" and arch == "phi3":
+        return "; Phi-3 has plain RoPE and longrope only: export with arch='llama'"
     if name in ("position", "norm", "ffn") and arch == "gpt2":
         return "; a RoPE/RMSNorm/SwiGLU model exports as arch='llama'"
     return ""
@@ -327,6 +355,10 @@ def hf_config(cfg: ModelConfig, arch: str, *, biases: dict[str, bool] | None = N
                    pretraining_tp=1)
     elif arch == "mistral":
         out.update(sliding_window=cfg.window)
+    elif arch == "phi3":
+        # pad_token_id: Phi3Config's default (32000) is outside a smaller vocabulary, which torch's Embedding refuses.
+        out.update(sliding_window=cfg.window, original_max_position_embeddings=cfg.rope_original_max_len or cfg.max_len,
+                   partial_rotary_factor=cfg.rotary_fraction, resid_pdrop=0.0, embd_pdrop=0.0, pad_token_id=None)
     else:  # qwen2, qwen3
         out.update(use_sliding_window=False, sliding_window=None, max_window_layers=cfg.n_layers)
         if arch == "qwen3":

@@ -46,7 +46,7 @@ def read_hf_config(hf_dir: str | os.PathLike) -> dict[str, Any]:
 
 def import_hf(hf_dir: str | os.PathLike, *, dtype: str = "float32",
               **overrides: Any) -> tuple[ModelConfig, dict, BPETokenizer | None]:
-    """Read a Hugging Face GPT-2 / Llama / Mistral / Qwen2 / Qwen3 causal-LM folder.
+    """Read a Hugging Face GPT-2 / Llama / Mistral / Qwen2 / Qwen3 / Phi-3 causal-LM folder.
 
     Returns (ModelConfig, params, tokenizer): params is our parameter tree of numpy arrays (use it as
     `Transformer(cfg).apply({"params": params}, tokens)`), tokenizer the folder's tokenizer.json wrapped as a
@@ -94,7 +94,8 @@ def export_hf(model_cfg: ModelConfig, params: Any, out_dir: str | os.PathLike, t
     """Write `params` as a Hugging Face `arch` checkpoint that transformers' `from_pretrained` loads.
 
     arch: 'gpt2' (learned positions, LayerNorm, GELU MLP, biases) or a Llama-family one (RoPE, RMSNorm, SwiGLU):
-    'llama' (biases via attention_bias / mlp_bias), 'mistral' (sliding window), 'qwen2', 'qwen3' (QK-norm).
+    'llama' (biases via attention_bias / mlp_bias), 'mistral' (sliding window), 'qwen2', 'qwen3' (QK-norm),
+    'phi3' (fused projections; sliding window, partial rotary, plain RoPE or longrope).
     Writes config.json, model.safetensors (in `dtype`, default the params' own) and, for a BPE tokenizer,
     tokenizer.json + tokenizer_config.json. LoRA adapters (model.lora_rank > 0) are folded into the kernels
     first (llm.model.lora.merge_lora). eos_id defaults to the tokenizer's, bos_id (GPT-2 only) to eos_id.

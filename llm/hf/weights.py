@@ -5,6 +5,8 @@ Every mapping is a reshape, a transpose, a concatenation or a split, so import a
     torch Linear weights (Llama family, lm_head) are stored [out, in]: transposed.
     Our attention kernels are [d_model, heads, head_dim] and [heads, head_dim, d_model]: HF's flat head axis
     is heads-major (h * head_dim + d), a plain reshape.
+    Phi-3 is the Llama layout with q|k|v (qkv_proj) and gate|up (gate_up_proj) concatenated on the output axis:
+    split into Llama's names on import, concatenated back on export.
 """
 
 from __future__ import annotations
@@ -118,6 +120,8 @@ def params_from_hf(tensors: dict[str, np.ndarray], cfg: ModelConfig, arch: str) 
     """Our (per-layer) parameter tree, as numpy arrays of cfg.param_dtype."""
     src = _Source(tensors, "transformer." if arch == "gpt2" else "model.")
     e, v = cfg.d_model, cfg.vocab_size
+    if arch == "phi3":
+        _unfuse(src, cfg)
     params = _gpt2_params(src, cfg) if arch == "gpt2" else _llama_params(src, cfg)
     if cfg.tie_embeddings:
         src.tensors.pop("lm_head.weight", None)  # a saved copy of the tied embedding
@@ -152,6 +156,36 @@ def _gpt2_params(src: _Source, cfg: ModelConfig) -> dict:
                                  "ffn_norm": norm(pre + "ln_2"), "feed_forward": ffn}
     params["final_norm"] = norm("ln_f")
     return params
+
+
+def _fused_projections(cfg: ModelConfig) -> dict[str, tuple[tuple[str, int], ...]]:
+    """Phi-3's fused projections -> the Llama projections they hold (name, rows), in row order."""
+    h, k, d, f = cfg.n_heads, cfg.kv_heads, cfg.dim_per_head, cfg.hidden_ff
+    return {"self_attn.qkv_proj": (("self_attn.q_proj", h * d), ("self_attn.k_proj", k * d),
+                                   ("self_attn.v_proj", k * d)),
+            "mlp.gate_up_proj": (("mlp.gate_proj", f), ("mlp.up_proj", f))}
+
+
+def _unfuse(src: _Source, cfg: ModelConfig) -> None:
+    """Split Phi-3's fused projection weights in `src` into the Llama names that `_llama_params` reads."""
+    for i in range(cfg.n_layers):
+        for fused, parts in _fused_projections(cfg).items():
+            rows = [n for _, n in parts]
+            weight = src.take(f"layers.{i}.{fused}.weight", (sum(rows), cfg.d_model))
+            for (name, _), w in zip(parts, np.split(weight, np.cumsum(rows)[:-1]), strict=True):
+                if f"layers.{i}.{name}.weight" in src.tensors:
+                    raise HFConversionError(f"the checkpoint has both layers.{i}.{fused}.weight and "
+                                            f"layers.{i}.{name}.weight; a Phi-3 checkpoint holds the fused one only")
+                src.tensors[f"layers.{i}.{name}.weight"] = w
+
+
+def _fuse(t: dict[str, np.ndarray], cfg: ModelConfig) -> dict[str, np.ndarray]:
+    """`t` (Llama names) with the projections Phi-3 fuses concatenated into its names: `_unfuse`'s inverse."""
+    for i in range(cfg.n_layers):
+        pre = f"model.layers.{i}."
+        for fused, parts in _fused_projections(cfg).items():
+            t[f"{pre}{fused}.weight"] = np.concatenate([t.pop(f"{pre}{name}.weight") for name, _ in parts])
+    return t
 
 
 def _llama_params(src: _Source, cfg: ModelConfig) -> dict:
@@ -194,6 +228,8 @@ def hf_tensors(params: dict, cfg: ModelConfig, arch: str) -> tuple[dict[str, np.
         tensors, flags = _gpt2_tensors(params, cfg), {}
     else:
         tensors, flags = _llama_tensors(params, cfg, arch)
+    if arch == "phi3":
+        tensors = _fuse(tensors, cfg)
     if not cfg.tie_embeddings:
         tensors["lm_head.weight"] = params["unembed"]["kernel"].T
     return tensors, flags
