@@ -195,11 +195,14 @@ def test_causal_visits_about_half_the_blocks():
 
 
 def test_block_ranges_cover_exactly_the_visible_pairs():
-    """kv_range / q_range against a brute-force scan of the visibility rule, for many shapes."""
+    """kv_range / q_range against a brute-force scan of the visibility rule, for many shapes and query
+    offsets (query row i at slot offset + i)."""
+    shapes = [(37, 37, 8, 16, 0), (64, 64, 16, 16, 0), (50, 23, 16, 8, 0), (23, 50, 8, 16, 0), (23, 50, 8, 16, 13),
+              (5, 64, 8, 16, 40), (37, 37, 16, 8, 9)]
     for causal, window in [(True, None), (False, None), (True, 5), (False, 7), (True, 40), (False, 1)]:
-        for tq, tk, bq, bk in [(37, 37, 8, 16), (64, 64, 16, 16), (50, 23, 16, 8), (23, 50, 8, 16)]:
+        for tq, tk, bq, bk, offset in shapes:
             band = fc.Band.from_rule(causal, window)
-            qs, ks = np.arange(tq)[:, None], np.arange(tk)[None, :]
+            qs, ks = offset + np.arange(tq)[:, None], np.arange(tk)[None, :]
             vis = np.ones((tq, tk), bool)
             if band.lo is not None:
                 vis &= qs - ks >= band.lo
@@ -207,7 +210,8 @@ def test_block_ranges_cover_exactly_the_visible_pairs():
                 vis &= qs - ks <= band.hi
             nq, nk = -(-tq // bq), -(-tk // bk)
             for i in range(nq):
-                r = fc.kv_range(i, band=band, block_q=bq, block_k=bk, kv_len=tk, exact=True)
+                r = fc.kv_range(i, band=band, block_q=bq, block_k=bk, kv_len=tk, exact=True, q_offset=offset,
+                                q_len=tq)
                 for j in range(nk):
                     blk = vis[i * bq:(i + 1) * bq, j * bk:(j + 1) * bk]
                     # Padded query rows are don't-care; padded key columns must be masked.
@@ -215,7 +219,8 @@ def test_block_ranges_cover_exactly_the_visible_pairs():
                     assert (r.lo <= j < r.hi) or not blk.any(), (causal, window, i, j)
                     assert (r.full_lo <= j < r.full_hi) == full or (full and not r.lo <= j < r.hi), (i, j)
             for j in range(nk):
-                r = fc.q_range(j, band=band, block_q=bq, block_k=bk, q_len=tq, kv_len=tk, exact=True)
+                r = fc.q_range(j, band=band, block_q=bq, block_k=bk, q_len=tq, kv_len=tk, exact=True,
+                               q_offset=offset)
                 for i in range(nq):
                     blk = vis[i * bq:(i + 1) * bq, j * bk:(j + 1) * bk]
                     assert (r.lo <= i < r.hi) or not blk.any(), (causal, window, i, j)
