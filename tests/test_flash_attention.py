@@ -300,13 +300,18 @@ def test_traced_offset_chunk_gradients():
 
 
 def test_traced_offset_decode_step_reads_only_filled_blocks():
-    """One query (Tq = 1) against a 128-slot cache with the offset traced under jit, as a decoding step: the
-    oracle's output at several offsets, and the cache's unwritten tail (NaN here) is never read."""
+    """One query (Tq = 1) against a 128-slot cache with the offset traced under jit, as a decoding step through
+    the public entry point: the oracle's output at several offsets, and the cache's unwritten tail (NaN here)
+    is never read."""
     b, h, kh, tk = 2, 4, 2, 128
     q, k, v, _ = make_inputs(b, 1, tk, h, kh, 16, jnp.float32)
     opts = dict(causal=True, window=40, slopes=alibi_slopes_for(h))
-    step = jax.jit(lambda q, k, v, offset, q_seg, k_seg: flash_with(dict(opts, q_seg=q_seg, k_seg=k_seg), SMALL)(
-        q, k, v, offset))
+
+    @jax.jit
+    def step(q, k, v, offset, q_seg, k_seg):
+        return attention(q, k, v, impl="flash", q_offset=offset, causal=True, window=40, alibi_slopes=opts["slopes"],
+                         segment_ids=q_seg, kv_segment_ids=k_seg, **SMALL)
+
     v_unwritten = v.at[:, 64:].set(jnp.nan)  # 32-key blocks 2 and 3 lie past every offset below
     for offset in (0, 31, 45, 63):
         q_seg, k_seg = decode_segments(b, 1, tk, offset)
