@@ -186,8 +186,11 @@ CASES: list[Case] = [
          "train.dropout_rng='philox' is not one of: rbg, threefry"),
     Case("softcap-with-xla-attention", train("--config.model.attn_softcap=30.0", "--config.model.attention_impl=xla"),
          "model.attention_impl='xla' has no logit soft-cap"),
-    Case("alibi-with-flash-attention", train("--config.model.position=alibi", "--config.model.attention_impl=flash"),
-         "model.attention_impl='flash' has no ALiBi bias (model.position='alibi'); use 'reference', 'dense'"),
+    Case("alibi-softcap-with-xla-attention",
+         train("--config.model.position=alibi", "--config.model.attn_softcap=30.0",
+               "--config.model.attention_impl=xla"),
+         "model.attention_impl='xla' has no logit soft-cap (model.attn_softcap); use 'reference', 'dense', 'chunked', "
+         "'flash' with this model"),
     Case("attention-impl-for-another-backend", train("--config.model.attention_impl=cudnn"),
          "model.attention_impl='cudnn' runs on gpu only, and this run's devices are cpu"),
     Case("sft-and-synthetic-both-set", train("--config.data.sft=task:dates", "--config.data.synthetic=copy"),

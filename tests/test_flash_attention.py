@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from attention_oracle import oracle
 
 from llm.kernels import flash_attention as fa
 from llm.kernels import flash_common as fc
@@ -173,6 +174,153 @@ def test_scan_over_layers():
 
 
 # --------------------------------------------------------------------------------------------------------
+# ALiBi and query offsets (static, and traced as in KV-cache decoding): outputs against the NumPy oracle,
+# gradients against `explicit_attention`, plain jnp with an explicit bias that shares no code with the
+# kernels or with llm.ops.attention.masking (its own output is checked against the oracle too).
+
+F32_TIGHT = dict(atol=2e-5, rtol=2e-5)
+
+
+def explicit_attention(q, k, v, *, causal, window=None, q_offset=0, softcap=None, slopes=None, q_seg=None,
+                       k_seg=None):
+    """Softmax(cap(q k^T / sqrt(D)) - slope_h |q_slot - k_slot|, masked) v in float32; empty rows give 0."""
+    h, kh = q.shape[2], k.shape[2]
+    k, v = (jnp.repeat(x.astype(jnp.float32), h // kh, axis=2) for x in (k, v))
+    s = jnp.einsum("bqhd,bkhd->bhqk", q.astype(jnp.float32), k, precision="highest") / np.sqrt(q.shape[3])
+    if softcap is not None:
+        s = softcap * jnp.tanh(s / softcap)
+    rel = (q_offset + jnp.arange(q.shape[1]))[:, None] - jnp.arange(k.shape[1])[None, :]  # q_slot - k_slot
+    if slopes is not None:
+        s = s - slopes[:, None, None] * jnp.abs(rel)
+    vis = jnp.ones(rel.shape, bool)[None, None]
+    if causal:
+        vis = vis & (rel >= 0)
+    if window is not None:
+        vis = vis & (rel < window) & (causal | (-rel < window))
+    if q_seg is not None:
+        vis = vis & (q_seg[:, None, :, None] == k_seg[:, None, None, :])
+    s = jnp.where(vis, s, -jnp.inf)
+    m = jnp.max(s, axis=-1, keepdims=True)
+    e = jnp.exp(s - jnp.where(jnp.isfinite(m), m, 0.0))
+    total = jnp.sum(e, axis=-1, keepdims=True)
+    return jnp.einsum("bhqk,bkhd->bqhd", e / jnp.where(total == 0, 1.0, total), v, precision="highest")
+
+
+def oracle_out(q, k, v, *, causal, window=None, q_offset=0, softcap=None, slopes=None, q_seg=None, k_seg=None):
+    seg = {} if q_seg is None else dict(q_segments=np.asarray(q_seg), k_segments=np.asarray(k_seg))
+    return oracle(q, k, v, causal=causal, window=window, q_offset=int(q_offset), softcap=softcap,
+                  alibi_slopes=None if slopes is None else np.asarray(slopes), **seg)[0]
+
+
+def decode_segments(b, tq, tk, q_offset, seed=0):
+    """Packed-document ids for a cache of tk slots ([B, Tk]) and the queries' ids at their slots ([B, Tq])."""
+    cuts = np.sort(np.random.default_rng(seed).integers(1, tk, size=(b, 2)), axis=1)
+    kv_seg = (np.arange(tk)[None] >= cuts[:, :1]).astype(np.int32) + (np.arange(tk)[None] >= cuts[:, 1:])
+    return jnp.asarray(kv_seg[:, q_offset:q_offset + tq]), jnp.asarray(kv_seg)
+
+
+def value_and_grads(f):
+    """jit of (q, k, v, *args) -> (out, (dq, dk, dv)) of sum(out * w), w a fixed random projection."""
+
+    def loss(q, k, v, *args):
+        out = f(q, k, v, *args)
+        w = jax.random.normal(jax.random.PRNGKey(7), out.shape, jnp.float32)
+        return jnp.sum(out.astype(jnp.float32) * w), out
+
+    def run(q, k, v, *args):
+        (_, out), grads = jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True)(q, k, v, *args)
+        return out, grads
+
+    return jax.jit(run)
+
+
+def flash_with(opts, extra):
+    """f(q, k, v, *offset) -> fa.flash_attention with explicit_attention's keywords `opts`; an offset passed
+    as an argument is traced."""
+
+    def f(q, k, v, *offset):
+        kw = dict(opts, **dict(zip(["q_offset"], offset)))
+        slopes, q_seg, k_seg = kw.pop("slopes", None), kw.pop("q_seg", None), kw.pop("k_seg", None)
+        return fa.flash_attention(q, k, v, alibi_slopes=slopes, segment_ids=q_seg, kv_segment_ids=k_seg, **kw,
+                                  **extra)
+
+    return f
+
+
+def check_against_explicit(q, k, v, opts, *, offsets=(None,), extra=SMALL) -> list[float]:
+    """flash's output against the oracle and its gradients against explicit_attention's, each program compiled
+    once; returns the largest errors of out, dq, dk, dv.
+
+    opts: explicit_attention's keywords (a static q_offset among them); offsets: None, or ints passed traced."""
+    flash = value_and_grads(flash_with(opts, extra))
+    explicit = value_and_grads(
+        lambda q, k, v, *offset: explicit_attention(q, k, v, **dict(opts, **dict(zip(["q_offset"], offset)))))
+    errors = np.zeros(4)
+    for offset in offsets:
+        traced = () if offset is None else (jnp.int32(offset),)
+        out, grads = flash(q, k, v, *traced)
+        ref_out, ref_grads = explicit(q, k, v, *traced)
+        want = oracle_out(q, k, v, **dict(opts, **({} if offset is None else {"q_offset": offset})))
+        np.testing.assert_allclose(np.asarray(ref_out), want, **F32_TIGHT)  # the explicit reference is right
+        np.testing.assert_allclose(np.asarray(out), want, **F32_TIGHT)
+        for got, ref in zip(grads, ref_grads, strict=True):
+            np.testing.assert_allclose(np.asarray(got), np.asarray(ref), **F32_TIGHT)
+        errors = np.maximum(errors, [np.max(np.abs(np.asarray(a, np.float64) - b))
+                                     for a, b in zip((out, *grads), (want, *ref_grads))])
+    return errors.tolist()
+
+
+def alibi_slopes_for(h):
+    return jnp.asarray(2.0 ** -np.arange(1, h + 1) * 4, jnp.float32)  # steep, so the bias matters at D=16
+
+
+# (id, B, Tq, Tk, H, K, options, segments); a q_offset here is static (Tq < Tk: a chunk of a prefill).
+ALIBI_CASES = [
+    ("alibi_noncausal_window_segments_softcap_gqa", 2, 45, 45, 4, 2, dict(causal=False, window=19, softcap=4.0),
+     True),
+    ("alibi_prefill_chunk_static_offset", 1, 24, 90, 2, 2, dict(causal=True, q_offset=66), False),
+]
+
+
+@pytest.mark.parametrize("case", ALIBI_CASES, ids=[c[0] for c in ALIBI_CASES])
+def test_alibi_and_static_offset_match_oracle(case):
+    _, b, tq, tk, h, kh, opts, segments = case
+    q, k, v, _ = make_inputs(b, tq, tk, h, kh, 16, jnp.float32)
+    opts = dict(opts, slopes=alibi_slopes_for(h))
+    if segments:
+        opts["q_seg"], opts["k_seg"] = decode_segments(b, tq, tk, opts.get("q_offset", 0))
+    check_against_explicit(q, k, v, opts)
+
+
+def test_traced_offset_chunk_gradients():
+    """A chunk of 20 queries at a traced offset (chunked prefill under jit), causal with a window and GQA:
+    outputs and gradients at two offsets from one compiled program."""
+    q, k, v, _ = make_inputs(1, 20, 70, 4, 2, 16, jnp.float32)
+    check_against_explicit(q, k, v, dict(causal=True, window=33, slopes=alibi_slopes_for(4)), offsets=(7, 50))
+
+
+def test_traced_offset_decode_step_reads_only_filled_blocks():
+    """One query (Tq = 1) against a 128-slot cache with the offset traced under jit, as a decoding step through
+    the public entry point: the oracle's output at several offsets, and the cache's unwritten tail (NaN here)
+    is never read."""
+    b, h, kh, tk = 2, 4, 2, 128
+    q, k, v, _ = make_inputs(b, 1, tk, h, kh, 16, jnp.float32)
+    opts = dict(causal=True, window=40, slopes=alibi_slopes_for(h))
+
+    @jax.jit
+    def step(q, k, v, offset, q_seg, k_seg):
+        return attention(q, k, v, impl="flash", q_offset=offset, causal=True, window=40, alibi_slopes=opts["slopes"],
+                         segment_ids=q_seg, kv_segment_ids=k_seg, **SMALL)
+
+    v_unwritten = v.at[:, 64:].set(jnp.nan)  # 32-key blocks 2 and 3 lie past every offset below
+    for offset in (0, 31, 45, 63):
+        q_seg, k_seg = decode_segments(b, 1, tk, offset)
+        out = step(q, k, v_unwritten, jnp.int32(offset), q_seg, k_seg)
+        want = oracle_out(q, k, v, q_offset=offset, q_seg=q_seg, k_seg=k_seg, **opts)
+        np.testing.assert_allclose(np.asarray(out), want, **F32_TIGHT)
+
+
+# --------------------------------------------------------------------------------------------------------
 # Block skipping: counted from the loop bounds, and observed (skipped blocks may hold NaNs).
 
 
@@ -195,11 +343,14 @@ def test_causal_visits_about_half_the_blocks():
 
 
 def test_block_ranges_cover_exactly_the_visible_pairs():
-    """kv_range / q_range against a brute-force scan of the visibility rule, for many shapes."""
+    """kv_range / q_range against a brute-force scan of the visibility rule, for many shapes and query
+    offsets (query row i at slot offset + i)."""
+    shapes = [(37, 37, 8, 16, 0), (64, 64, 16, 16, 0), (50, 23, 16, 8, 0), (23, 50, 8, 16, 0), (23, 50, 8, 16, 13),
+              (5, 64, 8, 16, 40), (37, 37, 16, 8, 9)]
     for causal, window in [(True, None), (False, None), (True, 5), (False, 7), (True, 40), (False, 1)]:
-        for tq, tk, bq, bk in [(37, 37, 8, 16), (64, 64, 16, 16), (50, 23, 16, 8), (23, 50, 8, 16)]:
+        for tq, tk, bq, bk, offset in shapes:
             band = fc.Band.from_rule(causal, window)
-            qs, ks = np.arange(tq)[:, None], np.arange(tk)[None, :]
+            qs, ks = offset + np.arange(tq)[:, None], np.arange(tk)[None, :]
             vis = np.ones((tq, tk), bool)
             if band.lo is not None:
                 vis &= qs - ks >= band.lo
@@ -207,7 +358,8 @@ def test_block_ranges_cover_exactly_the_visible_pairs():
                 vis &= qs - ks <= band.hi
             nq, nk = -(-tq // bq), -(-tk // bk)
             for i in range(nq):
-                r = fc.kv_range(i, band=band, block_q=bq, block_k=bk, kv_len=tk, exact=True)
+                r = fc.kv_range(i, band=band, block_q=bq, block_k=bk, kv_len=tk, exact=True, q_offset=offset,
+                                q_len=tq)
                 for j in range(nk):
                     blk = vis[i * bq:(i + 1) * bq, j * bk:(j + 1) * bk]
                     # Padded query rows are don't-care; padded key columns must be masked.
@@ -215,7 +367,8 @@ def test_block_ranges_cover_exactly_the_visible_pairs():
                     assert (r.lo <= j < r.hi) or not blk.any(), (causal, window, i, j)
                     assert (r.full_lo <= j < r.full_hi) == full or (full and not r.lo <= j < r.hi), (i, j)
             for j in range(nk):
-                r = fc.q_range(j, band=band, block_q=bq, block_k=bk, q_len=tq, kv_len=tk, exact=True)
+                r = fc.q_range(j, band=band, block_q=bq, block_k=bk, q_len=tq, kv_len=tk, exact=True,
+                               q_offset=offset)
                 for i in range(nq):
                     blk = vis[i * bq:(i + 1) * bq, j * bk:(j + 1) * bk]
                     assert (r.lo <= i < r.hi) or not blk.any(), (causal, window, i, j)
@@ -269,6 +422,15 @@ def test_tpu_kernels_in_interpreter(opts, segments):
     kh = 1 if opts["causal"] else 2
     extra = dict(TPU_TILES, backend="tpu", interpret=True)
     check_against_reference(1, 300, 300, 4, kh, 64, jnp.float32, opts, segments=segments, extra=extra)
+
+
+def test_tpu_kernels_alibi_and_traced_offset():
+    """ALiBi and a traced (scalar-prefetched) offset in the TPU kernels: 20 queries at slot 200 with a window
+    of 60 see key block 1 only, so the index_maps and block ranges must both shift with the offset."""
+    q, k, v, _ = make_inputs(1, 20, 256, 2, 1, 64, jnp.float32)
+    q_seg, k_seg = decode_segments(1, 20, 256, 200)
+    opts = dict(causal=True, window=60, softcap=5.0, slopes=alibi_slopes_for(2), q_seg=q_seg, k_seg=k_seg)
+    check_against_explicit(q, k, v, opts, offsets=(200,), extra=dict(TPU_TILES, backend="tpu", interpret=True))
 
 
 def _export(fn, args, platform, device_kind):
@@ -332,12 +494,13 @@ def test_mgpu_backend_resolution_and_fallback(monkeypatch):
         knobs = fa.default_tuning("mgpu", d, dtype)
         st = fc.FlashStatic(causal=opts.get("causal", True), window=opts.get("window"), scale=d ** -0.5,
                             softcap=opts.get("softcap"), q_len=t, kv_len=t, backend="mosaic_gpu",
-                            blocks=fa._fit_blocks(knobs, t, t, "mosaic_gpu"), num_stages=knobs["num_stages"])
+                            blocks=fa._fit_blocks(knobs, t, t, "mosaic_gpu"), num_stages=knobs["num_stages"],
+                            q_offset=opts.get("q_offset", 0), alibi=opts.get("alibi", False))
         return fa.mgpu_fallback_reason(st, q, k, opts.get("segments", False))
 
     assert reason() is None and reason(jnp.float16, 64, causal=False) is None
     for bad in (dict(dtype=jnp.float32), dict(d=96), dict(t=1000), dict(window=64), dict(softcap=5.0),
-                dict(segments=True)):
+                dict(segments=True), dict(alibi=True), dict(q_offset=128), dict(q_offset=None)):
         assert reason(**bad) is not None, bad
 
 

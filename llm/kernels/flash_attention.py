@@ -2,8 +2,14 @@
 
 `flash_attention(q, k, v, ...)` computes exactly what `llm.ops.attention.attention` defines (layout
 [B, T, heads, D], K/V heads dividing query heads, causal / sliding-window / segment masking, zeros for rows
-that see no key, optional logit soft-cap) with Pallas kernels for the forward pass and both halves of the
-backward pass (dq; dk and dv), tied together by `jax.custom_vjp`.
+that see no key, optional logit soft-cap, optional ALiBi bias, a query offset) with Pallas kernels for the
+forward pass and both halves of the backward pass (dq; dk and dv), tied together by `jax.custom_vjp`.
+
+The query offset (query row i at slot q_offset + i, keys at slots 0..Tk-1) is a Python int, compiled into the
+kernels, or a traced int32 scalar (a KV cache's index under jit), passed to them as an operand; either way the
+kernels visit only the key blocks the causal/window band leaves visible from the offset queries, so a decoding
+step over a cache of max_len slots reads the filled part only. ALiBi slopes [H] are an operand too; like
+segment ids they get no gradient.
 
 Lowerings (`backend`):
   'triton'     GPU: Pallas' Triton path (`flash_triton`); knobs block_*, num_warps, num_stages.
@@ -11,10 +17,10 @@ Lowerings (`backend`):
   'tpu'        Mosaic kernels (`flash_tpu`); with interpret=True they run in the TPU interpreter on CPU.
   'mosaic_gpu' (alias 'mgpu') Hopper: the forward is Pallas' Mosaic GPU kernel (`flash_mgpu`: wgmma, TMA,
                warp specialisation), the backward the Triton kernels. Calls outside its scope (windows,
-               segment ids, soft-cap, float32, head_dim not 64/128, lengths off the tile) fall back to
-               'triton' entirely. It is the default on compute-capability-9 GPUs (measured on an H200:
-               452 TFLOP/s forward at bf16/hd128/causal/8192, 1.01x cuDNN, 1.32x Triton; see
-               benchmarks/results/attention_gpu_mgpu.md); LLM_FLASH_MGPU=0 keeps Triton there.
+               segment ids, soft-cap, ALiBi, a query offset, float32, head_dim not 64/128, lengths off the
+               tile) fall back to 'triton' entirely. It is the default on compute-capability-9 GPUs
+               (measured on an H200: 452 TFLOP/s forward at bf16/hd128/causal/8192, 1.01x cuDNN, 1.32x
+               Triton; see benchmarks/results/attention_gpu_mgpu.md); LLM_FLASH_MGPU=0 keeps Triton there.
 Lengths need not be block multiples: the wrapper pads (and the kernels mask) keys, and slices the padding off.
 """
 
@@ -26,6 +32,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from llm.kernels import flash_common as fc
 from llm.kernels import flash_triton
@@ -117,8 +124,10 @@ def flash_attention(
     window: int | None = None,
     segment_ids: jax.Array | None = None,
     kv_segment_ids: jax.Array | None = None,
+    q_offset: int | jax.Array = 0,
     scale: float | None = None,
     softcap: float | None = None,
+    alibi_slopes: jax.Array | None = None,
     block_q: int | None = None,
     block_k: int | None = None,
     interpret: bool | None = None,
@@ -129,6 +138,9 @@ def flash_attention(
 
     Args:
       causal, window, segment_ids, kv_segment_ids, scale, softcap: as in `llm.ops.attention.attention`.
+      q_offset: slot of query row 0: a Python int >= 0 (static) or an int32 scalar array (traced, e.g. a KV
+        cache's index; the kernels read it at run time).
+      alibi_slopes: [H] ALiBi slopes; adds -slope_h * |q_slot - k_slot| to the (capped) logits. No gradient.
       block_q, block_k: forward tile sizes (queries x keys); None picks the backend default.
       interpret: run the kernels in Pallas' interpreter (default: on CPU).
       backend: 'triton' (GPU), 'mosaic_gpu' / 'mgpu' (Hopper forward, Triton backward), 'tpu', 'interpret'
@@ -155,6 +167,11 @@ def flash_attention(
         raise ValueError("pass both segment_ids and kv_segment_ids, or neither")
     scale = d ** -0.5 if scale is None else float(scale)
     softcap = None if softcap is None else float(softcap)
+    static_offset, offset = _split_offset(q_offset)
+    if alibi_slopes is not None:
+        alibi_slopes = jnp.asarray(alibi_slopes, jnp.float32)
+        if alibi_slopes.shape != (h,):
+            raise ValueError(f"alibi_slopes must be [heads] = {(h,)}, got {alibi_slopes.shape}")
 
     backend, interpret = resolve_backend(backend, interpret)
     user = {key: val for key, val in dict(tuning, block_q=block_q, block_k=block_k).items() if val is not None}
@@ -163,7 +180,8 @@ def flash_attention(
         knobs = dict(default_tuning(backend, d, q.dtype), **user)
         return FlashStatic(causal=bool(causal), window=window, scale=scale, softcap=softcap, q_len=tq,
                            kv_len=tk, blocks=_fit_blocks(knobs, tq, tk, backend), backend=backend,
-                           interpret=interpret, num_warps=knobs["num_warps"], num_stages=knobs["num_stages"],
+                           interpret=interpret, q_offset=static_offset, alibi=alibi_slopes is not None,
+                           num_warps=knobs["num_warps"], num_stages=knobs["num_stages"],
                            num_warps_bwd=knobs["num_warps_bwd"], num_stages_bwd=knobs["num_stages_bwd"])
 
     st = static(backend)
@@ -183,8 +201,21 @@ def flash_attention(
     if segment_ids is not None:
         q_seg = _pad_ids(segment_ids, b, tq, tq_pad)
         kv_seg = _pad_ids(kv_segment_ids, b, tk, tk_pad)
-    out = _flash(st, q_p, k_p, v_p, q_seg, kv_seg)
+    out = _flash(st, q_p, k_p, v_p, q_seg, kv_seg, offset, alibi_slopes)
     return out[:, :tq, :, :d]
+
+
+def _split_offset(q_offset) -> tuple[int | None, jax.Array | None]:
+    """(static offset, None) for a Python int, (None, int32 [1]) for an array (traced or not: a concrete
+    array would otherwise compile a new kernel per value)."""
+    if isinstance(q_offset, (int, np.integer)) and not isinstance(q_offset, bool):
+        if q_offset < 0:
+            raise ValueError(f"q_offset must be >= 0, got {q_offset}")
+        return int(q_offset), None
+    offset = jnp.asarray(q_offset)
+    if offset.size != 1 or not jnp.issubdtype(offset.dtype, jnp.integer):
+        raise ValueError(f"q_offset must be an int or an integer scalar array, got {offset.dtype}{offset.shape}")
+    return None, offset.reshape((1,)).astype(jnp.int32)
 
 
 def _round_up(n: int, m: int) -> int:
@@ -253,25 +284,26 @@ def _lowering(st: FlashStatic):
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _flash(st: FlashStatic, q, k, v, q_seg, kv_seg):
-    return _lowering(st).forward(st, q, k, v, q_seg, kv_seg)[0]
+def _flash(st: FlashStatic, q, k, v, q_seg, kv_seg, offset, slopes):
+    return _lowering(st).forward(st, q, k, v, q_seg, kv_seg, offset, slopes)[0]
 
 
-def _flash_fwd(st: FlashStatic, q, k, v, q_seg, kv_seg):
-    out, lse = _lowering(st).forward(st, q, k, v, q_seg, kv_seg)
-    return out, (q, k, v, q_seg, kv_seg, out, lse)
+def _flash_fwd(st: FlashStatic, q, k, v, q_seg, kv_seg, offset, slopes):
+    out, lse = _lowering(st).forward(st, q, k, v, q_seg, kv_seg, offset, slopes)
+    return out, (q, k, v, q_seg, kv_seg, offset, slopes, out, lse)
 
 
 def _flash_bwd(st: FlashStatic, res, do):
-    q, k, v, q_seg, kv_seg, out, lse = res
+    q, k, v, q_seg, kv_seg, offset, slopes, out, lse = res
     # delta_i = sum_d dO_id * O_id = sum_j P_ij dP_ij: the softmax-Jacobian term, one number per row.
     delta = jnp.einsum("bqhd,bqhd->bhq", out.astype(jnp.float32), do.astype(jnp.float32))
     # Padded query rows: lse = +inf makes their probabilities 0, so they add nothing to dk or dv.
     valid = jnp.arange(q.shape[1]) < st.q_len
     lse = jnp.where(valid, lse, jnp.inf)
     delta = jnp.where(valid, delta, 0.0)
-    dq, dk, dv = _lowering(st).backward(st, q, k, v, q_seg, kv_seg, do.astype(q.dtype), lse, delta)
-    return dq, dk, dv, None, None
+    dq, dk, dv = _lowering(st).backward(st, q, k, v, q_seg, kv_seg, do.astype(q.dtype), lse, delta, offset,
+                                        slopes)
+    return dq, dk, dv, None, None, None, None  # segment ids, offset and slopes get no gradient
 
 
 _flash.defvjp(_flash_fwd, _flash_bwd)

@@ -9,7 +9,13 @@ between the forward and the two backward kernels of every lowering:
   and which of those need no mask at all. Kernels take their loop bounds from these, so masked-out blocks are
   skipped, not computed and thrown away. The same functions work on Python ints, which is how the tests and
   `visited_blocks` count the work;
-* `block_mask` and `logits`, the per-block masking rule and the score transform (scale, soft-cap, base 2).
+* `block_logits` (`logits`, `with_alibi`, `block_mask`), the score transform of a block (scale, soft-cap,
+  ALiBi bias, base 2) and its masking rule.
+
+Slots: query row i sits at slot `q_offset + i`, key j at slot j (`llm.ops.attention.masking`). The offset is
+a Python int baked into the kernel, or (`FlashStatic.q_offset is None`) a traced int32 scalar the kernels read
+from an operand; the block ranges take either, so a KV-cache decoding step visits only the key blocks its
+queries can see.
 
 Numerics: scores go through exp2, so log2(e) is folded into the softmax scale and the saved log-sum-exp
 (`lse`) is in base 2. Masked scores are -inf and the running max starts at a large finite negative, so a row
@@ -72,6 +78,8 @@ class FlashStatic:
     blocks: BlockSizes
     backend: str
     interpret: bool = False
+    q_offset: int | None = 0  # slot of query row 0; None: traced, the kernels' int32 [1] offset operand
+    alibi: bool = False  # ALiBi slopes [H] arrive as an operand
     num_warps: int | None = None
     num_stages: int | None = None
     num_warps_bwd: int | None = None
@@ -80,6 +88,10 @@ class FlashStatic:
     @property
     def band(self) -> Band:
         return Band.from_rule(self.causal, self.window)
+
+    def offset(self, offset_ref=None):
+        """The query offset inside a kernel: the static int, or the scalar read from its operand's ref."""
+        return self.q_offset if self.q_offset is not None else offset_ref[0]
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -151,15 +163,20 @@ class BlockRange:
         return BlockRange(self.lo, full_lo, full_hi, self.hi)
 
 
-def kv_range(q_block, *, band: Band, block_q: int, block_k: int, kv_len: int, exact: bool) -> BlockRange:
+def kv_range(q_block, *, band: Band, block_q: int, block_k: int, kv_len: int, exact: bool,
+             q_offset=0, q_len: int | None = None) -> BlockRange:
     """Key blocks a query block needs (forward and dq kernels).
 
-    q_block: index of the query block (int or traced int32). exact: False when another mask (segment ids)
-    applies to every block, so no block may skip masking. Key blocks past `kv_len` are never visited; the one
-    that straddles it is always masked.
+    q_block: index of the query block; q_offset: slot of query row 0 (each an int or a traced int32 >= 0).
+    exact: False when another mask (segment ids) applies to every block, so no block may skip masking. Key
+    blocks past `kv_len` are never visited; the one that straddles it is always masked. q_len: rows from here
+    on are padding, whose outputs are discarded, so the range serves the real rows only (a decoding step's
+    one query, padded to a tile, reads no key block past its own slot).
     """
-    q0 = q_block * block_q
-    q1 = q0 + (block_q - 1)
+    r0, r1 = q_block * block_q, q_block * block_q + (block_q - 1)
+    if q_len is not None:
+        r0, r1 = _min(r0, q_len - 1), _min(r1, q_len - 1)
+    q0, q1 = r0 + q_offset, r1 + q_offset  # slots of the first and last rows served
     n_k = -(-kv_len // block_k)
     # Visible keys lie in [q0 - band.hi, q1 - band.lo].
     lo = 0 if band.hi is None else _div(_max(q0 - band.hi, 0), block_k)
@@ -175,16 +192,18 @@ def kv_range(q_block, *, band: Band, block_q: int, block_k: int, kv_len: int, ex
 
 
 def q_range(k_block, *, band: Band, block_q: int, block_k: int, q_len: int, kv_len: int,
-            exact: bool) -> BlockRange:
+            exact: bool, q_offset=0) -> BlockRange:
     """Query blocks that see a key block (dk/dv kernel); the mirror image of `kv_range`.
 
     Padded query rows need no mask here (their saved lse is +inf, so their probabilities are 0), but a key
     block that reaches past `kv_len` is masked on every visit.
     """
-    k0 = k_block * block_k
+    k_last = k_block * block_k + (block_k - 1)
+    # The block's first and last key slots, shifted into query rows (row = slot - q_offset; may be < 0).
+    k0 = k_block * block_k - q_offset
     k1 = k0 + (block_k - 1)
     n_q = -(-q_len // block_q)
-    # Visible queries lie in [k0 + band.lo, k1 + band.hi].
+    # Visible query rows lie in [k0 + band.lo, k1 + band.hi].
     lo = 0 if band.lo is None else _div(_max(k0 + band.lo, 0), block_q)
     hi = n_q if band.hi is None else _min(_cdiv(_max(k1 + band.hi + 1, 0), block_q), n_q)
     if not exact:
@@ -194,12 +213,12 @@ def q_range(k_block, *, band: Band, block_q: int, block_k: int, q_len: int, kv_l
     full_hi = n_q if band.hi is None else _div(_max(k0 + band.hi + 1, 0), block_q)
     if kv_len % block_k:
         # The straddling key block and any wholly padded one after it are never mask-free.
-        full_hi = _select(k1 < kv_len, full_hi, full_lo)
+        full_hi = _select(k_last < kv_len, full_hi, full_lo)
     return BlockRange(lo, full_lo, full_hi, hi).clamped()
 
 
 def visited_blocks(*, q_len: int, kv_len: int, block_q: int, block_k: int, causal: bool,
-                   window: int | None = None, segments: bool = False) -> dict[str, int]:
+                   window: int | None = None, segments: bool = False, q_offset: int = 0) -> dict[str, int]:
     """Count the (query block, key block) pairs the forward kernel computes, and how many of them it masks.
 
     Plain Python over the same `kv_range` the kernel uses, for tests and cost estimates.
@@ -207,7 +226,8 @@ def visited_blocks(*, q_len: int, kv_len: int, block_q: int, block_k: int, causa
     band = Band.from_rule(causal, window)
     visited = masked = 0
     for i in range(-(-q_len // block_q)):
-        r = kv_range(i, band=band, block_q=block_q, block_k=block_k, kv_len=kv_len, exact=not segments)
+        r = kv_range(i, band=band, block_q=block_q, block_k=block_k, kv_len=kv_len, exact=not segments,
+                     q_offset=q_offset, q_len=q_len)
         visited += r.hi - r.lo
         masked += (r.full_lo - r.lo) + (r.hi - r.full_hi)
     total = -(-q_len // block_q) * -(-kv_len // block_k)
@@ -273,6 +293,27 @@ def logits(st: FlashStatic, s: jax.Array) -> Logits:
     if mul > 0:
         return Logits(s, mul)
     return Logits(s * mul, 1.0)  # a non-positive scale flips the max: no folding then
+
+
+def with_alibi(lg: Logits, slope, q_slot, k_slot) -> Logits:
+    """Add ALiBi's bias -slope * |q_slot - k_slot| to the (capped) logits, in base 2 like them.
+
+    slope: the head's float32 scalar; q_slot and k_slot broadcast to the block (either orientation). The bias
+    differs per score, so the scale is applied here and the factored form ends (mul = 1)."""
+    dist = jnp.abs(q_slot - k_slot).astype(jnp.float32)
+    return Logits(lg.scaled() - (slope * LOG2E) * dist, 1.0, lg.tanh)
+
+
+def block_logits(st: FlashStatic, s: jax.Array, q_slot, k_slot, *, masked: bool, slope=None, q_seg=None,
+                 k_seg=None) -> Logits:
+    """Raw scores of a block -> base-2 logits: scale, soft-cap, ALiBi bias (with st.alibi), then the mask
+    (only when `masked`), in `llm.ops.attention.masking.masked_scores`' order."""
+    lg = logits(st, s)
+    if st.alibi:
+        lg = with_alibi(lg, slope, q_slot, k_slot)
+    if masked:
+        lg = masked_logits(lg, block_mask(st, q_slot, k_slot, q_seg, k_seg))
+    return lg
 
 
 def masked_logits(lg: Logits, ok: jax.Array) -> Logits:

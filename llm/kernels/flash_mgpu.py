@@ -17,8 +17,9 @@ are masked, the ones below run mask-free. The warpgroup whose rows end first kee
 barriers (without computing) until its partner is done, so the producer's ring keeps turning.
 
 Scope: bf16/f16, head_dim 64 or 128, causal or not, GQA/MQA (kv head = h // group), lengths a multiple of
-the tile (Tq of 2 * block_q, Tk of block_kv). Everything else (windows, segment ids, soft-cap, float32,
-other lengths) is `supported(...) is False` and the caller falls back to the Triton forward.
+the tile (Tq of 2 * block_q, Tk of block_kv). Everything else (windows, segment ids, soft-cap, ALiBi, a
+query offset, float32, other lengths) makes `unsupported_reason` name it, and the caller falls back to the
+Triton forward.
 Imports of Mosaic GPU happen inside functions: this module is importable on any jax / platform.
 """
 
@@ -74,6 +75,8 @@ def unsupported_reason(st: FlashStatic, q_shape, k_shape, dtype, segments: bool)
         return f"head_dim {d} (64 or 128 only)"
     if st.window is not None or segments or st.softcap is not None:
         return "windows, segment ids and soft-cap are Triton-only"
+    if st.alibi or st.q_offset != 0:
+        return "ALiBi and query offsets (static or traced) are Triton-only"
     if st.scale * fc.LOG2E <= 0:
         return "non-positive scale"
     if tiles.block_q % 64 or tiles.block_kv % 64 or tiles.stages < 2:
@@ -108,7 +111,7 @@ def _transposed(ref):
     return plgpu.transpose_ref(ref, (1, 0))  # jax <= 0.10
 
 
-def forward(st: FlashStatic, q, k, v, q_seg=None, kv_seg=None):
+def forward(st: FlashStatic, q, k, v, q_seg=None, kv_seg=None, offset=None, slopes=None):
     """out [B, Tq, H, D] (q's dtype) and lse [B, H, Tq] (float32, base 2): `flash_triton.forward`'s contract."""
     from jax.experimental import pallas as pl
     from jax.experimental.pallas import mosaic_gpu as plgpu

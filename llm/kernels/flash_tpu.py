@@ -12,6 +12,10 @@ padded to a multiple of 128 by the caller). Per-row vectors (lse, delta, segment
 already in the orientation the kernel uses them: columns [T, 1] against [bq, bk] scores, rows [1, T] against
 the dk/dv kernel's transposed [bk, bq] scores, so no kernel transposes a vector.
 
+A traced query offset is scalar-prefetched (an int32 [1] in SMEM), so the index_maps' band clamping and the
+kernels' block ranges both use it; a static one is compiled in. ALiBi slopes travel as a [H, 1, 1] array
+whose (1, 1) block is the program's head slope.
+
 Kernels:
   forward  grid (B, H, q blocks, k blocks): out tile and base-2 log-sum-exp;
   dq       grid (B, H, q blocks, k blocks);
@@ -42,17 +46,51 @@ def _params(st: FlashStatic):
     )
 
 
+def _grid_spec(st: FlashStatic, grid, in_specs, out_specs, scratch_shapes):
+    """The grid; a traced offset is its one scalar-prefetch operand (index_maps get its ref last)."""
+    return pltpu.PrefetchScalarGridSpec(num_scalar_prefetch=int(st.q_offset is None), grid=grid,
+                                        in_specs=in_specs, out_specs=out_specs, scratch_shapes=scratch_shapes)
+
+
+def _prefetched(st: FlashStatic, offset) -> list:
+    return [offset] if st.q_offset is None else []
+
+
+def _index_offset(st: FlashStatic, scalars):
+    """The query offset inside an index_map, whose trailing arguments are the scalar-prefetch refs."""
+    return st.offset(scalars[0] if scalars else None)
+
+
 def _to_bhtd(x):
     return jnp.swapaxes(x, 1, 2)
 
 
-def _kv_bounds(st: FlashStatic, i, bq: int, bk: int, segments: bool) -> fc.BlockRange:
-    return fc.kv_range(i, band=st.band, block_q=bq, block_k=bk, kv_len=st.kv_len, exact=not segments)
+def _kv_bounds(st: FlashStatic, i, bq: int, bk: int, segments: bool, off) -> fc.BlockRange:
+    return fc.kv_range(i, band=st.band, block_q=bq, block_k=bk, kv_len=st.kv_len, exact=not segments,
+                       q_offset=off, q_len=st.q_len)
 
 
-def _q_bounds(st: FlashStatic, j, bq: int, bk: int, segments: bool) -> fc.BlockRange:
+def _q_bounds(st: FlashStatic, j, bq: int, bk: int, segments: bool, off) -> fc.BlockRange:
     return fc.q_range(j, band=st.band, block_q=bq, block_k=bk, q_len=st.q_len, kv_len=st.kv_len,
-                      exact=not segments)
+                      exact=not segments, q_offset=off)
+
+
+def _split_refs(refs, st: FlashStatic, n_in: int, segments: bool):
+    """(offset ref or None, inputs, q_seg, kv_seg, slopes (refs or None), rest) from a kernel's refs: the
+    scalar-prefetched offset, inputs, segment ids, slopes, then outputs and scratch."""
+    refs = list(refs)
+    off_ref = refs.pop(0) if st.q_offset is None else None
+    ins = [refs.pop(0) for _ in range(n_in)]
+    qseg_ref, kseg_ref = (refs.pop(0), refs.pop(0)) if segments else (None, None)
+    slopes_ref = refs.pop(0) if st.alibi else None
+    return off_ref, ins, qseg_ref, kseg_ref, slopes_ref, refs
+
+
+def _slopes_operand(st: FlashStatic, slopes, head_index):
+    """([BlockSpec], [array]) of the ALiBi slopes as [H, 1, 1]; head_index(*grid, *scalars) -> query head."""
+    if not st.alibi:
+        return [], []
+    return [pl.BlockSpec((None, 1, 1), lambda *g: (head_index(*g), 0, 0))], [slopes[:, None, None]]
 
 
 def _clamp(x, rng: fc.BlockRange):
@@ -72,15 +110,18 @@ def _run_step(step, active, masked):
         step(False)
 
 
-def _tile_mask(st: FlashStatic, i, j, bq: int, bk: int, q_seg=None, k_seg=None, transposed: bool = False):
-    """Visibility of the [bq, bk] score tile (query block i, key block j), or of its [bk, bq] transpose.
+def _tile_logits(st: FlashStatic, s, i, j, bq: int, bk: int, off, *, masked: bool, slope=None, q_seg=None,
+                 k_seg=None, transposed: bool = False) -> fc.Logits:
+    """Logits of the [bq, bk] score tile s (query block i, key block j), or of its [bk, bq] transpose.
 
     q_seg / k_seg: the blocks' segment ids, already shaped to broadcast against the tile."""
+    if not (masked or st.alibi):
+        return fc.logits(st, s)  # an interior tile: no slots needed
     shape = (bk, bq) if transposed else (bq, bk)
     q_axis, k_axis = (1, 0) if transposed else (0, 1)
-    q_slot = i * bq + lax.broadcasted_iota(jnp.int32, shape, q_axis)
+    q_slot = off + i * bq + lax.broadcasted_iota(jnp.int32, shape, q_axis)
     k_slot = j * bk + lax.broadcasted_iota(jnp.int32, shape, k_axis)
-    return fc.block_mask(st, q_slot, k_slot, q_seg, k_seg)
+    return fc.block_logits(st, s, q_slot, k_slot, masked=masked, slope=slope, q_seg=q_seg, k_seg=k_seg)
 
 
 def _load(ref):
@@ -92,12 +133,12 @@ def _load(ref):
 
 
 def _fwd_kernel(*refs, st: FlashStatic, segments: bool):
-    q_ref, k_ref, v_ref, *refs = refs
-    qseg_ref, kseg_ref = (refs.pop(0), refs.pop(0)) if segments else (None, None)
+    off_ref, (q_ref, k_ref, v_ref), qseg_ref, kseg_ref, slopes_ref, refs = _split_refs(refs, st, 3, segments)
     o_ref, lse_ref, m_ref, l_ref, acc_ref = refs
     bq, bk = st.blocks.block_q, st.blocks.block_k
     i, j = pl.program_id(2), pl.program_id(3)
-    rng = _kv_bounds(st, i, bq, bk, segments)
+    off = st.offset(off_ref)
+    rng = _kv_bounds(st, i, bq, bk, segments, off)
 
     @pl.when(j == 0)
     def _():
@@ -106,9 +147,8 @@ def _fwd_kernel(*refs, st: FlashStatic, segments: bool):
         acc_ref[...] = jnp.zeros(acc_ref.shape, jnp.float32)
 
     def step(masked):
-        lg = fc.logits(st, fc.dot_nt(q_ref[...], k_ref[...]))
-        if masked:
-            lg = fc.masked_logits(lg, _tile_mask(st, i, j, bq, bk, _load(qseg_ref), _load(kseg_ref)))
+        lg = _tile_logits(st, fc.dot_nt(q_ref[...], k_ref[...]), i, j, bq, bk, off, masked=masked,
+                          slope=_load(slopes_ref), q_seg=_load(qseg_ref), k_seg=_load(kseg_ref))
         m_prev = m_ref[...]  # [bq, 1]
         m_new = jnp.maximum(m_prev, lg.row_max(axis=1)[:, None])
         corr = jnp.exp2(m_prev - m_new)
@@ -128,37 +168,43 @@ def _fwd_kernel(*refs, st: FlashStatic, segments: bool):
         lse_ref[...] = jnp.where(empty, jnp.inf, m_ref[...] + jnp.log(l_safe) * fc.LOG2E)
 
 
-def forward(st: FlashStatic, q, k, v, q_seg, kv_seg):
-    """out [B, Tq, H, D] and lse [B, H, Tq] (float32, base 2) for padded inputs."""
+def forward(st: FlashStatic, q, k, v, q_seg, kv_seg, offset=None, slopes=None):
+    """out [B, Tq, H, D] and lse [B, H, Tq] (float32, base 2) for padded inputs.
+
+    offset: int32 [1], the query offset when st.q_offset is None; slopes: float32 [H] when st.alibi."""
     b, tq, h, d = q.shape
     tk, kh = k.shape[1], k.shape[2]
     group = h // kh
     bq, bk = st.blocks.block_q, st.blocks.block_k
     segments = q_seg is not None
 
-    def kv_index(bi, hi, i, j):
-        return (bi, hi // group, _clamp(j, _kv_bounds(st, i, bq, bk, segments)), 0)
+    def kv_block(i, j, *scalars):
+        return _clamp(j, _kv_bounds(st, i, bq, bk, segments, _index_offset(st, scalars)))
 
-    in_specs = [pl.BlockSpec((None, None, bq, d), lambda bi, hi, i, j: (bi, hi, i, 0)),
+    def kv_index(bi, hi, i, j, *scalars):
+        return (bi, hi // group, kv_block(i, j, *scalars), 0)
+
+    in_specs = [pl.BlockSpec((None, None, bq, d), lambda bi, hi, i, j, *_: (bi, hi, i, 0)),
                 pl.BlockSpec((None, None, bk, d), kv_index),
                 pl.BlockSpec((None, None, bk, d), kv_index)]
     args = [_to_bhtd(q), _to_bhtd(k), _to_bhtd(v)]
     if segments:
-        in_specs += [pl.BlockSpec((None, bq, 1), lambda bi, hi, i, j: (bi, i, 0)),
-                     pl.BlockSpec((None, 1, bk), lambda bi, hi, i, j: (bi, 0, kv_index(bi, hi, i, j)[2]))]
+        in_specs += [pl.BlockSpec((None, bq, 1), lambda bi, hi, i, j, *_: (bi, i, 0)),
+                     pl.BlockSpec((None, 1, bk), lambda bi, hi, i, j, *sc: (bi, 0, kv_block(i, j, *sc)))]
         args += [q_seg[:, :, None], kv_seg[:, None, :]]
+    slope_specs, slope_args = _slopes_operand(st, slopes, lambda bi, hi, *_: hi)
+    grid_spec = _grid_spec(
+        st, (b, h, tq // bq, tk // bk), in_specs + slope_specs,
+        [pl.BlockSpec((None, None, bq, d), lambda bi, hi, i, j, *_: (bi, hi, i, 0)),
+         pl.BlockSpec((None, None, bq, 1), lambda bi, hi, i, j, *_: (bi, hi, i, 0))],
+        [pltpu.VMEM((bq, 1), jnp.float32), pltpu.VMEM((bq, 1), jnp.float32), pltpu.VMEM((bq, d), jnp.float32)])
     out, lse = pl.pallas_call(
         functools.partial(_fwd_kernel, st=st, segments=segments),
-        grid=(b, h, tq // bq, tk // bk),
-        in_specs=in_specs,
-        out_specs=[pl.BlockSpec((None, None, bq, d), lambda bi, hi, i, j: (bi, hi, i, 0)),
-                   pl.BlockSpec((None, None, bq, 1), lambda bi, hi, i, j: (bi, hi, i, 0))],
+        grid_spec=grid_spec,
         out_shape=[jax.ShapeDtypeStruct((b, h, tq, d), q.dtype), jax.ShapeDtypeStruct((b, h, tq, 1), jnp.float32)],
-        scratch_shapes=[pltpu.VMEM((bq, 1), jnp.float32), pltpu.VMEM((bq, 1), jnp.float32),
-                        pltpu.VMEM((bq, d), jnp.float32)],
         name="flash_attention_fwd_tpu",
         **_params(st),
-    )(*args)
+    )(*_prefetched(st, offset), *args, *slope_args)
     return _to_bhtd(out), lse[..., 0]
 
 
@@ -167,12 +213,12 @@ def forward(st: FlashStatic, q, k, v, q_seg, kv_seg):
 
 
 def _dq_kernel(*refs, st: FlashStatic, segments: bool):
-    q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, *refs = refs
-    qseg_ref, kseg_ref = (refs.pop(0), refs.pop(0)) if segments else (None, None)
-    dq_ref, acc_ref = refs
+    off_ref, ins, qseg_ref, kseg_ref, slopes_ref, (dq_ref, acc_ref) = _split_refs(refs, st, 6, segments)
+    q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref = ins
     bq, bk = st.blocks.block_q_dq, st.blocks.block_k_dq
     i, j = pl.program_id(2), pl.program_id(3)
-    rng = _kv_bounds(st, i, bq, bk, segments)
+    off = st.offset(off_ref)
+    rng = _kv_bounds(st, i, bq, bk, segments, off)
 
     @pl.when(j == 0)
     def _():
@@ -180,9 +226,8 @@ def _dq_kernel(*refs, st: FlashStatic, segments: bool):
 
     def step(masked):
         k = k_ref[...]
-        lg = fc.logits(st, fc.dot_nt(q_ref[...], k))
-        if masked:
-            lg = fc.masked_logits(lg, _tile_mask(st, i, j, bq, bk, _load(qseg_ref), _load(kseg_ref)))
+        lg = _tile_logits(st, fc.dot_nt(q_ref[...], k), i, j, bq, bk, off, masked=masked,
+                          slope=_load(slopes_ref), q_seg=_load(qseg_ref), k_seg=_load(kseg_ref))
         p = jnp.exp2(lg.scaled() - lse_ref[...])
         dp = fc.dot_nt(do_ref[...], v_ref[...])
         ds = fc.softcap_grad(lg, p * (dp - delta_ref[...]))
@@ -196,13 +241,14 @@ def _dq_kernel(*refs, st: FlashStatic, segments: bool):
 
 
 def _dkv_kernel(*refs, st: FlashStatic, segments: bool, n_q: int):
-    q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, *refs = refs
-    qseg_ref, kseg_ref = (refs.pop(0), refs.pop(0)) if segments else (None, None)
+    off_ref, ins, qseg_ref, kseg_ref, slopes_ref, refs = _split_refs(refs, st, 6, segments)
+    q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref = ins
     dk_ref, dv_ref, dk_acc, dv_acc = refs
     bq, bk = st.blocks.block_q_dkv, st.blocks.block_k_dkv
     j, t = pl.program_id(2), pl.program_id(3)
     i = t % n_q  # the query block; t // n_q is the query head within the group
-    rng = _q_bounds(st, j, bq, bk, segments)
+    off = st.offset(off_ref)
+    rng = _q_bounds(st, j, bq, bk, segments, off)
 
     @pl.when(t == 0)
     def _():
@@ -211,10 +257,8 @@ def _dkv_kernel(*refs, st: FlashStatic, segments: bool, n_q: int):
 
     def step(masked):
         q, do = q_ref[...], do_ref[...]
-        lg = fc.logits(st, fc.dot_nt(k_ref[...], q))  # transposed scores [bk, bq]
-        if masked:
-            ok = _tile_mask(st, i, j, bq, bk, _load(qseg_ref), _load(kseg_ref), transposed=True)
-            lg = fc.masked_logits(lg, ok)
+        lg = _tile_logits(st, fc.dot_nt(k_ref[...], q), i, j, bq, bk, off, masked=masked,  # [bk, bq]
+                          slope=_load(slopes_ref), q_seg=_load(qseg_ref), k_seg=_load(kseg_ref), transposed=True)
         p = jnp.exp2(lg.scaled() - lse_ref[...])  # lse, delta: [1, bq] rows
         dv_acc[...] += fc.dot_nn(p.astype(do.dtype), do)
         dp = fc.dot_nt(v_ref[...], do)
@@ -229,8 +273,9 @@ def _dkv_kernel(*refs, st: FlashStatic, segments: bool, n_q: int):
         dv_ref[...] = dv_acc[...].astype(dv_ref.dtype)
 
 
-def backward(st: FlashStatic, q, k, v, q_seg, kv_seg, do, lse, delta):
-    """dq, dk, dv for padded inputs; lse and delta [B, H, Tq] float32 (lse base 2, +inf on empty rows)."""
+def backward(st: FlashStatic, q, k, v, q_seg, kv_seg, do, lse, delta, offset=None, slopes=None):
+    """dq, dk, dv for padded inputs; lse and delta [B, H, Tq] float32 (lse base 2, +inf on empty rows);
+    offset and slopes as in `forward`."""
     b, tq, h, d = q.shape
     tk, kh = k.shape[1], k.shape[2]
     group = h // kh
@@ -241,35 +286,37 @@ def backward(st: FlashStatic, q, k, v, q_seg, kv_seg, do, lse, delta):
     # dq: grid (B, H, q blocks, k blocks).
     bq, bk = blocks.block_q_dq, blocks.block_k_dq
 
-    def kv_index(bi, hi, i, j):
-        return (bi, hi // group, _clamp(j, _kv_bounds(st, i, bq, bk, segments)), 0)
+    def kv_block(i, j, *scalars):
+        return _clamp(j, _kv_bounds(st, i, bq, bk, segments, _index_offset(st, scalars)))
 
-    q_tile = pl.BlockSpec((None, None, bq, d), lambda bi, hi, i, j: (bi, hi, i, 0))
-    row_tile = pl.BlockSpec((None, None, bq, 1), lambda bi, hi, i, j: (bi, hi, i, 0))
+    def kv_index(bi, hi, i, j, *scalars):
+        return (bi, hi // group, kv_block(i, j, *scalars), 0)
+
+    q_tile = pl.BlockSpec((None, None, bq, d), lambda bi, hi, i, j, *_: (bi, hi, i, 0))
+    row_tile = pl.BlockSpec((None, None, bq, 1), lambda bi, hi, i, j, *_: (bi, hi, i, 0))
     kv_tile = pl.BlockSpec((None, None, bk, d), kv_index)
     in_specs = [q_tile, kv_tile, kv_tile, q_tile, row_tile, row_tile]
     args = [q_t, k_t, v_t, do_t, lse[..., None], delta[..., None]]
     if segments:
-        in_specs += [pl.BlockSpec((None, bq, 1), lambda bi, hi, i, j: (bi, i, 0)),
-                     pl.BlockSpec((None, 1, bk), lambda bi, hi, i, j: (bi, 0, kv_index(bi, hi, i, j)[2]))]
+        in_specs += [pl.BlockSpec((None, bq, 1), lambda bi, hi, i, j, *_: (bi, i, 0)),
+                     pl.BlockSpec((None, 1, bk), lambda bi, hi, i, j, *sc: (bi, 0, kv_block(i, j, *sc)))]
         args += [q_seg[:, :, None], kv_seg[:, None, :]]
+    slope_specs, slope_args = _slopes_operand(st, slopes, lambda bi, hi, *_: hi)
     dq = pl.pallas_call(
         functools.partial(_dq_kernel, st=st, segments=segments),
-        grid=(b, h, tq // bq, tk // bk),
-        in_specs=in_specs,
-        out_specs=q_tile,
+        grid_spec=_grid_spec(st, (b, h, tq // bq, tk // bk), in_specs + slope_specs, q_tile,
+                             [pltpu.VMEM((bq, d), jnp.float32)]),
         out_shape=jax.ShapeDtypeStruct(q_t.shape, q.dtype),
-        scratch_shapes=[pltpu.VMEM((bq, d), jnp.float32)],
         name="flash_attention_dq_tpu",
         **_params(st),
-    )(*args)
+    )(*_prefetched(st, offset), *args, *slope_args)
 
     # dk, dv: grid (B, K, k blocks, group * q blocks).
     bq, bk = blocks.block_q_dkv, blocks.block_k_dkv
     n_q = tq // bq
 
-    def q_index(bi, ki, j, t):
-        i = _clamp(t % n_q, _q_bounds(st, j, bq, bk, segments))
+    def q_index(bi, ki, j, t, *scalars):
+        i = _clamp(t % n_q, _q_bounds(st, j, bq, bk, segments, _index_offset(st, scalars)))
         return bi, ki * group + t // n_q, i
 
     def row_index(*g):
@@ -278,21 +325,20 @@ def backward(st: FlashStatic, q, k, v, q_seg, kv_seg, do, lse, delta):
 
     q_tile = pl.BlockSpec((None, None, bq, d), lambda *g: (*q_index(*g), 0))
     row_tile = pl.BlockSpec((None, None, 1, bq), row_index)
-    kv_tile = pl.BlockSpec((None, None, bk, d), lambda bi, ki, j, t: (bi, ki, j, 0))
+    kv_tile = pl.BlockSpec((None, None, bk, d), lambda bi, ki, j, t, *_: (bi, ki, j, 0))
     in_specs = [q_tile, kv_tile, kv_tile, q_tile, row_tile, row_tile]
     args = [q_t, k_t, v_t, do_t, lse[:, :, None, :], delta[:, :, None, :]]
     if segments:
         in_specs += [pl.BlockSpec((None, 1, bq), lambda *g: (g[0], 0, q_index(*g)[2])),
-                     pl.BlockSpec((None, bk, 1), lambda bi, ki, j, t: (bi, j, 0))]
+                     pl.BlockSpec((None, bk, 1), lambda bi, ki, j, t, *_: (bi, j, 0))]
         args += [q_seg[:, None, :], kv_seg[:, :, None]]
+    slope_specs, slope_args = _slopes_operand(st, slopes, lambda bi, ki, j, t, *_: ki * group + t // n_q)
     dk, dv = pl.pallas_call(
         functools.partial(_dkv_kernel, st=st, segments=segments, n_q=n_q),
-        grid=(b, kh, tk // bk, group * n_q),
-        in_specs=in_specs,
-        out_specs=[kv_tile, kv_tile],
+        grid_spec=_grid_spec(st, (b, kh, tk // bk, group * n_q), in_specs + slope_specs, [kv_tile, kv_tile],
+                             [pltpu.VMEM((bk, d), jnp.float32), pltpu.VMEM((bk, d), jnp.float32)]),
         out_shape=[jax.ShapeDtypeStruct(k_t.shape, k.dtype), jax.ShapeDtypeStruct(v_t.shape, v.dtype)],
-        scratch_shapes=[pltpu.VMEM((bk, d), jnp.float32), pltpu.VMEM((bk, d), jnp.float32)],
         name="flash_attention_dkv_tpu",
         **_params(st),
-    )(*args)
+    )(*_prefetched(st, offset), *args, *slope_args)
     return _to_bhtd(dq), _to_bhtd(dk), _to_bhtd(dv)

@@ -1,9 +1,9 @@
 """What each attention implementation supports: one table, read by config validation, KV-cache decoding and
 the explorer.
 
-    caps = CAPABILITIES["flash"]
-    caps.alibi          # False: the kernel has no ALiBi bias
-    missing("flash", alibi=True, softcap=False)   # ["alibi"]: what the implementation lacks of what is used
+    caps = CAPABILITIES["xla"]
+    caps.softcap        # False: XLA's fused attention has no logit soft-cap
+    missing("xla", softcap=True, alibi=True)   # ["softcap"]: what the implementation lacks of what is used
 
 Columns:
   softcap   a logit soft-cap (`softcap`, Gemma-2 style)
@@ -50,8 +50,11 @@ CAPABILITIES: dict[str, Capabilities] = {
                           decode=False, weights=False, backends=("gpu",)),
     "chunked": Capabilities(softcap=True, alibi=True, window=True, segments=True, gqa=True, q_offset=True,
                             decode=True, weights=False, backends=ALL),
-    # The Pallas kernel runs on CPU too, in interpret mode (slow; for tests).
-    "flash": Capabilities(softcap=True, alibi=False, window=True, segments=True, gqa=True, q_offset=False,
+    # The Pallas kernel runs on CPU too, in interpret mode (slow; for tests). A traced offset works (its key
+    # blocks stop at the offset; one query is padded to a tile), but decoding stays with DECODE_FALLBACKS: each
+    # step runs B x H programs that walk the cache serially (no split over keys), unmeasured against xla's
+    # whole-GPU read at small batch, and the cached path calls it outside shard_map on a mesh.
+    "flash": Capabilities(softcap=True, alibi=True, window=True, segments=True, gqa=True, q_offset=True,
                           decode=False, weights=False, backends=ALL),
 }
 IMPLEMENTATIONS = tuple(CAPABILITIES)

@@ -75,5 +75,4 @@ def attention(
         return chunked_attention(q, k, v, **kw, **impl_kwargs)
     from llm.kernels import flash_attention  # the Pallas kernels import only when asked for
 
-    del kw["q_offset"], kw["alibi_slopes"]  # both absent (checked above)
     return flash_attention.flash_attention(q, k, v, **kw, **impl_kwargs)
