@@ -177,6 +177,8 @@ CASES: list[Case] = [
          "mesh.data must be a positive device count or -1 (fill), got 0"),
     Case("mesh-more-devices-than-exist", train("--config.mesh.tensor=3"), "do not divide the"),
     Case("mesh-rule-unknown-axis", train("--config.mesh.rules.batch=rows"), "names unknown mesh axes ['rows']"),
+    Case("unknown-context-strategy", train("--config.mesh.context_strategy=tree"),
+         "mesh.context_strategy='tree' is not one of: ring, all_gather"),
     Case("window-longer-than-context", train("--config.model.window=64"),
          "model.window=64 is larger than the context model.max_len=32"),
     Case("rope-odd-head-dim", train("--config.model.position=rope", "--config.model.head_dim=7"),

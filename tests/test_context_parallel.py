@@ -11,8 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import tiny_config
 
+from llm.errors import ConfigError
 from llm.ops.attention.context import Layout
+from llm.training.setup import check_context_split
 
 pytestmark = pytest.mark.slow  # 8 simulated devices in a subprocess
 
@@ -58,3 +61,26 @@ def test_balanced_layout_pairs_mirrored_chunks():
         assert max(work) - min(work) == spread, work
     with pytest.raises(ValueError, match="does not split into 8 equal chunks"):
         layout.order(20)
+
+
+@pytest.mark.parametrize("overrides, size, message", [
+    ({"mesh.rules": {"length": ""}}, 2, "set mesh.rules.length='context'"),
+    ({}, 3, "sequences of 32 tokens do not split into 6 equal chunks"),
+    ({"model.short_conv": 3}, 2, "which model.short_conv cannot take"),
+    ({"model.mixer": "gla"}, 2, "which the gla mixer cannot take"),
+])
+def test_context_split_config_errors(tmp_path, overrides, size, message):
+    config = tiny_config(tmp_path)  # max_len 32
+    for key, value in overrides.items():
+        section, name = key.split(".")
+        if isinstance(value, dict):
+            for k, v in value.items():
+                config[section][name][k] = v
+        else:
+            config[section][name] = value
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        check_context_split(config, size)
+    config.mesh.context_balance = False
+    config.mesh.rules.length = "context"
+    if "split into" not in message:
+        check_context_split(config, size)  # contiguous chunks take any layer

@@ -100,10 +100,10 @@ def _check_devices(config: ConfigDict, mesh) -> None:
         raise ConfigError(f"model.attention_impl={impl!r} runs on {', '.join(CAPABILITIES[impl].backends)} only, and "
                           f"this run's devices are {backend}; choose another implementation (e.g. 'dense' or 'xla')")
     if mesh.shape["context"] > 1:
-        _check_context(config, mesh.shape["context"])
+        check_context_split(config, mesh.shape["context"])
 
 
-def _check_context(config: ConfigDict, size: int) -> None:
+def check_context_split(config: ConfigDict, size: int) -> None:
     """A mesh that splits the sequence: the length rule names the axis, every sequence splits evenly, and the
     balanced layout (which reorders the tokens) meets no layer that mixes tokens in order."""
     m, balance = config.model, config.mesh.context_balance
