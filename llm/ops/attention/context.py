@@ -193,7 +193,8 @@ def _ring_bwd(layout: Layout, masking: Masking, res, do):
     lses, q_chunks = _split(lse, parts, axis=3), layout.chunks(me)
 
     def step(i, carry):
-        (k_blk, v_blk, seg_blk, dk, dv), dq = carry
+        (k_blk, v_blk, seg_blk), (dk, dv), dq = carry
+        incoming = _pass_on((k_blk, v_blk, seg_blk), layout)  # issued before the compute, so the two may overlap
         ks, vs, kv_segs, dks, dvs = (_split(x, parts) for x in (k_blk, v_blk, seg_blk, dk, dv))
         k_chunks = layout.chunks((me - i) % layout.size)
         dq = list(dq)
@@ -207,12 +208,12 @@ def _ring_bwd(layout: Layout, masking: Masking, res, do):
                 dq_ac, dk_ac, dv_ac = _when_visible(_visible(q_chunks[a], k_chunks[c], chunk, masking), compute,
                                                     zeros)
                 dq[a], dks[c], dvs[c] = dq[a] + dq_ac, dks[c] + dk_ac, dvs[c] + dv_ac
-        # The gradients travel with their block; after n passes every block and its gradients are home.
-        return _pass_on((k_blk, v_blk, seg_blk, _join(dks), _join(dvs)), layout), tuple(dq)
+        # A block's key/value gradients follow it round the ring; after n passes they are home.
+        return incoming, _pass_on((_join(dks), _join(dvs)), layout), tuple(dq)
 
     zeros_kv = jnp.zeros(k.shape, jnp.float32)
-    init = ((k, v, kv_seg, zeros_kv, zeros_kv), tuple(jnp.zeros(x.shape, jnp.float32) for x in qs))
-    (_, _, _, dk, dv), dq = jax.lax.fori_loop(0, layout.size, step, init)
+    init = ((k, v, kv_seg), (zeros_kv, zeros_kv), tuple(jnp.zeros(x.shape, jnp.float32) for x in qs))
+    _, (dk, dv), dq = jax.lax.fori_loop(0, layout.size, step, init)
     return (_join(list(dq)).astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), None, None,
             None if slopes is None else jnp.zeros_like(slopes))
 
