@@ -132,8 +132,10 @@ def test_a_run_started_on_one_process_continues_on_two_like_one(runs, tmp_path):
 
 
 def test_mesh_shape_rules():
-    assert mesh_shape({"data": -1, "fsdp": 2, "tensor": 1}, 8) == (4, 2, 1)
-    assert mesh_shape({"data": 2, "fsdp": 2, "tensor": 2}, 8) == (2, 2, 2)
+    # (data, fsdp, context, tensor); an axis not named is 1
+    assert mesh_shape({"data": -1, "fsdp": 2, "tensor": 1}, 8) == (4, 2, 1, 1)
+    assert mesh_shape({"data": 2, "fsdp": 2, "tensor": 2}, 8) == (2, 2, 1, 2)
+    assert mesh_shape({"data": 2, "fsdp": 1, "context": -1, "tensor": 2}, 8) == (2, 1, 2, 2)
     with pytest.raises(ConfigError, match="needs 4 devices but 8 are available"):
         mesh_shape({"data": 2, "fsdp": 2, "tensor": 1}, 8)
     with pytest.raises(ConfigError, match="do not divide the 8 devices"):
