@@ -96,6 +96,9 @@ def _prefill(model, params, tokens_1T, length):
     return cache, jax.lax.dynamic_index_in_dim(logits[0], length - 1, keepdims=True)
 
 
+prefill_prompt = _prefill  # the serving engine (llm/serving/engine.py) prefills each request with this program
+
+
 @functools.partial(jax.jit, static_argnames=("model",), donate_argnames=("cache",))
 def _decode_step(model, params, cache, token_11, position_11):
     """Feed one token at slot `position` (= the cache index): (updated cache, logits [1, V] of the next token)."""
