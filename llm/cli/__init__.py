@@ -12,6 +12,8 @@
     llm convert import HF_DIR WORKDIR [--tokenizer PATH]  |  llm convert export WORKDIR OUT_DIR --arch gpt2|llama
     llm sweep experiments/X.py[:arg] --workdir DIR [--parallel N] [--dry-run] [--emit slurm] [--only NAME]
     llm report SWEEP_DIR
+    llm serve --workdir DIR [--host 127.0.0.1] [--port 8000] [--checkpoint latest|best|STEP] [--max-batch N]
+              [--api-key KEY] [--max-queue N] [--max-tokens N] [--max-prompt-tokens N] [--model-name NAME]
     llm prepare SOURCE... --out DIR [--tokenizer byte|char|bpe|FILE] [--vocab_size N] [--text_field F]
                 [--val_fraction F] [--workers N]
 
@@ -32,7 +34,7 @@ from llm.runtime.host_memory import keep_freed_host_memory
 # One module per command (llm/cli/<module>.py, each with `main(argv) -> exit code`); nothing below the CLI imports it.
 COMMANDS = {"train": "train", "sample": "sample", "eval": "evaluate", "chat": "chat", "convert": "convert",
             "explain": "explain", "sweep": "sweep", "report": "report",
-            "prepare": "prepare"}  # command -> module in llm/cli/
+            "prepare": "prepare", "serve": "serve"}  # command -> module in llm/cli/
 NO_XLA = ("sweep", "report", "prepare")  # commands that run no XLA program themselves
 
 

@@ -218,6 +218,22 @@ class ChatSession:
             step = 2 if len(kept) - first > 2 and messages[first + dropped + 1]["role"] == "assistant" else 1
             dropped += step
 
+    def prompt_ids(self, messages: list[dict[str, str]]) -> np.ndarray:
+        """The prompt of a whole conversation given at once (`llm serve`'s chat completions): the messages
+        rendered as `reply` renders its history (chat template, or plain-completion text), then encoded.
+        PromptError for a message that spells a chat marker or cannot be encoded."""
+        if self.mode == "chat":
+            for m in messages:
+                if found := [t for t in self.template.special_tokens if t in m["content"]]:
+                    raise PromptError(f"a message contains the chat marker {found[0]!r}, which would forge a turn; "
+                                      "leave it out")
+        return self._encode(messages)
+
+    @property
+    def stop_ids(self) -> frozenset[int]:
+        """Token ids that end an answer (the end marker and the other markers; plain mode: the eos token)."""
+        return frozenset(self._stop_ids)
+
     # ---- commands -------------------------------------------------------------------------------------
 
     def handle_command(self, line: str) -> str | None:
