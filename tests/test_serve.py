@@ -229,3 +229,35 @@ def test_a_disconnected_stream_frees_its_slot(server):
             break
         time.sleep(0.05)
     assert not sched.busy()
+
+
+@pytest.mark.slow
+def test_llm_serve_binds_loopback_and_sigterm_finishes_in_flight_requests(trained):
+    import signal
+    import subprocess
+    import sys
+
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "llm.cli", "serve", "--workdir", str(trained / "run"), "--port",
+                             str(port), "--max-batch", "2"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    url = f"http://127.0.0.1:{port}/v1"
+    try:
+        for _ in range(600):
+            try:
+                if httpx.get(url + "/models").status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        client = openai.OpenAI(base_url=url, api_key="-", max_retries=0, timeout=60)
+        stream = client.completions.create(model="run", prompt="the ", max_tokens=25, temperature=0, stream=True)
+        chunks = [next(iter(stream))]
+        proc.send_signal(signal.SIGTERM)
+        chunks += list(stream)
+        assert chunks[-1].choices[0].finish_reason in ("length", "stop")
+        # uvicorn re-raises the SIGTERM once it has shut down gracefully: the exit is the signal's own.
+        assert proc.wait(60) in (0, -signal.SIGTERM)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert f"http://127.0.0.1:{port}/v1" in proc.stdout.read()
