@@ -236,6 +236,18 @@ def make_app(run: LoadedRun, scheduler: Scheduler, *, model_name: str, limits: L
             for job in jobs:
                 job.cancel()
 
+    async def collect(request: Request, events: asyncio.Queue, jobs):
+        """A non-streamed response's pieces: each choice's text, finish reason and token infos, and the number of
+        completion tokens of them all."""
+        texts, finish, logs, done_tokens = [""] * len(jobs), [None] * len(jobs), [[] for _ in jobs], 0
+        async for index, ev in events_of(request, events, jobs):
+            if ev[0] == "token":
+                texts[index] += ev[1]
+                logs[index].append(ev[2])
+            else:
+                finish[index], done_tokens = ev[1], done_tokens + ev[2]
+        return texts, finish, logs, done_tokens
+
     def token_text(t: int) -> str:
         return tokenizer.decode(np.asarray([t], np.int64))
 
@@ -276,13 +288,7 @@ def make_app(run: LoadedRun, scheduler: Scheduler, *, model_name: str, limits: L
 
             return StreamingResponse(sse(), media_type="text/event-stream")
 
-        texts_out, finish, logs, done_tokens = [""] * n_choices, [None] * n_choices, [[] for _ in jobs], 0
-        async for index, ev in events_of(request, events, jobs):
-            if ev[0] == "token":
-                texts_out[index] += ev[1]
-                logs[index].append(ev[2])
-            else:
-                finish[index], done_tokens = ev[1], done_tokens + ev[2]
+        texts_out, finish, logs, done_tokens = await collect(request, events, jobs)
         choices = []
         for i in range(n_choices):
             lp = None
@@ -334,13 +340,7 @@ def make_app(run: LoadedRun, scheduler: Scheduler, *, model_name: str, limits: L
 
             return StreamingResponse(sse(), media_type="text/event-stream")
 
-        texts, finish, logs, done_tokens = [""] * len(jobs), [None] * len(jobs), [[] for _ in jobs], 0
-        async for index, ev in events_of(request, events, jobs):
-            if ev[0] == "token":
-                texts[index] += ev[1]
-                logs[index].append(ev[2])
-            else:
-                finish[index], done_tokens = ev[1], done_tokens + ev[2]
+        texts, finish, logs, done_tokens = await collect(request, events, jobs)
         choices = [{"index": i, "message": {"role": "assistant", "content": texts[i]},
                     "logprobs": {"content": [logprob_content(x) for x in logs[i]]} if body.logprobs else None,
                     "finish_reason": finish[i]} for i in range(len(jobs))]
