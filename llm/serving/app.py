@@ -88,14 +88,12 @@ def make_app(run: LoadedRun, scheduler: Scheduler, *, model_name: str, limits: L
              api_key: str | None = None) -> FastAPI:
     """The app; its lifespan starts the scheduler's thread and, at shutdown, drains and stops it."""
     limits = limits or Limits()
-    tokenizer, max_len = run.tokenizer, run.model.cfg.max_len
-    chat = ChatSession(run, ChatTemplate())
-    max_prompt = min(limits.max_prompt_tokens or max_len - 1, max_len - 1)
+    service = Service(run, scheduler, model_name, limits)
     created = int(time.time())
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
-        if not scheduler._thread.is_alive():
+        if not scheduler.running():
             scheduler.start()
         yield
         await asyncio.to_thread(scheduler.drain, 30.0)
@@ -149,9 +147,30 @@ def make_app(run: LoadedRun, scheduler: Scheduler, *, model_name: str, limits: L
                            param="model", code="model_not_found")
         return _model_card(model_name, created)
 
-    def check(body: _Body, max_tokens: int | None, default_max: int) -> dict:
-        if body.model != model_name:
-            raise ApiError(404, f"the model {body.model!r} does not exist; this server has {model_name!r}",
+    @app.post("/v1/completions", dependencies=auth)
+    async def completions(body: CompletionBody, request: Request):
+        return await service.completions(body, request)
+
+    @app.post("/v1/chat/completions", dependencies=auth)
+    async def chat_completions(body: ChatBody, request: Request):
+        return await service.chat_completions(body, request)
+
+    return app
+
+
+class Service:
+    """What the endpoints do, for one model: check a request, encode its prompt, run its choices through the
+    scheduler, and shape the OpenAI responses."""
+
+    def __init__(self, run: LoadedRun, scheduler: Scheduler, model_name: str, limits: Limits):
+        self.scheduler, self.model_name, self.limits = scheduler, model_name, limits
+        self.tokenizer, self.max_len = run.tokenizer, run.model.cfg.max_len
+        self.chat = ChatSession(run, ChatTemplate())
+        self.max_prompt = min(limits.max_prompt_tokens or self.max_len - 1, self.max_len - 1)
+
+    def check(self, body: _Body, max_tokens: int | None, default_max: int) -> dict:
+        if body.model != self.model_name:
+            raise ApiError(404, f"the model {body.model!r} does not exist; this server has {self.model_name!r}",
                            param="model", code="model_not_found")
         temperature = 1.0 if body.temperature is None else body.temperature
         top_p = 1.0 if body.top_p is None else body.top_p
@@ -159,11 +178,11 @@ def make_app(run: LoadedRun, scheduler: Scheduler, *, model_name: str, limits: L
         problems = [("temperature", not 0 <= temperature <= 2, "must be in [0, 2]"),
                     ("top_p", not 0 < top_p <= 1, "must be in (0, 1]"),
                     ("top_k", body.top_k is not None and body.top_k < 0, "must be >= 0 (0: off)"),
-                    ("n", not 1 <= body.n <= limits.max_n, f"must be in [1, {limits.max_n}]"),
-                    ("max_tokens", max_tokens is not None and not 1 <= max_tokens <= limits.max_tokens,
-                     f"must be in [1, {limits.max_tokens}]"),
-                    ("stop", len(stop) > limits.max_stop or any(not s for s in stop),
-                     f"at most {limits.max_stop} non-empty strings"),
+                    ("n", not 1 <= body.n <= self.limits.max_n, f"must be in [1, {self.limits.max_n}]"),
+                    ("max_tokens", max_tokens is not None and not 1 <= max_tokens <= self.limits.max_tokens,
+                     f"must be in [1, {self.limits.max_tokens}]"),
+                    ("stop", len(stop) > self.limits.max_stop or any(not s for s in stop),
+                     f"at most {self.limits.max_stop} non-empty strings"),
                     ("seed", body.seed is not None and not -SEED_BOUND <= body.seed < SEED_BOUND,
                      "must lie in [-2**62, 2**62)")]
         for name, bad, rule in problems:
@@ -171,14 +190,14 @@ def make_app(run: LoadedRun, scheduler: Scheduler, *, model_name: str, limits: L
                 raise ApiError(400, f"{name} {rule}", param=name)
         seed = body.seed if body.seed is not None else secrets.randbelow(2**31)
         return dict(temperature=float(temperature), top_p=float(top_p), top_k=body.top_k or 0, seed=seed,
-                    stop=tuple(stop), max_tokens=min(max_tokens or default_max, limits.max_tokens))
+                    stop=tuple(stop), max_tokens=min(max_tokens or default_max, self.limits.max_tokens))
 
-    def encode(text_or_messages, param: str) -> np.ndarray:
+    def encode(self, text_or_messages, param: str) -> np.ndarray:
         try:
             if isinstance(text_or_messages, str):
-                ids = tokenizer.encode(text_or_messages)
+                ids = self.tokenizer.encode(text_or_messages)
             else:
-                ids = chat.prompt_ids(text_or_messages)
+                ids = self.chat.prompt_ids(text_or_messages)
         except PromptError as e:
             raise ApiError(400, str(e), param=param) from None
         except ValueError as e:
@@ -186,13 +205,13 @@ def make_app(run: LoadedRun, scheduler: Scheduler, *, model_name: str, limits: L
         ids = np.asarray(ids, np.int32).reshape(-1)
         if ids.size == 0:
             raise ApiError(400, f"the {param} is empty: it needs at least one token", param=param)
-        if ids.size > max_prompt:
-            raise ApiError(400, f"the {param} takes {ids.size} tokens; this server takes at most {max_prompt} (the "
-                           f"model's context is {max_len}, one token at least is left to generate)", param=param,
-                           code="context_length_exceeded")
+        if ids.size > self.max_prompt:
+            raise ApiError(400, f"the {param} takes {ids.size} tokens; this server takes at most {self.max_prompt} "
+                           f"(the model's context is {self.max_len}, one token at least is left to generate)",
+                           param=param, code="context_length_exceeded")
         return ids
 
-    async def run_jobs(request: Request, prompts: list[np.ndarray], settings: dict, n: int, stop_ids):
+    async def run_jobs(self, request: Request, prompts: list[np.ndarray], settings: dict, n: int, stop_ids):
         """Submit n choices per prompt; an async iterator of (choice index, event), and the jobs (to cancel)."""
         loop = asyncio.get_running_loop()
         events: asyncio.Queue = asyncio.Queue()
@@ -205,7 +224,7 @@ def make_app(run: LoadedRun, scheduler: Scheduler, *, model_name: str, limits: L
                     job = Job(ids, emit=lambda ev, index=index: loop.call_soon_threadsafe(events.put_nowait,
                                                                                           (index, ev)),
                               stop_ids=frozenset(stop_ids), stop=stop, **{**settings, "seed": settings["seed"] + i})
-                    scheduler.submit(job)
+                    self.scheduler.submit(job)
                     jobs.append(job)
         except QueueFull as e:
             for job in jobs:
@@ -217,7 +236,7 @@ def make_app(run: LoadedRun, scheduler: Scheduler, *, model_name: str, limits: L
             raise ApiError(503, str(e), "server_error", code="shutting_down") from None
         return events, jobs
 
-    async def events_of(request: Request, events: asyncio.Queue, jobs) -> AsyncIterator[tuple[int, tuple]]:
+    async def events_of(self, request: Request, events: asyncio.Queue, jobs) -> AsyncIterator[tuple[int, tuple]]:
         left = len(jobs)
         try:
             while left:
@@ -236,11 +255,11 @@ def make_app(run: LoadedRun, scheduler: Scheduler, *, model_name: str, limits: L
             for job in jobs:
                 job.cancel()
 
-    async def collect(request: Request, events: asyncio.Queue, jobs):
+    async def collect(self, request: Request, events: asyncio.Queue, jobs):
         """A non-streamed response's pieces: each choice's text, finish reason and token infos, and the number of
         completion tokens of them all."""
         texts, finish, logs, done_tokens = [""] * len(jobs), [None] * len(jobs), [[] for _ in jobs], 0
-        async for index, ev in events_of(request, events, jobs):
+        async for index, ev in self.events_of(request, events, jobs):
             if ev[0] == "token":
                 texts[index] += ev[1]
                 logs[index].append(ev[2])
@@ -248,34 +267,33 @@ def make_app(run: LoadedRun, scheduler: Scheduler, *, model_name: str, limits: L
                 finish[index], done_tokens = ev[1], done_tokens + ev[2]
         return texts, finish, logs, done_tokens
 
-    def token_text(t: int) -> str:
-        return tokenizer.decode(np.asarray([t], np.int64))
+    def token_text(self, t: int) -> str:
+        return self.tokenizer.decode(np.asarray([t], np.int64))
 
-    @app.post("/v1/completions", dependencies=auth)
-    async def completions(body: CompletionBody, request: Request):
-        settings = check(body, body.max_tokens, 16)
+    async def completions(self, body: CompletionBody, request: Request):
+        settings = self.check(body, body.max_tokens, 16)
         if body.logprobs is not None and not 0 <= body.logprobs <= TOP_LOGPROBS:
             raise ApiError(400, f"logprobs must be in [0, {TOP_LOGPROBS}]", param="logprobs")
         texts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
         if not texts:
             raise ApiError(400, "prompt: give a string or a non-empty list of strings", param="prompt")
-        prompts = [encode(t, "prompt") for t in texts]
-        stop_ids = set() if tokenizer.eos_id is None else {tokenizer.eos_id}
-        events, jobs = await run_jobs(request, prompts, settings, body.n, stop_ids)
+        prompts = [self.encode(t, "prompt") for t in texts]
+        stop_ids = set() if self.tokenizer.eos_id is None else {self.tokenizer.eos_id}
+        events, jobs = await self.run_jobs(request, prompts, settings, body.n, stop_ids)
         rid, n_choices = f"cmpl-{uuid.uuid4().hex}", len(jobs)
         usage_prompt = sum(len(p) for p in prompts) * body.n
 
         def logprob_entry(info):
             t, lp, top_lp, top_ids = info
-            return token_text(t), lp, {token_text(i): v for i, v in zip(top_ids[: body.logprobs], top_lp)}
+            return self.token_text(t), lp, {self.token_text(i): v for i, v in zip(top_ids[: body.logprobs], top_lp)}
 
         def chunk(index, text, finish, lp=None):
-            return {"id": rid, "object": "text_completion", "created": int(time.time()), "model": model_name,
+            return {"id": rid, "object": "text_completion", "created": int(time.time()), "model": self.model_name,
                     "choices": [{"index": index, "text": text, "logprobs": lp, "finish_reason": finish}]}
 
         if body.stream:
             async def sse():
-                async for index, ev in events_of(request, events, jobs):
+                async for index, ev in self.events_of(request, events, jobs):
                     if ev[0] == "token":
                         lp = None
                         if body.logprobs is not None:
@@ -288,7 +306,7 @@ def make_app(run: LoadedRun, scheduler: Scheduler, *, model_name: str, limits: L
 
             return StreamingResponse(sse(), media_type="text/event-stream")
 
-        texts_out, finish, logs, done_tokens = await collect(request, events, jobs)
+        texts_out, finish, logs, done_tokens = await self.collect(request, events, jobs)
         choices = []
         for i in range(n_choices):
             lp = None
@@ -298,39 +316,37 @@ def make_app(run: LoadedRun, scheduler: Scheduler, *, model_name: str, limits: L
                 lp = {"tokens": [e[0] for e in entries], "token_logprobs": [e[1] for e in entries],
                       "top_logprobs": [e[2] for e in entries], "text_offset": [int(o) for o in offsets]}
             choices.append({"index": i, "text": texts_out[i], "logprobs": lp, "finish_reason": finish[i]})
-        return {"id": rid, "object": "text_completion", "created": int(time.time()), "model": model_name,
+        return {"id": rid, "object": "text_completion", "created": int(time.time()), "model": self.model_name,
                 "choices": choices, "usage": _usage(usage_prompt, done_tokens)}
 
-    @app.post("/v1/chat/completions", dependencies=auth)
-    async def chat_completions(body: ChatBody, request: Request):
+    async def chat_completions(self, body: ChatBody, request: Request):
         messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.content}
                     for m in body.messages]
-        prompt = encode(messages, "messages")
-        settings = check(body, body.max_completion_tokens or body.max_tokens, max_len - len(prompt))
+        prompt = self.encode(messages, "messages")
+        settings = self.check(body, body.max_completion_tokens or body.max_tokens, self.max_len - len(prompt))
         if body.top_logprobs is not None and not 0 <= body.top_logprobs <= TOP_LOGPROBS:
             raise ApiError(400, f"top_logprobs must be in [0, {TOP_LOGPROBS}]", param="top_logprobs")
-        if chat.mode == "plain":  # as `llm chat`: a plain-completion answer ends at a newline
+        if self.chat.mode == "plain":  # as `llm self.chat`: a plain-completion answer ends at a newline
             settings["stop"] = ("\n", *settings["stop"])
-        events, jobs = await run_jobs(request, [prompt], settings, body.n, chat.stop_ids)
+        events, jobs = await self.run_jobs(request, [prompt], settings, body.n, self.chat.stop_ids)
         rid = f"chatcmpl-{uuid.uuid4().hex}"
         top_n = body.top_logprobs or 0
 
         def logprob_content(info):
             t, lp, top_lp, top_ids = info
-            text = token_text(t)
+            text, alternatives = self.token_text(t), [(self.token_text(i), v) for i, v in zip(top_ids[:top_n], top_lp)]
             return {"token": text, "logprob": lp, "bytes": list(text.encode()),
-                    "top_logprobs": [{"token": token_text(i), "logprob": v, "bytes": list(token_text(i).encode())}
-                                     for i, v in zip(top_ids[:top_n], top_lp)]}
+                    "top_logprobs": [{"token": a, "logprob": v, "bytes": list(a.encode())} for a, v in alternatives]}
 
         def chunk(index, delta, finish, lp=None):
-            return {"id": rid, "object": "chat.completion.chunk", "created": int(time.time()), "model": model_name,
+            return {"id": rid, "object": "chat.completion.chunk", "created": int(time.time()), "model": self.model_name,
                     "choices": [{"index": index, "delta": delta, "logprobs": lp, "finish_reason": finish}]}
 
         if body.stream:
             async def sse():
                 for i in range(len(jobs)):
                     yield _sse(chunk(i, {"role": "assistant", "content": ""}, None))
-                async for index, ev in events_of(request, events, jobs):
+                async for index, ev in self.events_of(request, events, jobs):
                     if ev[0] == "token":
                         lp = {"content": [logprob_content(ev[2])]} if body.logprobs else None
                         yield _sse(chunk(index, {"content": ev[1]}, None, lp))
@@ -340,14 +356,12 @@ def make_app(run: LoadedRun, scheduler: Scheduler, *, model_name: str, limits: L
 
             return StreamingResponse(sse(), media_type="text/event-stream")
 
-        texts, finish, logs, done_tokens = await collect(request, events, jobs)
+        texts, finish, logs, done_tokens = await self.collect(request, events, jobs)
         choices = [{"index": i, "message": {"role": "assistant", "content": texts[i]},
                     "logprobs": {"content": [logprob_content(x) for x in logs[i]]} if body.logprobs else None,
                     "finish_reason": finish[i]} for i in range(len(jobs))]
-        return {"id": rid, "object": "chat.completion", "created": int(time.time()), "model": model_name,
+        return {"id": rid, "object": "chat.completion", "created": int(time.time()), "model": self.model_name,
                 "choices": choices, "usage": _usage(len(prompt) * body.n, done_tokens)}
-
-    return app
 
 
 def _model_card(name: str, created: int) -> dict:

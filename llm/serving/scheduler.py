@@ -72,6 +72,9 @@ class Scheduler:
         self._thread.start()
         return self
 
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
     def submit(self, request: Request) -> None:
         if not self.accepting or self._stop.is_set():
             raise NotAccepting("the server is shutting down")
