@@ -5,17 +5,25 @@ serial baseline (one request at a time).
     python -m benchmarks.serve --workdir runs/baby [--requests 64] [--max-tokens 64] [--max-batch 16]
 
 Without --workdir, a tiny model (random weights, char tokenizer of a built-in text) is made in a temp dir so the
-benchmark runs anywhere in seconds; its numbers measure the serving machinery, not a real model.
+benchmark runs anywhere in seconds; its numbers measure the serving machinery, not a real model. The table (with
+the machine, date, command and the process's peak RSS) goes to benchmarks/results/serve_<platform>.{md,json}.
 """
 
 from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import datetime
+import json
+import resource
 import socket
 import statistics
+import sys
 import threading
 import time
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results"
 
 
 def _percentile(xs, q):
@@ -84,7 +92,7 @@ def main(argv=None) -> None:
           f"{a.requests} requests of {a.max_tokens} greedy tokens per level; max batch {a.max_batch}")
     print(f"{'clients':>7} {'tok/s':>8} {'req/s':>7} {'p50 s':>7} {'p90 s':>7} {'p99 s':>7} {'mean batch':>10} "
           f"{'vs serial':>9}")
-    serial = None
+    serial, rows_out = None, []
     for c in [int(x) for x in a.concurrency.split(",")]:
         steps, rows = sched.steps, sched.stepped_rows
         t = time.perf_counter()
@@ -98,9 +106,39 @@ def main(argv=None) -> None:
         gain = f"{tps / serial:8.1f}x" if serial else "        -"
         print(f"{c:>7} {tps:8.0f} {a.requests / wall:7.2f} {_percentile(lat, 50):7.3f} {_percentile(lat, 90):7.3f} "
               f"{_percentile(lat, 99):7.3f} {batch:10.1f} {gain}", flush=True)
+        rows_out.append({"clients": c, "tokens_per_s": tps, "requests_per_s": a.requests / wall,
+                         **{f"p{q}_s": _percentile(lat, q) for q in (50, 90, 99)}, "mean_batch": batch,
+                         "vs_serial": tps / serial if serial else None})
     print(f"mean latency at the last level: {statistics.mean(lat):.3f} s")
+    write_results(a, run, rows_out)
     server.should_exit = True
     thread.join(30)
+
+
+def write_results(a, run, rows) -> None:
+    import jax
+
+    cfg = run.model.cfg
+    meta = {"command": "python -m benchmarks.serve " + " ".join(sys.argv[1:]), "jax": jax.__version__,
+            "platform": jax.default_backend(), "date": datetime.date.today().isoformat(),
+            "model": f"{cfg.n_layers} layers x {cfg.d_model}, context {cfg.max_len}", "requests": a.requests,
+            "max_tokens": a.max_tokens, "max_batch": a.max_batch,
+            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    lines = [f"# `llm serve` under load ({meta['platform']})", "",
+             f"jax {meta['jax']}, {meta['date']}, `{meta['command']}`; model {meta['model']}; {a.requests} greedy "
+             f"requests of {a.max_tokens} tokens per level, max batch {a.max_batch}, loopback, the openai client; "
+             f"peak RSS of the process (server and clients) {meta['peak_rss_mib']:,.0f} MiB.", "",
+             "| clients | tokens/s | requests/s | p50 s | p90 s | p99 s | mean batch | vs serial |",
+             "|--:|--:|--:|--:|--:|--:|--:|--:|"]
+    for r in rows:
+        gain = f"{r['vs_serial']:.1f}x" if r["vs_serial"] else "-"
+        lines.append(f"| {r['clients']} | {r['tokens_per_s']:.0f} | {r['requests_per_s']:.2f} | {r['p50_s']:.3f} | "
+                     f"{r['p90_s']:.3f} | {r['p99_s']:.3f} | {r['mean_batch']:.1f} | {gain} |")
+    RESULTS.mkdir(exist_ok=True)
+    stem = RESULTS / f"serve_{meta['platform']}"
+    stem.with_suffix(".json").write_text(json.dumps({**meta, "rows": rows}, indent=2) + "\n")
+    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print(f"wrote {stem}.md and .json")
 
 
 if __name__ == "__main__":
