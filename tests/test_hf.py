@@ -40,6 +40,19 @@ def assert_same_params(a, b):
         assert la[k].dtype == lb[k].dtype and la[k].shape == lb[k].shape, k
         assert la[k].tobytes() == lb[k].tobytes(), k  # bit-identical
 
+def export_round_trips(hf, cfg, params, model, out, arch):
+    """Export to `out`: it imports back to the same config and parameters, and transformers loads it as `model`'s
+    class with every weight in place; returns that reloaded model."""
+    export_hf(cfg, params, out, arch=arch)
+    cfg2, params2, _ = import_hf(out)
+    assert cfg2 == cfg
+    assert_same_params(params, params2)
+    reloaded, info = hf.transformers.AutoModelForCausalLM.from_pretrained(out, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
+    assert type(reloaded) is type(model)
+    return reloaded
+
+
 
 @functools.cache
 def _apply(cfg):
@@ -422,13 +435,7 @@ def test_transformers_models_import_export_exactly(hf, tmp_path, name):
     got = logits(cfg, params)
     np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
 
-    export_hf(cfg, params, tmp_path / "out", arch=arch)
-    cfg2, params2, _ = import_hf(tmp_path / "out")
-    assert cfg2 == cfg
-    assert_same_params(params, params2)
-    reloaded, info = hf.transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out", output_loading_info=True)
-    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
-    assert type(reloaded) is type(model)
+    reloaded = export_round_trips(hf, cfg, params, model, tmp_path / "out", arch)
     np.testing.assert_allclose(hf_logits(hf, reloaded.eval()), want, atol=1e-6, rtol=0)
 
 
@@ -508,13 +515,7 @@ def test_phi3_matches_transformers(hf, tmp_path, name):
         PHI3_ROPE[name].get("partial_rotary_factor", 1.0), 8 if plain else None, plain)
     assert max_logit_diff(f"phi3-{name}", [logits(cfg, params, t) for t in lengths], want) < 1e-4
 
-    export_hf(cfg, params, tmp_path / "out", arch="phi3")
-    cfg2, params2, _ = import_hf(tmp_path / "out")
-    assert cfg2 == cfg
-    assert_same_params(params, params2)
-    reloaded, info = hf.transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out", output_loading_info=True)
-    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
-    assert type(reloaded) is type(model)
+    reloaded = export_round_trips(hf, cfg, params, model, tmp_path / "out", "phi3")
     for tokens, w in zip(lengths, want, strict=True):
         np.testing.assert_allclose(hf_logits(hf, reloaded.eval(), tokens), w, atol=1e-6, rtol=0)
 
