@@ -3,8 +3,14 @@
 tests/data/legacy_run is a run made by commit 79fb233 (before the package was reorganised into llm/training,
 llm/runs, ...): the config below, stopped after 3 of its 6 steps (`train(config, workdir, stop_after=3)`), with
 its checkpoint at step 3, config.json, tokenizer.json, manifest.json and metrics.jsonl as that version wrote them.
-Today's code must resume it to the parameters an unbroken run of today's code reaches, bit for bit (which also
-says that both versions compute the same steps), and sample from it.
+Today's code must resume it to the parameters an unbroken run of today's code reaches, and sample from it.
+
+The checkpoint was written on an Intel processor with AMX; CI runs on others (AMD with AVX2 only), whose float
+rounding differs in the last bits, and Adam carries such differences on. So the comparison across processors is
+within a float tolerance (measured on an AMD EPYC: 1.8e-7 at step 3, 8.7e-7 at step 6), chosen far below what a
+resume that went wrong changes: steps 4-6 move the parameters by up to 4e-3, and a lost optimizer state, another
+batch or another learning-rate step moves them by about as much. That a resume on one processor continues bit for
+bit is tested on runs written by today's code (tests/test_train.py, tests/test_preemption.py).
 """
 
 import json
@@ -25,6 +31,15 @@ LEGACY = Path(__file__).with_name("data") / "legacy_run"
 QUIET = dict(log=lambda *_: None)
 
 
+# Across processors: 20x the largest difference measured, 200x below the update of steps 4-6.
+ATOL = 2e-5
+
+
+def max_difference(a, b) -> float:
+    return max(float(np.abs(np.asarray(x) - np.asarray(y)).max())
+               for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True))
+
+
 def legacy_config(tmp: Path):
     c = get_base_config()
     c.data.corpus, c.data.cache_dir = str(tmp / "corpus.txt"), str(tmp / "cache")
@@ -35,7 +50,7 @@ def legacy_config(tmp: Path):
 
 
 @pytest.mark.slow
-def test_a_legacy_run_resumes_bit_exactly_and_samples(tmp_path, capsys):
+def test_a_legacy_run_resumes_and_samples(tmp_path, capsys):
     make_corpus(tmp_path / "corpus.txt")  # the same generated text the legacy run trained on
     shutil.copytree(LEGACY, tmp_path / "run")
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
@@ -47,9 +62,11 @@ def test_a_legacy_run_resumes_bit_exactly_and_samples(tmp_path, capsys):
     assert any("resumed from" in m and "at step 3" in m for m in messages), messages
     assert resumed.step == 6
     train(legacy_config(tmp_path), tmp_path / "fresh", **QUIET)
-    a, b = load_run(tmp_path / "run").params, load_run(tmp_path / "fresh").params
-    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True):
-        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    resumed, fresh = load_run(tmp_path / "run").params, load_run(tmp_path / "fresh").params
+    legacy_3, fresh_3 = load_run(LEGACY, "3").params, load_run(tmp_path / "fresh", "3").params
+    assert max_difference(legacy_3, fresh_3) < ATOL  # both versions compute the same first steps
+    assert max_difference(resumed, fresh) < ATOL  # and the legacy state continues as today's does
+    assert max_difference(resumed, legacy_3) > 100 * ATOL  # the tolerance is far below what steps 4-6 do
 
     assert main(["sample", "--workdir", str(LEGACY), "--prompt", "the", "--max-new-tokens", "4", "--top-k", "0"]) == 0
     assert "--- sample 1 (step 3) ---\nthe" in capsys.readouterr().out
