@@ -32,8 +32,9 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
 class MetricsLog:
     """Appends records to workdir/metrics.jsonl and their numbers to TensorBoard.
 
-    resume_step: the run continues from this checkpoint step, so records of later steps (written before a crash
-      or preemption, and about to be made again) are dropped, as is a last line cut short by a kill.
+    resume_step: the run continues from this checkpoint step (0: it starts from the beginning), so records of
+      later steps (written before a crash or preemption, and about to be made again) are dropped, as is a last
+      line cut short by a kill: every step is in the log once.
     enabled: False in every process but the one that writes the run's files.
     """
 
@@ -43,14 +44,15 @@ class MetricsLog:
         self.tb = None
         if not enabled:
             return
-        if resume_step and self.path.exists():
-            kept = [r for r in read_metrics(self.path) if r["step"] <= resume_step]
+        if self.path.exists():
+            # A run starting from step 0 makes every record again, step 0's (a fine-tune's source) included.
+            kept = [r for r in read_metrics(self.path) if resume_step and r["step"] <= resume_step]
             write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
         try:
             from tensorboardX import SummaryWriter
 
             self.tb = SummaryWriter(str(Path(workdir) / TENSORBOARD_DIR),
-                                    purge_step=resume_step + 1 if resume_step else None)
+                                    purge_step=resume_step + 1 if resume_step else 0)
         except ImportError:  # tensorboardX is a dependency, but logging must never stop a run
             self.tb = None
 
