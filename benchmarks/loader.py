@@ -57,13 +57,13 @@ def timed(batches, n: int) -> float:
 
 
 def llm_batches(path, batch, seq, prefetch, order="random"):
-    from llm.config import get_base_config
+    from llm.config import get_base_config, resolve
     from llm.data.build import build_dataset
     from llm.data.prefetch import Prefetcher
 
     c = get_base_config()
     c.data.corpus, c.model.max_len, c.data.order = path, seq, order
-    dataset = build_dataset(c)
+    dataset = build_dataset(resolve(c))
     if not prefetch:
         return (dataset.batch(0, s, batch) for s in range(10**9))
     p = Prefetcher(lambda s: dataset.batch(0, s, batch))

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from conftest import tiny_config
 
+from llm.config import resolve
 from llm.errors import ConfigError
 from llm.ops.attention.context import Layout
-from llm.training.setup import check_context_split
 
 pytestmark = pytest.mark.slow  # 8 simulated devices in a subprocess
 
@@ -78,9 +78,10 @@ def test_context_split_config_errors(tmp_path, overrides, size, message):
                 config[section][name][k] = v
         else:
             config[section][name] = value
+    config.mesh.data, config.mesh.context = 1, size
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        check_context_split(config, size)
+        resolve(config, n_devices=size)
     config.mesh.context_balance = False
     config.mesh.rules.length = "context"
     if "split into" not in message:
-        check_context_split(config, size)  # contiguous chunks take any layer
+        assert resolve(config, n_devices=size).mesh.context == size  # contiguous chunks take any layer

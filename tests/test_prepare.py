@@ -19,6 +19,7 @@ from llm.cli import main
 from llm.data.prepare import PrepareSettings, prepare, sample_texts
 from llm.data.prepared import PreparedData, ShardedTokens
 from llm.data.sources import expand_sources
+from llm.runs.workdir import load_config
 
 EOT = 256  # the byte tokenizer's end-of-text id
 
@@ -278,10 +279,11 @@ def mixture_config(tmp_path, spec: str, pack: bool):
 
 
 def test_a_mixture_draws_rows_by_weight_from_its_components(two_datasets, tmp_path):
+    from llm.config import resolve
     from llm.data.build import build_dataset
 
     low, high = two_datasets
-    dataset = build_dataset(mixture_config(tmp_path, f"{low}:3,{high}:1", pack=True))
+    dataset = build_dataset(resolve(mixture_config(tmp_path, f"{low}:3,{high}:1", pack=True)))
     streams = {p: concat(PreparedData.open(p), "train").tobytes() for p in (low, high)}
     from_low = 0
     for step in range(40):
@@ -300,6 +302,7 @@ def test_a_mixture_draws_rows_by_weight_from_its_components(two_datasets, tmp_pa
 
 @pytest.mark.parametrize("spec", ["single", "single-passes", "mixture"])
 def test_two_processes_get_the_rows_of_one(two_datasets, tmp_path, spec):
+    from llm.config import resolve
     from llm.data.build import build_dataset
 
     low, high = two_datasets
@@ -307,7 +310,7 @@ def test_two_processes_get_the_rows_of_one(two_datasets, tmp_path, spec):
     if spec.startswith("single"):
         config.data.corpus = str(low)
         config.data.order = "passes" if spec == "single-passes" else "random"
-    dataset = build_dataset(config)
+    dataset = build_dataset(resolve(config))
     for step in (0, 7):
         whole = dataset.batch(3, step, 8)
         halves = [dataset.batch(3, step, 8, process_index=i, process_count=2) for i in range(2)]
@@ -459,3 +462,46 @@ def test_the_tiktoken_encoder_gives_the_hf_tokenizers_ids():
     other = train_tokenizer("bpe", text[:50_000], vocab_size=300).hf
     other.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)  # a shape tiktoken does not reproduce
     assert tiktoken_encoding(other) is None
+
+
+def text_of(tokens: np.ndarray) -> str:
+    """Byte-tokenizer ids as text, end-of-text ids dropped."""
+    return bytes(int(t) for t in tokens if t != EOT).decode()
+
+
+def test_a_small_text_file_is_split_as_data_corpus_splits_it_and_trains_and_evaluates_in_a_mixture(tmp_path,
+                                                                                                  capsys):
+    """Two texts of about 100 K characters (two 64 K pieces each: 0.1 of two pieces used to hold out none): each
+    gets nanoGPT's tail as its validation split, a mixture of them trains, and `llm eval` of that run measures
+    the mixture (each component as `--corpus` measures it), not the default corpus."""
+    from llm.data.corpus import split_text
+    from llm.evaluation import run_evaluation
+
+    books = {}
+    for name, seed in (("a", 0), ("b", 1)):
+        text_file = make_corpus(tmp_path / f"{name}.txt", n_chars=100_000, seed=seed)
+        assert main(["prepare", str(text_file), "--out", str(tmp_path / name), "--tokenizer", "byte",
+                     "--val_fraction", "0.1", "--no_progress"]) == 0
+        data = PreparedData.open(tmp_path / name)
+        want_train, want_val = split_text(text_file.read_text(), 0.1)
+        assert (text_of(concat(data, "train")), text_of(concat(data, "val"))) == (want_train, want_val)
+        books[name] = tmp_path / name
+    run = tmp_path / "run"
+    assert main(["train", "--workdir", str(run), f"--config.data.mixture={books['a']}:0.5,{books['b']}:0.5",
+                 "--config.model.n_layers=1", "--config.model.d_model=32", "--config.model.max_len=32",
+                 "--config.train.steps=4", "--config.train.batch_size=4", "--config.train.eval_every=4",
+                 "--config.train.eval_batches=1", "--config.train.checkpoint_every=4",
+                 "--config.train.progress=False", "--config.sample.num_samples=0"]) == 0
+    capsys.readouterr()
+    quiet = dict(log=lambda *_: None, batch_size=16)
+    mixed = run_evaluation(run, **quiet)
+    assert mixed["data"] == f"{books['a']}:0.5,{books['b']}:0.5"
+    config = load_config(run)
+    for name in books:
+        config.eval.corpus = str(books[name])
+        alone = run_evaluation(run, config.eval, **quiet)
+        part = mixed["components"][str(books[name])]
+        assert (part["loss"], part["tokens"]) == (alone["loss"], alone["tokens"])
+    parts = mixed["components"].values()
+    assert mixed["tokens"] == sum(p["tokens"] for p in parts)
+    assert mixed["loss"] == pytest.approx(sum(p["loss"] * p["tokens"] for p in parts) / mixed["tokens"], rel=1e-12)

@@ -253,7 +253,7 @@ _OPTIONS: list[Option] = [
            "end-of-text id, so attention stays inside documents"),
     Option("data.data_dir", str, None, "where named corpora are looked up first", nullable=True),
     Option("data.val_fraction", float, 0.1, "the last fraction of the text's characters is the validation split "
-           "(a text file over 128 MB: that fraction of its 64 K pieces; of data.sft's records, the held-out ones)",
+           "(of data.sft's records, the held-out ones)",
            check=within(0, 1, low_open=True, high_open=True)),
     Option("data.tokenizer", str, "char", "char, byte or bpe", check=choice(*TOKENIZERS)),
     Option("data.vocab_size", int, 1024, "for the BPE tokenizer", check=positive),

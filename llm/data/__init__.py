@@ -1,6 +1,6 @@
 """The data pipeline: sources in, token batches out (no model inside).
 
-    dataset = build_dataset(config)                        # corpus, supervised records or synthetic task
+    dataset = build_dataset(run)                           # a resolved run's corpus, records or synthetic task
     batch = dataset.batch(seed=0, step=step, batch_size=12)
 
 corpus.py: named and file corpora, checksums, the train/val split.
@@ -11,7 +11,8 @@ sft.py: supervised fine-tuning records, the chat template and loss masks, packed
 tasks.py: procedurally generated fine-tuning tasks (num2words, dates, fields) and their JSONL files.
 synthetic.py: synthetic attention tasks generated on the fly (MQAR, copy, selective copy) with their accuracy.
 dataset.py: the one interface the training loop, evaluation and the explorer use, for all three.
-build.py: an experiment's data section -> a Dataset.
+spec.py: what an experiment's data section names (DataSpec: text, prepared, mixture, sft, synthetic ...).
+build.py: a resolved run's data -> a Dataset.
 metrics.py: scores of generated text against references (exact match, BLEU, chrF, ROUGE-L, bits per byte).
 """
 
@@ -23,10 +24,11 @@ from llm.data.batches import (
     sequential_batches,
     token_dtype,
 )
-from llm.data.build import build_dataset, build_eval_dataset, check_vocab, seq_len_of, sft_records
+from llm.data.build import build_dataset, build_eval_dataset, sft_records
 from llm.data.corpus import BUILTIN_CORPORA, DEFAULT_CORPUS, KNOWN_CORPORA, Corpus, cache_dir, load_corpus, split_text
 from llm.data.dataset import Batch, CorpusDataset, Dataset, RecordsDataset, TaskDataset
 from llm.data.sft import ChatTemplate, SFTDataset, load_records
+from llm.data.spec import DataSpec, data_spec, eval_data_spec
 from llm.data.synthetic import SyntheticTask, make_task
 
 __all__ = [
@@ -37,6 +39,7 @@ __all__ = [
     "ChatTemplate",
     "Corpus",
     "CorpusDataset",
+    "DataSpec",
     "Dataset",
     "RecordsDataset",
     "SFTDataset",
@@ -45,14 +48,14 @@ __all__ = [
     "build_dataset",
     "build_eval_dataset",
     "cache_dir",
-    "check_vocab",
+    "data_spec",
     "eval_batches",
+    "eval_data_spec",
     "load_corpus",
     "load_records",
     "make_task",
     "pass_batch",
     "sample_batch",
-    "seq_len_of",
     "sequential_batch_count",
     "sequential_batches",
     "sft_records",

@@ -217,7 +217,12 @@ def split_text(text: str, val_fraction: float) -> tuple[str, str]:
     nanoGPT's rule (`data[:int(n*0.9)]` for val_fraction 0.1): tiny Shakespeare gives 1,003,854 train and
     111,540 val characters.
     """
+    cut = split_point(len(text), val_fraction)
+    return text[:cut], text[cut:]
+
+
+def split_point(n_chars: int, val_fraction: float) -> int:
+    """How many of a text's `n_chars` characters train (nanoGPT's tail rule); the rest validate."""
     if not 0.0 <= val_fraction < 1.0:
         raise DataError(f"val_fraction must be in [0, 1), got {val_fraction}")
-    cut = int(len(text) * (1.0 - val_fraction))
-    return text[:cut], text[cut:]
+    return int(n_chars * (1.0 - val_fraction))

@@ -10,7 +10,9 @@ records, skips them and goes on; a half-written shard is never used (files are r
 inputs and settings give byte-identical shards whatever the number of workers.
 
 The split holds out whole documents: document i (a text file's pieces count as documents here) is validation
-when floor((i+1) * val_fraction) > floor(i * val_fraction), an exact, evenly spread fraction. In each split's
+when floor((i+1) * val_fraction) > floor(i * val_fraction), an exact, evenly spread fraction. A lone text file
+is split as `data.corpus` splits one (nanoGPT's tail: its last val_fraction of characters validate), however
+small it is, counting its characters in a first pass so it is still read a piece at a time. In each split's
 stream the end-of-text id follows every document, and every place where the stream jumps (a text file's pieces
 that went to different splits), so no window silently joins unrelated text.
 """
@@ -30,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from llm.data.batches import token_dtype
-from llm.data.corpus import Corpus, split_text
+from llm.data.corpus import Corpus, split_point, split_text
 from llm.data.prepared import FORMAT, MANIFEST, SPLITS, docs_name, shard_name
 from llm.data.sources import PIECE_CHARS, Document, Source, expand_sources, iter_documents
 from llm.errors import DataError
@@ -87,7 +89,8 @@ def prepare(s: PrepareSettings, *, log: Callable[[str], None] = print, progress:
     log(f"{out}: {totals['train']:,} train / {totals['val']:,} val tokens in {len(records)} unit(s)")
     if s.val_fraction and not totals["val"]:
         log(f"{out}: no validation documents: {s.val_fraction} of the documents (and a text file's 64 K pieces) is "
-            "less than one; run again into a new directory with a larger --val_fraction")
+            "less than one; run again into a new directory with a larger --val_fraction, or prepare each text file "
+            "on its own (a lone text file's last val_fraction of characters validate)")
     return manifest
 
 
@@ -208,15 +211,41 @@ def is_val(index: int, fraction: float) -> bool:
 
 def pieces(sources: list[Source], s: PrepareSettings) -> Iterator[Piece]:
     """Every document with its split and end-of-text flag (a one-document lookahead decides the flag)."""
+    split_pieces = _tail_split(sources[0]) if len(sources) == 1 and sources[0].kind == "text" else _whole_documents(
+        sources, s)
     previous: Piece | None = None
-    for i, doc in enumerate(_documents(sources, s.text_field)):
-        split = "val" if is_val(i, s.val_fraction) else "train"
+    for doc, split in split_pieces(s.val_fraction):
         if previous is not None:
             previous.eot = not doc.continues or previous.split != split
             yield previous
         previous = Piece(doc.text, split, eot=True)
     if previous is not None:
         yield previous
+
+
+def _whole_documents(sources: list[Source], s: PrepareSettings):
+    """(document, split) for every document: the evenly spread fraction of whole documents."""
+    def split(fraction: float) -> Iterator[tuple[Document, str]]:
+        for i, doc in enumerate(_documents(sources, s.text_field)):
+            yield doc, "val" if is_val(i, fraction) else "train"
+    return split
+
+
+def _tail_split(source: Source):
+    """(piece, split) for a lone text file: its first `split_point` characters train, the rest validate; the piece
+    that holds the cut is cut in two."""
+    def split(fraction: float) -> Iterator[tuple[Document, str]]:
+        cut = split_point(sum(len(doc.text) for doc in iter_documents(source)), fraction)
+        start = 0
+        for doc in iter_documents(source):
+            end = start + len(doc.text)
+            if start < cut < end:
+                yield Document(doc.text[:cut - start], doc.continues), "train"
+                yield Document(doc.text[cut - start:], True), "val"
+            else:
+                yield doc, "train" if end <= cut else "val"
+            start = end
+    return split
 
 
 def units(sources: list[Source], s: PrepareSettings) -> Iterator[list[Piece]]:

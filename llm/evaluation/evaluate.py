@@ -4,7 +4,8 @@ are text, the answers' accuracy for synthetic tasks, and task metrics of greedy 
 What is measured is the `eval` section of a config: the run's own, or that of another experiment file given
 with --config (so one file can declare the evaluators for many runs):
 
-    eval.corpus       '' = the run's own data; else a corpus spec (path, tinyshakespeare, ...) or task:NAME
+    eval.corpus       '' = the run's own data (a mixture: each component, and all of them as one); else a corpus
+                      spec (path, tinyshakespeare, ...) or task:NAME
     eval.split        val | train | all (corpora; records and tasks always use their held-out examples)
     eval.max_tokens   evaluate at most this many tokens of the split (0: all of it)
     eval.metrics      task metrics ('exact_match,chrf,bleu,rouge_l'; see llm/data/metrics.py)
@@ -23,9 +24,10 @@ from typing import Any
 from ml_collections import ConfigDict
 
 from llm.config.sampling import SamplingParams
-from llm.data import build_eval_dataset
+from llm.data import build_eval_dataset, eval_data_spec
 from llm.data import metrics as metrics_lib
 from llm.data.dataset import Dataset
+from llm.data.mixture import MixtureDataset
 from llm.files import write_json
 from llm.inference import generate, make_accuracy_step, make_eval_step, score
 from llm.runs import EVAL_DIR, LoadedRun, load_run
@@ -37,15 +39,16 @@ def run_evaluation(workdir: str | Path, eval_config: ConfigDict | None = None, *
     results (also written as JSON under workdir/eval/)."""
     run = load_run(workdir, checkpoint)
     e = eval_config if eval_config is not None else run.config.eval
-    spec = e.corpus or (run.config.data.synthetic or run.config.data.sft or run.config.data.corpus)
-    dataset = build_eval_dataset(run.config, spec, e.split, run.tokenizer, max_tokens=e.max_tokens)
+    own = run.run.data
+    spec = own if not e.corpus or e.corpus == own.source else eval_data_spec(e.corpus)
+    dataset = build_eval_dataset(run.run, spec, e.split, run.tokenizer, max_tokens=e.max_tokens)
     results: dict[str, Any] = {
-        "workdir": str(Path(workdir).absolute()), "step": run.step, "checkpoint": checkpoint, "data": spec,
+        "workdir": str(Path(workdir).absolute()), "step": run.step, "checkpoint": checkpoint, "data": spec.source,
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"), "kind": dataset.kind,
-        **measure(run, dataset, e, batch_size)}
+        **(measure_mixture if spec.kind == "mixture" else measure)(run, dataset, e, batch_size)}
     out_dir = Path(workdir) / EVAL_DIR
     out_dir.mkdir(exist_ok=True)
-    name = "".join(c if c.isalnum() or c in "-_." else "_" for c in spec.split("/")[-1])[:60]
+    name = "".join(c if c.isalnum() or c in "-_." else "_" for c in spec.source.split("/")[-1])[:60]
     path = out_dir / f"{name}-step{run.step}.json"
     write_json(path, results, indent=2)
     results["path"] = str(path)
@@ -77,6 +80,18 @@ def measure(run: LoadedRun, dataset: Dataset, e: ConfigDict, batch_size: int) ->
     if metrics:
         out["metrics"] = metrics
     return out
+
+
+def measure_mixture(run: LoadedRun, dataset: MixtureDataset, e: ConfigDict, batch_size: int) -> dict[str, Any]:
+    """Each component's numbers, and the loss over all their targets as one (each target once, so components
+    weigh by their tokens, not by the mixture's sampling weights)."""
+    parts = {c.corpus.name: measure(run, c, e, batch_size) for c in dataset.components}
+    tokens = sum(p["tokens"] for p in parts.values())
+    loss = sum(p["loss"] * p["tokens"] for p in parts.values()) / tokens
+    n_bytes = sum(p["bytes"] for p in parts.values())
+    split = next(iter(parts.values()))["split"]
+    return {"split": split, "loss": loss, "perplexity": metrics_lib.perplexity(loss), "tokens": tokens,
+            "bytes": n_bytes, "bits_per_byte": metrics_lib.bits_per_byte(loss, tokens, n_bytes), "components": parts}
 
 
 def target_sizes(dataset: Dataset, split: str, batch_size: int) -> tuple[int, int]:
@@ -112,6 +127,8 @@ def format_table(results: dict[str, Any]) -> str:
         if key in results:
             rows.append((label, fmt.format(results[key])))
     rows += [(k, f"{v:.4f}" if not math.isnan(v) else "nan") for k, v in results.get("metrics", {}).items()]
+    rows += [(f"loss of {name}", f"{part['loss']:.4f} ({part['tokens']:,} tokens)")
+             for name, part in results.get("components", {}).items()]
     width = max(len(k) for k, _ in rows)
     lines = [f"| {'':<{width}} | value |", f"|{'-' * (width + 2)}|-------|"]
     lines += [f"| {k:<{width}} | {v} |" for k, v in rows]

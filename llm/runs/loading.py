@@ -18,8 +18,7 @@ from typing import Any
 import jax
 from ml_collections import ConfigDict
 
-from llm.config import model_config
-from llm.data.build import seq_len_of
+from llm.config import ResolvedRun, resolve
 from llm.errors import CheckpointError, ConfigError, DataError
 from llm.model import Transformer
 from llm.runs.checkpoints import Checkpointer, DamagedCheckpoint
@@ -35,21 +34,30 @@ def _warn(message: str) -> None:
 
 @dataclasses.dataclass
 class LoadedRun:
-    config: ConfigDict
+    run: ResolvedRun
     model: Transformer
     params: Any
     tokenizer: Tokenizer
     step: int
 
+    @property
+    def config(self) -> ConfigDict:
+        return self.run.config
+
 
 @dataclasses.dataclass
 class RunFiles:
-    """A run's config, tokenizer and model, read and checked; its parameters not yet read."""
+    """A run (resolved from its config.json), its tokenizer and model, read and checked; its parameters not yet
+    read."""
 
     workdir: Path
-    config: ConfigDict
+    run: ResolvedRun
     tokenizer: Tokenizer
     model: Transformer
+
+    @property
+    def config(self) -> ConfigDict:
+        return self.run.config
 
     def restore(self, checkpoint: str = "latest", *, log: Callable[[str], None] = _warn) -> LoadedRun:
         """The parameters of `checkpoint` ('latest', 'best' or a step), laid out on one device whatever mesh the
@@ -65,13 +73,13 @@ class RunFiles:
                                               log=log)
         finally:
             ckpt.close()
-        return LoadedRun(self.config, self.model, state.params, self.tokenizer, step)
+        return LoadedRun(self.run, self.model, state.params, self.tokenizer, step)
 
     def _target(self):
         tx, _ = make_optimizer(self.config.optim, self.config.train.steps, self.config.finetune)
         device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
         return jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device),
-                                      abstract_train_state(self.model, tx, seq_len_of(self.config)))
+                                      abstract_train_state(self.model, tx, self.run.seq_len))
 
 
 def open_run(workdir: str | Path) -> RunFiles:
@@ -88,11 +96,12 @@ def open_run(workdir: str | Path) -> RunFiles:
         raise ConfigError(f"{tok_path} not found; the run in {workdir} never got past its start")
     tokenizer = load_tokenizer(tok_path)  # DataError (one line, naming the file) when damaged
     check_tokenizer(workdir, tokenizer)
-    model = Transformer(model_config(config, vocab_size=tokenizer.vocab_size))
-    if model.cfg.vocab_size < tokenizer.vocab_size:
-        raise DataError(f"{tok_path} has {tokenizer.vocab_size} tokens but the run's model only "
-                        f"{model.cfg.vocab_size} (model.vocab_size); restore the run's own tokenizer.json")
-    return RunFiles(workdir, config, tokenizer, model)
+    vocab = config.model.vocab_size
+    if vocab is not None and vocab < tokenizer.vocab_size:
+        raise DataError(f"{tok_path} has {tokenizer.vocab_size} tokens but the run's model only {vocab} "
+                        "(model.vocab_size); restore the run's own tokenizer.json")
+    run = resolve(config, vocab_size=tokenizer.vocab_size)
+    return RunFiles(workdir, run, tokenizer, Transformer(run.model))
 
 
 def load_run(workdir: str | Path, checkpoint: str = "latest", *, log: Callable[[str], None] = _warn) -> LoadedRun:

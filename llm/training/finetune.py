@@ -6,7 +6,8 @@ A run whose config sets `finetune.init_from` starts (at step 0, with a fresh opt
   - a Hugging Face checkpoint directory: `finetune.init_from = "hf:path/to/dir"` (GPT-2 or Llama family;
     see llm/hf/),
 and takes that model's architecture and tokenizer: the model options whose `finetune` column is SOURCE
-(llm/config/options.py); the experiment config may still set the FREE ones (dropout, attention implementation,
+(llm/config/options.py), merged when the run is resolved (llm/config/resolved.py); the experiment config may still
+set the FREE ones (dropout, attention implementation,
 remat, LoRA, the context: a longer one gets fresh learned-position rows, ...). The tokenizer may grow (new characters
 of the fine-tuning text, chat special tokens): the embedding rows of new tokens keep their fresh initialisation.
 Which parameters train, and at what learning rate, is `finetune.freeze / train_only / lr_groups`
@@ -23,7 +24,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from llm.config.options import SOURCE, model_fields
 from llm.errors import ConfigError
 from llm.model import ModelConfig
 from llm.runs import load_run
@@ -61,21 +61,6 @@ def load_source(spec: str, checkpoint: str = "latest") -> InitSource:
     run = load_run(spec, checkpoint)
     params = jax.tree_util.tree_map(np.asarray, run.params)
     return InitSource(f"{spec} (step {run.step})", run.model.cfg, params, run.tokenizer)
-
-
-def resolve_init(config) -> InitSource:
-    """Load `finetune.init_from` and write its architecture (the SOURCE model options) into `config.model` (the
-    vocabulary follows the tokenizer). With LoRA on and no finetune.train_only, only the adapters train."""
-    f = config.finetune
-    source = load_source(f.init_from, f.init_checkpoint)
-    for name in model_fields("finetune", SOURCE):
-        config.model[name] = getattr(source.model, name)
-    if config.model.vocab_size is not None and config.model.vocab_size < source.model.vocab_size:
-        raise ConfigError(f"model.vocab_size={config.model.vocab_size} is smaller than that of finetune.init_from "
-                          f"({source.model.vocab_size}); leave it unset (None)")
-    if config.model.lora_rank and not f.train_only:
-        f.train_only = "lora_"
-    return source
 
 
 def overlay(fresh: Any, source: Any, source_name: str) -> Any:

@@ -10,13 +10,13 @@ from pathlib import Path
 import jax
 from ml_collections import ConfigDict
 
-from llm.config import model_config, validate_config
+from llm.config import ResolvedRun, resolve, validate_config
 from llm.data import Dataset, build_dataset
 from llm.errors import ConfigError
 from llm.inference import encode_prompts
 from llm.model import ModelConfig, Transformer
 from llm.ops.attention import CAPABILITIES
-from llm.parallel import MESH_AXES, initialize_distributed, logical_rules, make_mesh, sync_processes
+from llm.parallel import initialize_distributed, make_mesh, sync_processes
 from llm.runs import (
     CHECKPOINT_DIR,
     MANIFEST_FILE,
@@ -33,7 +33,7 @@ from llm.runs import (
 from llm.runtime import keep_freed_host_memory
 from llm.state import abstract_train_state, make_optimizer
 from llm.tokenizers import load_tokenizer
-from llm.training.finetune import InitSource, resolve_init
+from llm.training.finetune import InitSource, load_source
 from llm.training.hooks import TrainHooks
 
 
@@ -41,44 +41,51 @@ from llm.training.hooks import TrainHooks
 class RunPlan:
     """A run that passed every check: what it trains, on what, where."""
 
-    config: ConfigDict
+    run: ResolvedRun  # the experiment resolved (a fine-tune's source merged), its vocabulary known
     workdir: Path
     mode: str  # 'new', 'resume' or 'overwrite'
     dataset: Dataset
-    model: ModelConfig
     mesh: jax.sharding.Mesh
-    rules: tuple
     source: InitSource | None  # the model a fine-tune starts from
     primary: bool  # the one process that logs and writes the run's files
     log: Callable[[str], None]
 
     @property
+    def config(self) -> ConfigDict:
+        return self.run.config
+
+    @property
+    def model(self) -> ModelConfig:
+        return self.run.model
+
+    @property
     def seq_len(self) -> int:
-        return self.config.train.seq_len or self.model.max_len
+        return self.run.seq_len
 
 
 def plan_run(config: ConfigDict, workdir: str | Path, *, log: Callable[[str], None], hooks: TrainHooks,
              resume_anyway: bool = False, overwrite: bool = False) -> RunPlan:
-    """Check the config, the devices, the workdir and the data; nothing is written (but token caches)."""
+    """Resolve and check the run, the devices, the workdir and the data; nothing is written (but token caches)."""
     validate_config(config)
     keep_freed_host_memory()  # XLA:CPU's per-step buffers would page-fault anew at every step otherwise
     initialize_distributed(config.distributed)  # before any other JAX call
     primary = jax.process_index() == 0
-    mesh = make_mesh({axis: config.mesh[axis] for axis in MESH_AXES})
-    _check_devices(config, mesh)
+    f = config.finetune
+    source = load_source(f.init_from, f.init_checkpoint) if f.init_from else None
+    # A fine-tuning run takes its source model's architecture (config.json tells it); every check sees the result.
+    run = resolve(config, source=None if source is None else source.model, n_devices=jax.device_count())
+    mesh = make_mesh(run.mesh.shape)
+    _check_devices(run, mesh)
     workdir = Path(workdir)
-    # A fine-tuning run takes its source model's architecture (into config.model, so config.json tells it).
-    source = resolve_init(config) if config.finetune.init_from else None
     hooks.before_workdir_check()
-    mode = check_workdir(config, workdir, resume_anyway=resume_anyway, overwrite=overwrite)
+    mode = check_workdir(run.config, workdir, resume_anyway=resume_anyway, overwrite=overwrite)
     own = workdir / TOKENIZER_FILE
-    dataset = build_dataset(config, tokenizer=load_tokenizer(own) if mode == "resume" and own.exists() else None,
+    dataset = build_dataset(run, tokenizer=load_tokenizer(own) if mode == "resume" and own.exists() else None,
                             base_tokenizer=None if source is None else source.tokenizer)
-    model = model_config(config, vocab_size=dataset.tokenizer.vocab_size)
-    if config.sample.num_samples and dataset.continues_text:  # checked now, used at the end
-        encode_prompts(dataset.tokenizer, [config.sample.prompt], model.max_len)
-    plan = RunPlan(config, workdir, mode, dataset, model, mesh, logical_rules(config.mesh.rules), source, primary,
-                   log if primary else lambda *_: None)
+    run = run.with_vocab(dataset.tokenizer.vocab_size)
+    if run.config.sample.num_samples and dataset.continues_text:  # checked now, used at the end
+        encode_prompts(dataset.tokenizer, [run.config.sample.prompt], run.model.max_len)
+    plan = RunPlan(run, workdir, mode, dataset, mesh, source, primary, log if primary else lambda *_: None)
     if mode == "resume":
         _check_checkpoints_fit(plan)
     # Every process has judged the workdir as it was; only now may the primary write into it (else another process
@@ -87,40 +94,18 @@ def plan_run(config: ConfigDict, workdir: str | Path, *, log: Callable[[str], No
     return plan
 
 
-def _check_devices(config: ConfigDict, mesh) -> None:
+def _check_devices(run: ResolvedRun, mesh) -> None:
     """The global batch splits over the data-parallel devices and the processes; the attention implementation
     runs on this backend."""
-    t = config.train
+    batch_size = run.config.train.batch_size
     rows = mesh.shape["data"] * mesh.shape["fsdp"]
-    if t.batch_size % rows or t.batch_size % jax.process_count():
-        raise ConfigError(f"train.batch_size={t.batch_size} does not split over the mesh's {rows} data-parallel "
+    if batch_size % rows or batch_size % jax.process_count():
+        raise ConfigError(f"train.batch_size={batch_size} does not split over the mesh's {rows} data-parallel "
                           f"devices and {jax.process_count()} processes; make it a multiple of both")
-    impl, backend = config.model.attention_impl, jax.default_backend()
+    impl, backend = run.config.model.attention_impl, jax.default_backend()
     if backend not in CAPABILITIES[impl].backends:
         raise ConfigError(f"model.attention_impl={impl!r} runs on {', '.join(CAPABILITIES[impl].backends)} only, and "
                           f"this run's devices are {backend}; choose another implementation (e.g. 'dense' or 'xla')")
-    if mesh.shape["context"] > 1:
-        check_context_split(config, mesh.shape["context"])
-
-
-def check_context_split(config: ConfigDict, size: int) -> None:
-    """A mesh that splits the sequence: the length rule names the axis, every sequence splits evenly, and the
-    balanced layout (which reorders the tokens) meets no layer that mixes tokens in order."""
-    m, balance = config.model, config.mesh.context_balance
-    if config.mesh.rules.length != "context":
-        raise ConfigError(f"mesh.context={size} splits sequences, but mesh.rules.length={config.mesh.rules.length!r}; "
-                          "set mesh.rules.length='context'")
-    chunks = size * (2 if balance else 1)
-    seq_len = config.train.seq_len or m.max_len
-    if seq_len % chunks:
-        raise ConfigError(f"sequences of {seq_len} tokens do not split into {chunks} equal chunks (mesh.context={size}"
-                          f"{', 2 per device with mesh.context_balance' if balance else ''}); make the sequence "
-                          "length (train.seq_len or model.max_len) a multiple of it")
-    mixers = set(model_config(config, vocab_size=m.vocab_size or 1).layer_mixers) - {"attention"}
-    in_order = ["model.short_conv"] * bool(m.short_conv) + [f"the {x} mixer" for x in sorted(mixers)]
-    if balance and in_order:
-        raise ConfigError(f"mesh.context_balance reorders the tokens, which {in_order[0]} cannot take (it reads them "
-                          "in order); set mesh.context_balance=False")
 
 
 def _check_checkpoints_fit(plan: RunPlan) -> None:

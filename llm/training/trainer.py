@@ -58,8 +58,9 @@ class Trainer:
     def run(self, stop_after: int | None = None) -> None:
         """Train to train.steps, or for `stop_after` steps (then checkpoint, as if interrupted); everything traces
         under the mesh and the rules, which turn the model's logical axis names into shardings."""
-        settings = ContextSettings(self.config.mesh.context_strategy, self.config.mesh.context_balance)
-        with jax.set_mesh(self.plan.mesh), nn.logical_axis_rules(self.plan.rules), context_settings(settings):
+        mesh = self.plan.run.mesh
+        settings = ContextSettings(mesh.context_strategy, mesh.context_balance)
+        with jax.set_mesh(self.plan.mesh), nn.logical_axis_rules(mesh.rules), context_settings(settings):
             self._build_state()
             self.state, meta = self.restore_or_init()
             self._start_counters(meta)
@@ -77,7 +78,7 @@ class Trainer:
         """The state's shardings, its restore target and its (compiled) initialiser."""
         seq_len = self.plan.seq_len
         self.shardings = make_shardings(boxed_abstract_train_state(self.model, self.tx, seq_len), self.plan.mesh,
-                                        self.plan.rules)
+                                        self.plan.run.mesh.rules)
         self.abstract = abstract_train_state(self.model, self.tx, seq_len)
         self.target = jax.tree_util.tree_map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                                              self.abstract, self.shardings.state)
