@@ -12,7 +12,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from llm.config import get_base_config, validate_config
+from llm.config import get_base_config, resolve
 from llm.config.options import MODEL_FIELDS
 from llm.hf.configs import HFConversionError
 from llm.hf.convert import export_hf, import_hf, read_hf_config
@@ -56,14 +56,15 @@ def import_to_workdir(hf_dir: str | os.PathLike, workdir: str | os.PathLike, *,
     config.data.tokenizer = tok.kind
     if tok.kind == "bpe":
         config.data.vocab_size = tok.vocab_size
-    validate_config(config)
+    run = resolve(config, vocab_size=tok.vocab_size)
+    config = run.config
 
     model = Transformer(cfg)
     tx, _ = make_optimizer(config.optim, config.train.steps)
     params = jax.tree_util.tree_map(jnp.asarray, params)
     state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                        lr_scale=jnp.ones((), jnp.float32))
-    target = abstract_train_state(model, tx, config.train.seq_len or cfg.max_len)
+    target = abstract_train_state(model, tx, run.seq_len)
     if jax.tree_util.tree_structure(state) != jax.tree_util.tree_structure(target):  # what load_run restores into
         raise HFConversionError("internal error: the imported train state does not have the layout of a run's")
 

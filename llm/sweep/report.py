@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from llm.config.experiments import flatten
-from llm.errors import ConfigError
-from llm.runs import CONFIG_FILE, MANIFEST_FILE, METRICS_FILE, read_metrics
+from llm.errors import ConfigError, DataError
+from llm.runs import CONFIG_FILE, METRICS_FILE, open_run, read_metrics
 from llm.sweep.runner import read_records
 from llm.sweep.spec import REPORT_FILES
 
@@ -37,22 +37,17 @@ COLUMNS_AFTER = ("final_val_loss", "best_val_loss", "final_val_accuracy", "best_
                  "tokens_per_s", "params", "state", "wall_time_s", "status")
 
 
-def _model_counts(config: dict, run_dir: Path) -> tuple[int | None, int | None]:
-    """(closed-form parameter count, decoding state size) of the run's model (its vocabulary from manifest.json
-    when not in config); Nones when the config does not describe a model."""
-    from llm.model.config import ModelConfig
+def _model_counts(run_dir: Path) -> tuple[int | None, int | None]:
+    """(closed-form parameter count, decoding state size) of the run's model, as the run resolves it; Nones for a
+    run that cannot be read (never started, damaged)."""
     from llm.model.mixers import decode_state_size
     from llm.model.params import param_count_formula
 
     try:
-        model = dict(config.get("model", {}))
-        if model.get("vocab_size") is None:
-            manifest = json.loads((run_dir / MANIFEST_FILE).read_text())
-            model["vocab_size"] = manifest["tokenizer"]["vocab_size"]
-        cfg = ModelConfig.from_dict(model)
-        return int(param_count_formula(cfg)["total"]), decode_state_size(cfg)
-    except (OSError, KeyError, TypeError, ValueError, ConfigError, json.JSONDecodeError):
+        cfg = open_run(run_dir).run.model
+    except (ConfigError, DataError):
         return None, None
+    return int(param_count_formula(cfg)["total"]), decode_state_size(cfg)
 
 
 def _finite(x) -> bool:
@@ -85,7 +80,7 @@ def collect(sweep_dir: str | Path) -> list[dict[str, Any]]:
         trains = [r["train_loss"] for r in rows if _finite(r.get("train_loss"))]
         losses = [r["loss"] for r in rows if _finite(r.get("loss"))]
         speeds = [r["tokens_per_s"] for r in rows if _finite(r.get("tokens_per_s"))]
-        params, state = _model_counts(config, run_dir) if config else (None, None)
+        params, state = _model_counts(run_dir) if config else (None, None)
         status = record.get("status") or ("done" if vals else "unknown")
         if status == "skipped":
             status = "done"  # finished in an earlier invocation

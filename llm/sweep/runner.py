@@ -18,8 +18,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from llm.config import resolve
 from llm.config.experiments import apply_overrides, call, describe, load_experiment, load_module
-from llm.errors import ConfigError, ExitCode, one_line
+from llm.errors import ConfigError, DataError, ExitCode, one_line
 from llm.files import write_text
 from llm.runs import CHECKPOINT_DIR, METRICS_FILE, read_metrics
 from llm.sweep.spec import LOG_DIR, NAME_KEY, SWEEP_FILE, override_flags, run_names
@@ -56,8 +57,8 @@ def load_sweep(spec: str) -> tuple[Any, list[Run]]:
     for i, (name, o) in enumerate(zip(names, overrides, strict=True)):
         run = Run(i, name, dict(o))
         try:
-            run.config = apply_overrides(base, o)
-        except ConfigError as e:
+            run.config = resolve(apply_overrides(base, o)).config  # its data spec too, before any run starts
+        except (ConfigError, DataError) as e:
             run.error = one_line(e)
         runs.append(run)
     return base, runs
