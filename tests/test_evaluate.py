@@ -74,3 +74,13 @@ def test_eval_on_another_corpus_and_bad_flags(runs, tmp_path, capsys):
     assert "nope.txt: no such file" in capsys.readouterr().err
     assert main(["eval", "--workdir", str(runs / "lm"), "--split", "test"]) == 2
     assert "invalid choice: 'test'" in capsys.readouterr().err
+
+
+def test_unknown_task_metrics_are_refused_before_anything_is_measured(runs, tmp_path, capsys):
+    experiment = tmp_path / "bad_metrics.py"
+    experiment.write_text("from llm.config import get_base_config\n\n\ndef get_config():\n    c = get_base_config()\n"
+                          "    c.eval.metrics = 'exact_match,bleurt'\n    return c\n")
+    before = sorted((runs / "sft" / "eval").glob("*")) if (runs / "sft" / "eval").exists() else []
+    assert main(["eval", "--workdir", str(runs / "sft"), "--config", str(experiment)]) == 2
+    assert "eval.metrics: unknown bleurt; choose among exact_match, bleu, chrf, rouge_l" in capsys.readouterr().err
+    assert (sorted((runs / "sft" / "eval").glob("*")) if (runs / "sft" / "eval").exists() else []) == before

@@ -13,7 +13,6 @@ synthetic.py: synthetic attention tasks generated on the fly (MQAR, copy, select
 dataset.py: the one interface the training loop, evaluation and the explorer use, for all three.
 spec.py: what an experiment's data section names (DataSpec: text, prepared, mixture, sft, synthetic ...).
 build.py: a resolved run's data -> a Dataset.
-metrics.py: scores of generated text against references (exact match, BLEU, chrF, ROUGE-L, bits per byte).
 """
 
 from llm.data.batches import (

@@ -8,7 +8,7 @@ with --config (so one file can declare the evaluators for many runs):
                       spec (path, tinyshakespeare, ...) or task:NAME
     eval.split        val | train | all (corpora; records and tasks always use their held-out examples)
     eval.max_tokens   evaluate at most this many tokens of the split (0: all of it)
-    eval.metrics      task metrics ('exact_match,chrf,bleu,rouge_l'; see llm/data/metrics.py)
+    eval.metrics      task metrics ('exact_match,chrf,bleu,rouge_l'; see llm/evaluation/metrics.py)
     eval.max_examples, eval.max_new_tokens   how many held-out examples are generated, and how long
 
 Results go to <workdir>/eval/<name>-step<N>.json and are printed as a table.
@@ -25,9 +25,9 @@ from ml_collections import ConfigDict
 
 from llm.config.sampling import SamplingParams
 from llm.data import build_eval_dataset, eval_data_spec
-from llm.data import metrics as metrics_lib
 from llm.data.dataset import Dataset
 from llm.data.mixture import MixtureDataset
+from llm.evaluation import metrics as metrics_lib
 from llm.files import write_json
 from llm.inference import generate, make_accuracy_step, make_eval_step, score
 from llm.runs import EVAL_DIR, LoadedRun, load_run
@@ -39,6 +39,7 @@ def run_evaluation(workdir: str | Path, eval_config: ConfigDict | None = None, *
     results (also written as JSON under workdir/eval/)."""
     run = load_run(workdir, checkpoint)
     e = eval_config if eval_config is not None else run.config.eval
+    metrics_lib.metric_names(e.metrics)  # before anything is measured
     own = run.run.data
     spec = own if not e.corpus or e.corpus == own.source else eval_data_spec(e.corpus)
     dataset = build_eval_dataset(run.run, spec, e.split, run.tokenizer, max_tokens=e.max_tokens)
@@ -70,7 +71,7 @@ def measure(run: LoadedRun, dataset: Dataset, e: ConfigDict, batch_size: int) ->
     metrics = {"accuracy": scores["accuracy"]} if "accuracy" in scores else {}
     examples = dataset.generation_examples()[: e.max_examples]
     if examples:
-        names = [m.strip() for m in e.metrics.split(",") if m.strip()]
+        names = metrics_lib.metric_names(e.metrics)
         predictions = greedy_answers(run, [p for p, _ in examples], e.max_new_tokens, batch_size)
         references = [r.strip() for _, r in examples]
         metrics.update(metrics_lib.compute(names, predictions, references))

@@ -4,8 +4,8 @@ import math
 
 import pytest
 
-from llm.data import metrics
-from llm.data.metrics import (
+from llm.evaluation import metrics
+from llm.evaluation.metrics import (
     METRICS,
     bits_per_byte,
     bleu,

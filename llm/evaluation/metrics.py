@@ -19,6 +19,8 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Sequence
 
+from llm.errors import ConfigError
+
 
 def _check(preds: Sequence[str], refs: Sequence[str]) -> tuple[list[str], list[str]]:
     preds, refs = list(preds), list(refs)
@@ -140,6 +142,15 @@ METRICS: dict[str, Metric] = {
     "chrf": chrf,
     "rouge_l": rouge_l,
 }
+
+
+def metric_names(spec: str) -> list[str]:
+    """eval.metrics ('exact_match,chrf') as names; ConfigError (one line) naming an unknown one and the choices."""
+    names = [m.strip() for m in spec.split(",") if m.strip()]
+    unknown = [m for m in names if m not in METRICS]
+    if unknown:
+        raise ConfigError(f"eval.metrics: unknown {', '.join(unknown)}; choose among {', '.join(METRICS)}")
+    return names
 
 
 def compute(names: Iterable[str] | str, preds: Sequence[str], refs: Sequence[str]) -> dict[str, float]:
