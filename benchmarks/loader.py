@@ -34,7 +34,7 @@ class Windows:
     """Grain's random-access source: window i of the train split, as (inputs, targets)."""
 
     def __init__(self, path: str, seq: int):
-        from llm.data.prepared import PreparedData
+        from llm.data.corpora.prepared import PreparedData
 
         self.tokens, self.seq = PreparedData.open(path).tokens("train"), seq
 
@@ -104,7 +104,7 @@ def main(argv=None) -> None:
 
 def generated_dataset(tmp: Path) -> str:
     from benchmarks.data import write_corpus
-    from llm.data.prepare import PrepareSettings, prepare
+    from llm.data.corpora.prepare import PrepareSettings, prepare
 
     write_corpus(tmp / "corpus.txt", 64 << 20)
     prepare(PrepareSettings(sources=[str(tmp / "corpus.txt")], out=str(tmp / "prepared"), vocab_size=8192,

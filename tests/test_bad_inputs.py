@@ -466,8 +466,8 @@ def test_token_cache_never_unpickles(tmp_path):
     import numpy as np
 
     from llm.data import Corpus
-    from llm.data.prepare import prepare_corpus
-    from llm.data.prepared import PreparedData
+    from llm.data.corpora.prepare import prepare_corpus
+    from llm.data.corpora.prepared import PreparedData
     from llm.tokenizers import ByteTokenizer
 
     tok, text = ByteTokenizer(), "hello world"

@@ -14,7 +14,7 @@ from ml_collections import ConfigDict
 
 from llm.cli.chat import main as chat_main
 from llm.config.sampling import SamplingParams
-from llm.data.sft import ChatTemplate
+from llm.data.records.sft import ChatTemplate
 from llm.errors import ConfigError, PromptError, UserError
 from llm.inference import chat as chat_lib
 from llm.inference import generate, prefill_bucket, stream_generate

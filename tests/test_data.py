@@ -19,12 +19,12 @@ from llm.data import (
     split_text,
     token_dtype,
 )
-from llm.data import prepare as prepare_module
-from llm.data.corpus import KnownCorpus
+from llm.data.corpora import prepare as prepare_module
+from llm.data.corpora.corpus import KnownCorpus
+from llm.data.corpora.prepare import prepare_corpus
+from llm.data.corpora.prepared import PreparedData
+from llm.data.corpora.shuffle import shuffled_index
 from llm.data.dataset import CorpusDataset
-from llm.data.prepare import prepare_corpus
-from llm.data.prepared import PreparedData
-from llm.data.shuffle import shuffled_index
 from llm.errors import DataError
 from llm.tokenizers import ByteTokenizer, Tokenizer, train_tokenizer
 

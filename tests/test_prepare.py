@@ -16,9 +16,9 @@ import pytest
 from conftest import make_corpus
 
 from llm.cli import main
-from llm.data.prepare import PrepareSettings, prepare, sample_texts
-from llm.data.prepared import PreparedData, ShardedTokens
-from llm.data.sources import expand_sources
+from llm.data.corpora.prepare import PrepareSettings, prepare, sample_texts
+from llm.data.corpora.prepared import PreparedData, ShardedTokens
+from llm.data.corpora.sources import expand_sources
 from llm.runs.workdir import load_config
 
 EOT = 256  # the byte tokenizer's end-of-text id
@@ -52,7 +52,7 @@ def write_sources(root: Path, docs: list[str]) -> list[str]:
 
 def expected_split(docs: list[str], fraction: float, split: str) -> np.ndarray:
     """Byte ids of the documents the split holds, each followed by the end-of-text id, written independently of
-    llm/data/prepare.py: document i is held out when floor((i + 1) f) > floor(i f)."""
+    llm/data/corpora/prepare.py: document i is held out when floor((i + 1) f) > floor(i f)."""
     out = []
     for i, d in enumerate(docs):
         held_out = math.floor((i + 1) * fraction) > math.floor(i * fraction)
@@ -85,7 +85,7 @@ def test_every_source_kind_gives_the_documents_bytes(tmp_path):
 
 
 def test_a_text_file_without_newlines_is_still_read_in_pieces(tmp_path):
-    from llm.data.sources import PIECE_CHARS, iter_documents
+    from llm.data.corpora.sources import PIECE_CHARS, iter_documents
 
     text = "word " * (PIECE_CHARS // 2)  # 2.5 pieces' worth on one line
     (tmp_path / "long.txt").write_text(text)
@@ -157,7 +157,7 @@ def test_killed_preparation_resumes_to_the_same_shards(bpe_source, tmp_path):
     # kill inside a write leaves what the lines below make by hand).
     kill_after_unit_1 = (
         "import os, signal, sys; sys.path.insert(0, sys.argv[1]); from test_prepare import bpe_settings; "
-        "from pathlib import Path; from llm.data.prepare import prepare; "
+        "from pathlib import Path; from llm.data.corpora.prepare import prepare; "
         "s = bpe_settings(Path(sys.argv[2]), Path(sys.argv[3]), workers=1); "
         "prepare(s, progress=False, on_unit=lambda u: u == 1 and os.kill(os.getpid(), signal.SIGKILL))")
     proc = subprocess.run([sys.executable, "-c", kill_after_unit_1, str(Path(__file__).parent), str(root), str(out)],
@@ -245,7 +245,7 @@ def naive_segments(row: np.ndarray, eos: int) -> tuple[list[int], list[int]]:
 
 
 def test_document_segments_match_a_loop():
-    from llm.data.batches import document_segments
+    from llm.data.corpora.batches import document_segments
 
     rng = np.random.default_rng(0)
     inputs = rng.integers(0, 5, size=(6, 17))  # id 0 plays end-of-text, about one token in five
@@ -405,11 +405,11 @@ def test_the_openwebtext_experiment_on_a_local_parquet_and_jsonl_dataset(tmp_pat
 
 
 def test_a_text_file_too_large_to_read_whole_is_prepared_into_the_cache(tmp_path, capsys, monkeypatch):
-    import llm.data.corpus
-    import llm.data.sources
+    import llm.data.corpora.corpus
+    import llm.data.corpora.sources
 
-    monkeypatch.setattr(llm.data.corpus, "MAX_WHOLE_FILE_BYTES", 1000)  # stands for 128 MB
-    monkeypatch.setattr(llm.data.sources, "PIECE_CHARS", 100)  # stands for 64 K: 20 pieces, 2 held out
+    monkeypatch.setattr(llm.data.corpora.corpus, "MAX_WHOLE_FILE_BYTES", 1000)  # stands for 128 MB
+    monkeypatch.setattr(llm.data.corpora.sources, "PIECE_CHARS", 100)  # stands for 64 K: 20 pieces, 2 held out
     monkeypatch.setenv("LLM_CACHE_DIR", str(tmp_path / "cache"))
     big = tmp_path / "big.txt"
     big.write_text("".join(f"line {i}: the cat sat on the mat\n" for i in range(60)))  # 2,050 bytes
@@ -447,7 +447,7 @@ def test_the_tiktoken_encoder_gives_the_hf_tokenizers_ids():
     tokenizers' own encode on the Python docs (code, prose, punctuation) and text with odd spacing and Unicode."""
     from tokenizers import pre_tokenizers
 
-    from llm.data.corpus import load_corpus
+    from llm.data.corpora.corpus import load_corpus
     from llm.tokenizers import train_tokenizer
     from llm.tokenizers.fast_bpe import tiktoken_encoding
 
@@ -474,7 +474,7 @@ def test_a_small_text_file_is_split_as_data_corpus_splits_it_and_trains_and_eval
     """Two texts of about 100 K characters (two 64 K pieces each: 0.1 of two pieces used to hold out none): each
     gets nanoGPT's tail as its validation split, a mixture of them trains, and `llm eval` of that run measures
     the mixture (each component as `--corpus` measures it), not the default corpus."""
-    from llm.data.corpus import split_text
+    from llm.data.corpora.corpus import split_text
     from llm.evaluation import run_evaluation
 
     books = {}

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from llm.data.sft import (
+from llm.data.records.sft import (
     ChatTemplate,
     SFTDataset,
     load_records,

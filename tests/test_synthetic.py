@@ -4,7 +4,7 @@ positions (recomputed from the inputs), accuracy, the process split, spec parsin
 import numpy as np
 import pytest
 
-from llm.data.sft import KEYS, SFTDataset
+from llm.data.records.sft import KEYS, SFTDataset
 from llm.data.synthetic import TASKS, SyntheticTask, alphabet, make_task, parse_spec
 from llm.tokenizers import CharTokenizer, load_tokenizer
 

@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from llm.data.tasks import (
+from llm.data.records.tasks import (
     CITIES,
     DAYS,
     EXTRAS,

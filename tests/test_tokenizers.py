@@ -355,9 +355,9 @@ def test_bpe_special_tokens_live_in_the_hf_tokenizer(bpe: BPETokenizer, tmp_path
 
 def test_specials_make_tokenizers_unchunkable(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
     from llm.data import Corpus
-    from llm.data import prepare as prepare_module
-    from llm.data.prepare import prepare_corpus
-    from llm.data.prepared import PreparedData
+    from llm.data.corpora import prepare as prepare_module
+    from llm.data.corpora.prepare import prepare_corpus
+    from llm.data.corpora.prepared import PreparedData
 
     tok = ByteTokenizer().with_special_tokens(CHAT_TOKENS)
     assert ByteTokenizer().chunkable and train_tokenizer("char", "ab").chunkable and not tok.chunkable

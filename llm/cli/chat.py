@@ -25,7 +25,7 @@ def main(argv: list[str]) -> int:
     if a is None:  # --help printed the usage
         return 0
     sampling = sampling_params(a)
-    from llm.data.sft import ChatTemplate
+    from llm.data.records.sft import ChatTemplate
     from llm.runs import load_run
 
     run = load_run(a.workdir, a.checkpoint)

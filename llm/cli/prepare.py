@@ -1,5 +1,5 @@
 """`llm prepare SOURCE... --out DIR`: tokenize text, JSONL and Parquet sources into a prepared dataset
-(llm/data/prepare.py) that `--config.data.corpus=DIR` trains on."""
+(llm/data/corpora/prepare.py) that `--config.data.corpus=DIR` trains on."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from llm.cli.parsing import Parser
 
 
 def main(argv: list[str]) -> int:
-    from llm.data.prepare import PrepareSettings
+    from llm.data.corpora.prepare import PrepareSettings
 
     d = PrepareSettings(sources=[], out="")
     p = Parser(prog="llm prepare", description="Tokenize sources (text files, directories, globs, .gz / .zst, "
@@ -29,7 +29,7 @@ def main(argv: list[str]) -> int:
     a = p.parse(argv)
     if a is None:
         return 0
-    from llm.data.prepare import prepare
+    from llm.data.corpora.prepare import prepare
 
     prepare(PrepareSettings(sources=a.sources, out=a.out, tokenizer=a.tokenizer, vocab_size=a.vocab_size,
                             text_field=a.text_field, val_fraction=a.val_fraction, unit_chars=a.unit_chars,

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 from llm.config.sampling import SamplingParams
-from llm.data.corpus import DEFAULT_CORPUS
+from llm.data.corpora.corpus import DEFAULT_CORPUS
 from llm.data.mixture import parse_mixture
 from llm.errors import ConfigError
 from llm.model.config import ModelConfig

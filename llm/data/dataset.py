@@ -23,9 +23,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from llm.data.batches import document_segments, eval_batches, pass_batch, sample_batch, sequential_batches
-from llm.data.corpus import Corpus
-from llm.data.sft import ChatTemplate, SFTDataset
+from llm.data.corpora.batches import document_segments, eval_batches, pass_batch, sample_batch, sequential_batches
+from llm.data.corpora.corpus import Corpus
+from llm.data.records.sft import ChatTemplate, SFTDataset
 from llm.data.synthetic import SyntheticTask
 from llm.tokenizers import Tokenizer
 
@@ -85,7 +85,7 @@ class Dataset(abc.ABC):
 @dataclasses.dataclass(eq=False)
 class CorpusDataset(Dataset):
     """A text's token splits: random windows for training, fixed random windows for periodic evaluation, and
-    non-overlapping windows for `llm eval` (see llm/data/batches.py)."""
+    non-overlapping windows for `llm eval` (see llm/data/corpora/batches.py)."""
 
     kind: ClassVar[str] = "corpus"
     text_targets: ClassVar[bool] = True
@@ -127,7 +127,7 @@ class CorpusDataset(Dataset):
 
 @dataclasses.dataclass(eq=False)
 class PreparedDataset(CorpusDataset):
-    """A prepared dataset's token shards (`llm prepare`, llm/data/prepared.py), batched as a corpus's splits."""
+    """A prepared dataset's token shards (`llm prepare`, llm/data/corpora/prepared.py), batched as a corpus's splits."""
 
     source: dict[str, Any] = dataclasses.field(default_factory=dict)  # the dataset's manifest.json
     pack_documents: bool = False  # segment ids and positions per document (llm/data/mixture.py)
@@ -160,7 +160,7 @@ class PreparedDataset(CorpusDataset):
 
 @dataclasses.dataclass(eq=False)
 class RecordsDataset(Dataset):
-    """Supervised records (llm/data/sft.py): packed or padded rows, the loss on completions only; the held-out
+    """Supervised records (llm/data/records/sft.py): packed or padded rows, the loss on completions only; the held-out
     records' prompts and reference answers for task metrics."""
 
     kind: ClassVar[str] = "sft"

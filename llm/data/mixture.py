@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from llm.data.batches import EVAL_STREAM, TRAIN_STREAM, document_segments, local_rows, windows_at
+from llm.data.corpora.batches import EVAL_STREAM, TRAIN_STREAM, document_segments, local_rows, windows_at
 from llm.data.dataset import Batch, Dataset, PreparedDataset
 
 MIX_DRAW, MIX_COMPONENT = 2, 3  # the streams of the rows' component draws and of each component's windows

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import dataclasses
 
-from llm.data.corpus import large_text_file
+from llm.data.corpora.corpus import large_text_file
+from llm.data.corpora.prepared import is_prepared
 from llm.data.mixture import parse_mixture
-from llm.data.prepared import is_prepared
 from llm.errors import ConfigError
 
 # kind      source                              trains on

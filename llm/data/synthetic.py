@@ -12,7 +12,7 @@ No files: every batch is a pure function of (seed, split, step) - a numpy Genera
 SeedSequence([seed, stream, step]), stream 0 for split "train" and 1 for "eval" - so a resumed run sees the same
 batches and the held-out eval batches (`eval_batches`: split "eval", seed `eval_seed`, steps 0, 1, ...) are never
 training batches. The whole global batch is generated and each process takes its block of rows (as in
-llm.data.batches), so the batch does not depend on the process count.
+llm.data.corpora.batches), so the batch does not depend on the process count.
 
 Rows: a token sequence s of length seq_len + 1 gives inputs = s[:-1] and targets = s[1:] (targets at answer
 positions may be overridden, see MQAR's zoology layout); weights are 1 exactly at the positions whose target is an
@@ -56,10 +56,10 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from llm.data.batches import EVAL_STREAM, TRAIN_STREAM, local_rows
+from llm.data.corpora.batches import EVAL_STREAM, TRAIN_STREAM, local_rows
 from llm.tokenizers import CharTokenizer
 
-KEYS = ("inputs", "targets", "weights", "segment_ids", "positions")  # as llm.data.sft.KEYS
+KEYS = ("inputs", "targets", "weights", "segment_ids", "positions")  # as llm.data.records.sft.KEYS
 PAD = 0
 STREAMS = {"train": TRAIN_STREAM, "eval": EVAL_STREAM}
 DEFAULT_EVAL_BATCHES = 8

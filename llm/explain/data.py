@@ -268,7 +268,7 @@ def _token_entry(tok: Tokenizer, i: int) -> dict[str, Any]:
 @functools.lru_cache(maxsize=1)
 def demo_bpe() -> BPETokenizer:
     """A small byte-level BPE (512 ids) trained on the builtin Python docs corpus, for runs with another kind."""
-    from llm.data.corpus import load_corpus
+    from llm.data.corpora.corpus import load_corpus
 
     return BPETokenizer.train(load_corpus("builtin:python_docs").text, BPE_DEMO_VOCAB)
 

@@ -2,7 +2,7 @@
 front end, llm/cli/chat.py).
 
 Chat mode: the run's tokenizer has the chat template's markers (a model fine-tuned on chat records, see
-llm/data/sft.py): the conversation is rendered with `ChatTemplate.render_prompt` and an answer ends at the end
+llm/data/records/sft.py): the conversation is rendered with `ChatTemplate.render_prompt` and an answer ends at the end
 marker. Plain-completion mode: it has not (a base model): the conversation is plain text, "User: ...\\n" and
 "Assistant: ...\\n" lines (just the texts, one a line, when the tokenizer cannot spell those labels), and an
 answer ends at a newline.
@@ -20,7 +20,7 @@ from collections.abc import Callable
 import numpy as np
 
 from llm.config.sampling import SamplingParams
-from llm.data.sft import ChatTemplate
+from llm.data.records.sft import ChatTemplate
 from llm.errors import PromptError
 from llm.inference.streaming import stream_generate
 from llm.runs import LoadedRun

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from llm.config.sampling import SEED_BOUND
-from llm.data.sft import ChatTemplate
+from llm.data.records.sft import ChatTemplate
 from llm.errors import PromptError
 from llm.inference.chat import ChatSession
 from llm.runs import LoadedRun

@@ -39,7 +39,7 @@ class Tokenizer(abc.ABC):
     @property
     def chunkable(self) -> bool:
         """True when encode(a + b) == concat(encode(a), encode(b)) for all strings a, b. Then long texts can be
-        tokenised in pieces (llm.data.batches does); for BPE the merges can cross any cut, and special markers
+        tokenised in pieces (llm.data.corpora.batches does); for BPE the merges can cross any cut, and special markers
         can be cut in two, so it is False for those."""
         return self._chunkable_text and not self.special_tokens
 

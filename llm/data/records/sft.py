@@ -36,7 +36,7 @@ a packed example equal those of the example alone. Without packing (`pad`): one 
 seq_len + 1 tokens (overflow="truncate", the default: the start of the conversation is kept, its end lost)
 or dropped (overflow="drop"); an example left with no trained target is dropped. `PackStats` counts both.
 
-Batches are pure functions of (seed, step), like llm.data.batches.sample_batch: rows are drawn uniformly
+Batches are pure functions of (seed, step), like llm.data.corpora.batches.sample_batch: rows are drawn uniformly
 with replacement by a numpy Generator seeded from (seed, step), so a resumed run sees the same batches.
 """
 
@@ -52,7 +52,7 @@ from typing import Any
 
 import numpy as np
 
-from llm.data.batches import TRAIN_STREAM, local_rows
+from llm.data.corpora.batches import TRAIN_STREAM, local_rows
 from llm.errors import DataError
 from llm.tokenizers import CharTokenizer, Tokenizer
 
@@ -508,7 +508,7 @@ class SFTDataset:
     def batch(self, seed: int, step: int, batch_size: int, *, process_index: int = 0, process_count: int = 1
               ) -> dict[str, np.ndarray]:
         """Training batch `step`: batch_size rows drawn uniformly (with replacement) by a generator seeded from
-        (seed, step) alone. Returns this process's block of the global batch (as in llm.data.batches)."""
+        (seed, step) alone. Returns this process's block of the global batch (as in llm.data.corpora.batches)."""
         local = local_rows(batch_size, process_index, process_count)
         if seed < 0 or step < 0:
             raise ValueError(f"seed and step must be non-negative, got {seed} and {step}")

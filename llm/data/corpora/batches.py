@@ -1,6 +1,6 @@
 """Batches: windows of a split's token ids (a memory-mapped array, or a prepared split's ShardedTokens).
 
-    tokens = PreparedData.open(path).tokens("train")                   # llm/data/prepared.py
+    tokens = PreparedData.open(path).tokens("train")                   # llm/data/corpora/prepared.py
     x, y = sample_batch(tokens, seed=0, step=step, batch_size=12, seq_len=256)
 
 Batches are pure functions of their arguments: `sample_batch` draws its window offsets from (seed, step)
@@ -21,8 +21,8 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from llm.data.prepared import ShardedTokens
-from llm.data.shuffle import shuffled_index
+from llm.data.corpora.prepared import ShardedTokens
+from llm.data.corpora.shuffle import shuffled_index
 from llm.errors import DataError
 
 Windows = tuple[np.ndarray, np.ndarray]  # (inputs, targets), int32 [B, T]

@@ -1,4 +1,4 @@
-"""`llm prepare`: sources in, a prepared dataset directory (llm/data/prepared.py) out, in bounded memory.
+"""`llm prepare`: sources in, a prepared dataset directory (llm/data/corpora/prepared.py) out, in bounded memory.
 
     prepare(PrepareSettings(sources=["web/*.jsonl.zst"], out="data/web", tokenizer="bpe", vocab_size=8192))
 
@@ -31,10 +31,10 @@ from typing import Any
 
 import numpy as np
 
-from llm.data.batches import token_dtype
-from llm.data.corpus import Corpus, split_point, split_text
-from llm.data.prepared import FORMAT, MANIFEST, SPLITS, docs_name, shard_name
-from llm.data.sources import PIECE_CHARS, Document, Source, expand_sources, iter_documents
+from llm.data.corpora.batches import token_dtype
+from llm.data.corpora.corpus import Corpus, split_point, split_text
+from llm.data.corpora.prepared import FORMAT, MANIFEST, SPLITS, docs_name, shard_name
+from llm.data.corpora.sources import PIECE_CHARS, Document, Source, expand_sources, iter_documents
 from llm.errors import DataError
 from llm.files import atomic_file, write_json
 from llm.tokenizers import EOS_TEXT, KINDS, Tokenizer, load_tokenizer, tokenizer_from_json, train_tokenizer
