@@ -209,7 +209,8 @@ def test_prepared_corpus_key_depends_on_text_tokenizer_and_fraction(tmp_path: Pa
     from llm.data.build import prepared_corpus_splits
 
     def config(fraction):
-        return SimpleNamespace(data=SimpleNamespace(cache_dir=str(tmp_path), val_fraction=fraction))
+        return SimpleNamespace(config=SimpleNamespace(data=SimpleNamespace(cache_dir=str(tmp_path),
+                                                                    val_fraction=fraction)))
 
     for text, tok, fraction in (("abcabc", ByteTokenizer(), 0.5), ("abcabd", ByteTokenizer(), 0.5),
                                 ("abcabc", train_tokenizer("char", "abc"), 0.5), ("abcabc", ByteTokenizer(), 0.25)):
