@@ -14,7 +14,7 @@ recorded with its error, never a crash. Results go to benchmarks/results/attenti
 
 Implementations: those of `llm.ops.attention` plus 'flash_mgpu' / 'flash_triton' (impl='flash' with the
 backend pinned to 'mosaic_gpu' / 'triton'; a call outside mgpu's scope is recorded as an error, not timed), and
-'ring' / 'all_gather': context-parallel attention (llm/ops/attention/context.py) with the sequence split over all
+'ring' / 'all_gather': context-parallel attention (llm/parallel/context/attention.py) with the sequence split over all
 devices (balanced when causal; inputs taken as already laid out; memory is per device).
   python -m benchmarks.attention --impls flash,xla --seq-lens 4096 --head-dims 128 --flash block_k=64
   python -m benchmarks.attention --context-devices 8 --impls chunked,ring,all_gather --seq-lens 8192 \
@@ -42,7 +42,7 @@ import numpy as np
 
 from llm.kernels import flash_attention as fa
 from llm.ops.attention import attention
-from llm.ops.attention.context import Layout, Masking, context_attention
+from llm.parallel.context.attention import Layout, Masking, context_attention
 
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}

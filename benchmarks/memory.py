@@ -43,8 +43,8 @@ def main(argv=None) -> None:
 
     from llm.config import model_config
     from llm.model import Transformer
-    from llm.model.spmd import ContextSettings, context_settings
     from llm.parallel import logical_rules, make_mesh, make_shardings, memory_report
+    from llm.parallel.context.layout import ContextSettings, context_settings
     from llm.state.optimizers import make_optimizer
     from llm.state.train_state import abstract_train_state, boxed_abstract_train_state
     from llm.training.steps import make_train_step

@@ -3,7 +3,7 @@ checks.
 
     python tests/context_worker.py ops|model
 
-ops:   the per-device attention (llm/ops/attention/context.py) under shard_map over n = 2, 4, 8 devices, both
+ops:   the per-device attention (llm/parallel/context/attention.py) under shard_map over n = 2, 4, 8 devices, both
        strategies and layouts, against attention_oracle.py (forward) and jax.nn.dot_product_attention with a mask
        and bias built here in NumPy (gradients).
 model: a tiny model's loss and parameter gradients with the sequence split over `context` (alone and with data,
@@ -32,10 +32,10 @@ from attention_oracle import oracle
 
 from llm.config import get_base_config
 from llm.model import ModelConfig, Transformer
-from llm.model.spmd import ContextSettings, context_settings, to_context_layout
 from llm.ops import cross_entropy
-from llm.ops.attention.context import Layout, Masking, context_attention
 from llm.parallel import logical_rules, make_mesh, state_shardings
+from llm.parallel.context.attention import Layout, Masking, context_attention
+from llm.parallel.context.layout import ContextSettings, context_settings, to_context_layout
 
 B, T, H, K, D = 2, 32, 4, 2, 8
 

@@ -15,7 +15,7 @@ from conftest import tiny_config
 
 from llm.config import resolve
 from llm.errors import ConfigError
-from llm.ops.attention.context import Layout
+from llm.parallel.context.attention import Layout
 
 pytestmark = pytest.mark.slow  # 8 simulated devices in a subprocess
 

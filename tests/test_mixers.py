@@ -13,7 +13,7 @@ from llm.model.config import MIXERS, ModelConfig
 from llm.model.mixers import state_size
 from llm.model.params import flops_params, mixing_flops_per_token, train_flops_per_token
 from llm.model.transformer import Transformer
-from llm.ops.linear import gla_chunked
+from llm.ops.mixers import gla_chunked
 
 EXTRA = {"based": {"window": 8}, "linear": {"feature_map": "taylor"}}
 TOKENS = jnp.asarray(np.random.default_rng(0).integers(0, 50, (2, 19)))
@@ -94,7 +94,7 @@ def test_state_sizes():
 @pytest.mark.parametrize("scan", [False, True])
 def test_the_explorer_shows_a_mixers_token_mixing(scan):
     """llm explain on a hybrid: attention layers give probabilities, a mixer layer its mixing matrix as |M| per row
-    (that M v is the mixer's output is checked in tests/test_linear_ops.py)."""
+    (that M v is the mixer's output is checked in tests/test_mixer_ops.py)."""
     from ml_collections import ConfigDict
 
     from llm.explain import explain_data

@@ -26,7 +26,7 @@ from llm.data.corpora.corpus import DEFAULT_CORPUS
 from llm.data.mixture import parse_mixture
 from llm.errors import ConfigError
 from llm.model.config import ModelConfig
-from llm.ops.attention.capabilities import CONTEXT_STRATEGIES
+from llm.parallel.context import CONTEXT_STRATEGIES
 from llm.parallel.rules import MESH_AXES, logical_rules
 from llm.tokenizers import KINDS as TOKENIZERS
 
@@ -317,7 +317,7 @@ _OPTIONS: list[Option] = [
       for name, axes in (("batch", "data,fsdp"), ("length", "context"), ("embed", "fsdp"), ("vocab", "tensor"),
                          ("heads", "tensor"), ("kv_heads", "tensor"), ("kv", ""), ("mlp", "tensor"), ("layers", ""))),
     Option("mesh.context_strategy", str, "ring", "how attention sees keys on other devices: ring or all_gather "
-           "(llm/ops/attention/context.py)", check=choice(*CONTEXT_STRATEGIES), resume=FREE),
+           "(llm/parallel/context/attention.py)", check=choice(*CONTEXT_STRATEGIES), resume=FREE),
     Option("mesh.context_balance", bool, True, "under mesh.context > 1, each device holds two mirrored chunks of "
            "a sequence, so causal attention's work is even (needs attention-only models without short_conv)",
            resume=FREE),

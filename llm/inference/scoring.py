@@ -12,9 +12,9 @@ import jax
 import jax.numpy as jnp
 
 from llm.model import Transformer
-from llm.model.spmd import to_context_layout
 from llm.ops import cross_entropy
 from llm.parallel import Shardings
+from llm.parallel.context.layout import to_context_layout
 
 
 def _logits(model: Transformer, params, inputs, extras):

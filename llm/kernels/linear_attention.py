@@ -1,5 +1,5 @@
 """A Pallas kernel for chunked gated linear attention (linear attention, RetNet, GLA, Mamba-2's SSD), forward and
-backward, tied by `jax.custom_vjp`. It computes what `llm.ops.linear.gla_chunked` defines:
+backward, tied by `jax.custom_vjp`. It computes what `llm.ops.mixers.gla_chunked` defines:
 
     S_t = diag(exp(g_t)) S_{t-1} + k_t v_t^T,    o_t = S_t^T q_t
 

@@ -13,9 +13,10 @@ from llm.model.conv import ShortConv
 from llm.model.linear import Projection
 from llm.model.norms import RMSNorm
 from llm.model.positions import alibi_slopes, apply_rope
-from llm.model.spmd import context_layout, fit_spec
 from llm.ops.attention import attention, attention_weights, decode_impl
-from llm.ops.attention.context import Masking, context_attention
+from llm.parallel.context.attention import Masking, context_attention
+from llm.parallel.context.layout import context_layout
+from llm.parallel.specs import fit_spec
 
 
 class SelfAttention(nn.Module):
@@ -85,7 +86,7 @@ class SelfAttention(nn.Module):
 
     def _attend(self, q_BTHD, k_BTKD, v_BTKD, segment_ids_BT, kw):
         """The attention op. On a mesh, per-device programs run under shard_map: the Pallas kernel, and the
-        context-parallel attention when the mesh splits the sequence (llm/ops/attention/context.py)."""
+        context-parallel attention when the mesh splits the sequence (llm/parallel/context/attention.py)."""
         impl = self.cfg.attention_impl
         mesh = jax.sharding.get_abstract_mesh()
         layout = context_layout()

@@ -9,7 +9,7 @@
     deltanet        the delta rule, keys L2-normalised, a learned write strength b = sigmoid(.)
     gated_deltanet  the delta rule with Mamba-2's decay
 
-Each keeps a fixed-size state [B, H, K, V] (llm/ops/linear) instead of a KV cache: training runs the chunked
+Each keeps a fixed-size state [B, H, K, V] (llm/ops/mixers) instead of a KV cache: training runs the chunked
 form (`model.mixer_chunk` tokens a chunk), decoding continues the state (a 'cache' variable). Packed documents
 restart the state. Outputs are RMS-normalised per head before the output projection, as GLA, RetNet and the
 delta-rule layers do.
@@ -26,7 +26,7 @@ from llm.model.config import PALLAS_MIXERS, ModelConfig
 from llm.model.conv import ShortConv
 from llm.model.linear import Projection
 from llm.model.norms import RMSNorm
-from llm.ops.linear import (
+from llm.ops.mixers import (
     delta_chunked,
     delta_mixing,
     delta_recurrent,

@@ -15,7 +15,7 @@ from llm.model.matmuls import matmul_2d
 from llm.model.mixers import Mixer
 from llm.model.norms import make_norm
 from llm.model.positions import LearnedPositions, sinusoidal
-from llm.model.spmd import context_layout
+from llm.parallel.context.layout import context_layout
 
 # Names of jax.checkpoint policies for `ModelConfig.remat` ('none' disables remat, 'full' saves nothing).
 REMAT_POLICIES = {
@@ -105,7 +105,7 @@ class Transformer(nn.Module):
         layout = None if decode else context_layout()
         if layout is not None and layout.balanced and positions_BT is None and not self.is_initializing():
             raise ValueError("the mesh splits the sequence in the balanced layout: pass the tokens in its order with "
-                             "their positions (llm.model.spmd.to_context_layout)")
+                             "their positions (llm.parallel.context.layout.to_context_layout)")
         if positions_BT is None:
             positions_BT = jnp.broadcast_to(decode_index + jnp.arange(t, dtype=jnp.int32), (b, t))
 

@@ -2,7 +2,7 @@
 
     data    pure data parallelism: parameters replicated, batch split;
     fsdp    fully-sharded data parallelism: batch split, and parameters / optimizer state split on `embed`;
-    context context parallelism: every sequence split along its length (llm/ops/attention/context.py);
+    context context parallelism: every sequence split along its length (llm/parallel/context/attention.py);
     tensor  tensor (model) parallelism: heads, MLP hidden units and vocabulary split (Megatron style).
 
 One size may be -1: it takes the devices the others leave.

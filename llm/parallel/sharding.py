@@ -17,8 +17,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from llm.model.spmd import fit_spec
 from llm.parallel.rules import Rules
+from llm.parallel.specs import fit_spec
 
 
 @dataclasses.dataclass(frozen=True)

@@ -8,9 +8,9 @@ import jax.numpy as jnp
 import optax
 
 from llm.model import Transformer
-from llm.model.spmd import to_context_layout
 from llm.ops import cross_entropy
 from llm.parallel import Shardings
+from llm.parallel.context.layout import to_context_layout
 from llm.state import TrainState
 
 

@@ -20,8 +20,8 @@ from llm.errors import CheckpointError, TrainingDiverged
 from llm.inference import make_accuracy_step, make_eval_step, score
 from llm.model import Transformer
 from llm.model.params import count_params, train_flops_per_token
-from llm.model.spmd import ContextSettings, context_settings
 from llm.parallel import format_memory_report, global_batch, make_shardings, memory_report
+from llm.parallel.context.layout import ContextSettings, context_settings
 from llm.runs import CHECKPOINT_DIR, DAMAGED_DIR, Checkpointer, MetricsLog
 from llm.runtime import peak_flops
 from llm.state import abstract_train_state, boxed_abstract_train_state, create_train_state, make_optimizer

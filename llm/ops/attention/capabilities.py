@@ -58,8 +58,6 @@ CAPABILITIES: dict[str, Capabilities] = {
                           decode=False, weights=False, backends=ALL),
 }
 IMPLEMENTATIONS = tuple(CAPABILITIES)
-# How attention reaches the keys on other devices when the mesh splits the sequence (llm/ops/attention/context.py).
-CONTEXT_STRATEGIES = ("ring", "all_gather")
 DECODE_FALLBACKS = ("xla", "reference")  # also what runs a model whose implementation this backend lacks
 
 # How a config names each feature, for messages.

@@ -27,8 +27,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from llm.ops.attention.capabilities import CONTEXT_STRATEGIES
 from llm.ops.attention.chunked import block_attention, block_attention_grads, chunked_attention
+from llm.parallel.context import CONTEXT_STRATEGIES
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,34 +1,18 @@
-"""Partition-spec helpers shared by the model (per-device kernels) and llm/parallel (state shardings), and the
-layout of a sequence split over the mesh's `context` axis (context parallelism)."""
+"""Where a sequence split over the mesh's `context` axis puts its tokens: the settings a run traces under
+(`mesh.context_strategy`, `mesh.context_balance`), the current mesh's layout, and a batch reordered into it."""
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import math
 import threading
-from collections.abc import Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
-from jax.sharding import PartitionSpec
 
-from llm.ops.attention.context import Layout
+from llm.parallel.context.attention import Layout
 
 CONTEXT_AXIS = "context"  # the mesh axis that splits the sequence
-
-
-def fit_spec(spec: Sequence, shape: Sequence[int], mesh_shape: Mapping[str, int]) -> PartitionSpec:
-    """`spec` padded to len(shape), with mesh axes dropped from the dimensions they do not divide.
-
-    A dimension that does not split evenly (one KV head under 2-way tensor parallelism, say) stays whole.
-    """
-    dims = list(spec) + [None] * (len(shape) - len(spec))
-    for i, axes in enumerate(dims):
-        names = () if axes is None else axes if isinstance(axes, tuple) else (axes,)
-        if names and shape[i] % math.prod(mesh_shape[a] for a in names):
-            dims[i] = None
-    return PartitionSpec(*dims)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from llm.ops.linear.gla import continues, segments, split_chunks
+from llm.ops.mixers.gla import continues, segments, split_chunks
 
 
 def delta_recurrent(q, k, v, b, g=None, *, segment_ids=None, state=None):

@@ -6,9 +6,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from llm.ops.linear import gla_pallas
-from llm.ops.linear.delta import delta_chunked, delta_mixing, delta_parallel, delta_recurrent, unit_lower_inverse
-from llm.ops.linear.gla import gla_chunked, gla_mixing, gla_parallel, gla_recurrent
+from llm.ops.mixers import gla_pallas
+from llm.ops.mixers.delta import delta_chunked, delta_mixing, delta_parallel, delta_recurrent, unit_lower_inverse
+from llm.ops.mixers.gla import gla_chunked, gla_mixing, gla_parallel, gla_recurrent
 
 TOL = dict(rtol=2e-5, atol=2e-5)
 
