@@ -15,6 +15,7 @@ from llm.data import Dataset, build_dataset
 from llm.errors import ConfigError
 from llm.inference import encode_prompts
 from llm.model import ModelConfig, Transformer
+from llm.model.mixer_table import lacking
 from llm.ops.attention import CAPABILITIES
 from llm.parallel import MESH_AXES, initialize_distributed, logical_rules, make_mesh, sync_processes
 from llm.runs import (
@@ -116,8 +117,8 @@ def check_context_split(config: ConfigDict, size: int) -> None:
         raise ConfigError(f"sequences of {seq_len} tokens do not split into {chunks} equal chunks (mesh.context={size}"
                           f"{', 2 per device with mesh.context_balance' if balance else ''}); make the sequence "
                           "length (train.seq_len or model.max_len) a multiple of it")
-    mixers = set(model_config(config, vocab_size=m.vocab_size or 1).layer_mixers) - {"attention"}
-    in_order = ["model.short_conv"] * bool(m.short_conv) + [f"the {x} mixer" for x in sorted(mixers)]
+    mixers = lacking("context_balance", model_config(config, vocab_size=m.vocab_size or 1).layer_mixers)
+    in_order = ["model.short_conv"] * bool(m.short_conv) + [f"the {x} mixer" for x in mixers]
     if balance and in_order:
         raise ConfigError(f"mesh.context_balance reorders the tokens, which {in_order[0]} cannot take (it reads them "
                           "in order); set mesh.context_balance=False")
