@@ -15,6 +15,7 @@ from typing import Any
 from llm.errors import ConfigError
 from llm.model.mixer_table import DEFAULT_MIXER, MIXER_TABLE, MIXERS, lacking, with_feature
 from llm.ops.attention.capabilities import FEATURES, IMPLEMENTATIONS, missing
+from llm.ops.attention.spec import AttentionSpec
 
 POSITIONS = ("learned", "sinusoidal", "rope", "alibi", "none")
 ROPE_SCALINGS = ("none", "linear", "dynamic", "yarn", "llama3", "longrope")  # llm/model/rope.py's FREQUENCIES
@@ -172,10 +173,14 @@ class ModelConfig:
         return -(-int(8 * self.d_model / 3) // m) * m
 
     @property
+    def attention_spec(self) -> AttentionSpec:
+        """The static options of this model's attention (causal, its implementation, window and soft-cap)."""
+        return AttentionSpec(impl=self.attention_impl, causal=True, window=self.window, softcap=self.attn_softcap)
+
+    @property
     def attention_features(self) -> dict[str, bool]:
         """What the attention op must support for this model (llm/ops/attention/capabilities.py)."""
-        return {"softcap": self.attn_softcap is not None, "alibi": self.position == "alibi",
-                "window": self.window is not None}
+        return self.attention_spec.features(alibi=self.position == "alibi")
 
     # ---- construction and validation ------------------------------------------------------------------
     @classmethod
