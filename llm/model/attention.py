@@ -10,7 +10,7 @@ from jax.sharding import PartitionSpec as P
 
 from llm.model.config import ModelConfig
 from llm.model.conv import ShortConv
-from llm.model.linear import Projection
+from llm.model.linear import model_projection
 from llm.model.norms import RMSNorm
 from llm.model.positions import alibi_slopes, apply_rope
 from llm.model.spmd import context_layout, fit_spec
@@ -39,13 +39,9 @@ class SelfAttention(nn.Module):
         cfg = self.cfg
         dtype, param_dtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
         h, kv, d = cfg.n_heads, cfg.kv_heads, cfg.dim_per_head
-        init = nn.initializers.normal(cfg.init_std)
-        out_init = nn.initializers.normal(cfg.init_std / (2 * cfg.n_layers) ** 0.5)
 
         def proj(heads, names, name):
-            return Projection((heads, d), ("embed",), names, use_bias=cfg.use_bias, kernel_init=init, dtype=dtype,
-                              param_dtype=param_dtype, matmul_dtype=cfg.matmul_dtype, lora=cfg,
-                              deterministic=self.deterministic, name=name)
+            return model_projection(cfg, (heads, d), ("embed",), names, name=name, deterministic=self.deterministic)
 
         q_BTHD = proj(h, ("heads", "kv"), "query")(x_BTE)
         k_BTKD = proj(kv, ("kv_heads", "kv"), "key")(x_BTE)
@@ -79,9 +75,8 @@ class SelfAttention(nn.Module):
         else:
             out_BTHD = self._attend(q_BTHD, k_BTKD, v_BTKD, segment_ids_BT, spec, slopes)
         out_BTHD = nn.with_logical_constraint(out_BTHD, ("batch", "length", "heads", "kv"))
-        return Projection((cfg.d_model,), ("heads", "kv"), ("embed",), use_bias=cfg.use_bias, kernel_init=out_init,
-                          dtype=dtype, param_dtype=param_dtype, matmul_dtype=cfg.matmul_dtype, lora=cfg,
-                          deterministic=self.deterministic, name="out")(out_BTHD)
+        return model_projection(cfg, (cfg.d_model,), ("heads", "kv"), ("embed",), name="out", residual=True,
+                                deterministic=self.deterministic)(out_BTHD)
 
     def _attend(self, q_BTHD, k_BTKD, v_BTKD, segment_ids_BT, spec: AttentionSpec, slopes):
         """The attention op. On a mesh, per-device programs run under shard_map: the Pallas kernel, and the

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 from llm.model.attention import SelfAttention
 from llm.model.config import ModelConfig
 from llm.model.conv import ShortConv
-from llm.model.linear import Projection
+from llm.model.linear import model_projection
 from llm.model.mixer_table import MIXER_TABLE
 from llm.model.norms import RMSNorm
 from llm.ops.linear import (
@@ -133,11 +133,8 @@ class Mixer(nn.Module):
 
     def _proj(self, x, shape, in_names, out_names, name, out=False):
         cfg = self.cfg
-        std = cfg.init_std / (2 * cfg.n_layers) ** 0.5 if out else cfg.init_std
-        return Projection(shape, in_names, out_names, use_bias=cfg.use_bias and out,
-                          kernel_init=nn.initializers.normal(std), dtype=jnp.dtype(cfg.dtype),
-                          param_dtype=jnp.dtype(cfg.param_dtype), matmul_dtype=cfg.matmul_dtype, lora=cfg,
-                          deterministic=self.deterministic, name=name)(x)
+        return model_projection(cfg, shape, in_names, out_names, name=name, residual=out,
+                                use_bias=cfg.use_bias and out, deterministic=self.deterministic)(x)
 
     def _heads(self, x_BTE, name):
         """A per-head scalar per token [B, T, H] (write strength, time step)."""
