@@ -41,8 +41,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from llm.kernels import flash_attention as fa
-from llm.ops.attention import attention
-from llm.parallel.context.attention import Layout, Masking, context_attention
+from llm.ops.attention import AttentionSpec, attention
+from llm.parallel.context.attention import Layout, context_attention
 
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
@@ -112,11 +112,11 @@ def context_fn(case: Case, *, in_order: bool):
     `in_order`, in slot order (for checking against the reference)."""
     mesh = jax.sharding.Mesh(np.asarray(jax.devices()), ("context",))
     layout = Layout("context", jax.device_count(), balanced=case.causal, strategy=case.impl)
-    masking = Masking(causal=case.causal, window=None, scale=case.head_dim ** -0.5, softcap=None, block_k=512)
+    spec = AttentionSpec(causal=case.causal, scale=case.head_dim ** -0.5)
 
     def per_device(q, k, v):
         seg = jnp.zeros(q.shape[:2], jnp.int32)
-        return context_attention(q, k, v, seg, seg, None, layout=layout, masking=masking)
+        return context_attention(q, k, v, seg, seg, None, layout=layout, spec=spec)
 
     spec = jax.sharding.PartitionSpec(None, "context")
     split = jax.shard_map(per_device, mesh=mesh, in_specs=(spec,) * 3, out_specs=spec, check_vma=False)
@@ -136,7 +136,7 @@ def make_fn(case: Case, impl: str | None = None, *, in_order: bool = False):
     if name in CONTEXT_IMPLS:
         f = context_fn(case, in_order=in_order)
     else:
-        f = functools.partial(attention, impl="flash" if is_flash(name) else name, causal=case.causal,
+        f = functools.partial(attention, spec=AttentionSpec("flash" if is_flash(name) else name, causal=case.causal),
                               **(impl_kwargs(case) if impl is None else {}))
     if case.mode == "fwd":
         return jax.jit(f)

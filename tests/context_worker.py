@@ -33,8 +33,9 @@ from attention_oracle import oracle
 from llm.config import get_base_config
 from llm.model import ModelConfig, Transformer
 from llm.ops import cross_entropy
+from llm.ops.attention import AttentionSpec
 from llm.parallel import logical_rules, make_mesh, state_shardings
-from llm.parallel.context.attention import Layout, Masking, context_attention
+from llm.parallel.context.attention import Layout, context_attention
 from llm.parallel.context.layout import ContextSettings, context_settings, to_context_layout
 
 B, T, H, K, D = 2, 32, 4, 2, 8
@@ -85,13 +86,13 @@ def check_op_case(n, strategy, balanced, window, use_segments, use_alibi, softca
     seg = segments if use_segments else np.zeros((B, T), np.int32)
     sl = slopes if use_alibi else None
     layout = Layout("context", n, balanced, strategy)
-    masking = Masking(causal=True, window=window, scale=D ** -0.5, softcap=softcap, block_k=4)
+    options = AttentionSpec(causal=True, window=window, scale=D ** -0.5, softcap=softcap)
     mesh = jax.sharding.Mesh(np.asarray(jax.devices()[:n]), ("context",))
     order, back = layout.order(T), np.argsort(layout.order(T))
 
     def per_device(q, k, v, s):
         return context_attention(q, k, v, s, s, None if sl is None else jnp.asarray(sl), layout=layout,
-                                 masking=masking)
+                                 spec=options, block_k=4)
 
     def split(q, k, v):
         spec = P(None, "context")

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from attention_oracle import oracle
 
-from llm.ops.attention import attention, attention_weights, make_mask, missing
+from llm.ops.attention import AttentionSpec, attention, attention_weights, make_mask, missing
 
 # (name, B, Tq, Tk, H, K, D, options)
 CASES = [
@@ -60,6 +60,12 @@ def oracle_of(q, k, v, kw):
                   k_segments=None if seg is None else np.asarray(kw["kv_segment_ids"]))
 
 
+def spec_and_args(kw, impl="reference"):
+    """`make_inputs`' keywords as an AttentionSpec (for `impl`) and the arguments beside it."""
+    fields = ("causal", "window", "scale", "softcap")
+    return AttentionSpec(impl, **{n: kw[n] for n in fields}), {n: x for n, x in kw.items() if n not in fields}
+
+
 def uses(kw) -> dict[str, bool]:
     return {"softcap": kw["softcap"] is not None, "alibi": kw.get("alibi_slopes") is not None,
             "window": kw["window"] is not None, "q_offset": bool(kw.get("q_offset"))}
@@ -67,8 +73,9 @@ def uses(kw) -> dict[str, bool]:
 
 def loss_and_grads(impl, q, k, v, kw, extra, w=None):
     """Output and (dq, dk, dv) of a random projection of the output (`w`), compiled as one program."""
-    arrays = {n: x for n, x in kw.items() if isinstance(x, jax.Array)}
-    static = {n: x for n, x in kw.items() if n not in arrays}
+    spec, args = spec_and_args(kw, impl)
+    arrays = {n: x for n, x in args.items() if isinstance(x, jax.Array)}
+    static = {n: x for n, x in args.items() if n not in arrays}
 
     # A fixed random projection of the output, so each output element gets its own cotangent.
     if w is None:
@@ -77,7 +84,7 @@ def loss_and_grads(impl, q, k, v, kw, extra, w=None):
     @jax.jit
     def run(q, k, v, arrays):
         def f(q, k, v):
-            out = attention(q, k, v, impl=impl, **arrays, **static, **extra)
+            out = attention(q, k, v, spec, **arrays, **static, **extra)
             return jnp.sum(out.astype(jnp.float32) * w), out
 
         (_, out), grads = jax.value_and_grad(f, argnums=(0, 1, 2), has_aux=True)(q, k, v)
@@ -122,7 +129,8 @@ def test_matches_the_oracle(impl, case, dtype):
 def test_attention_weights_are_the_oracles_probabilities(case):
     _, b, tq, tk, h, kh, d, opts = case
     q, k, v, kw = make_inputs(b, tq, tk, h, kh, d, opts, jnp.float32)
-    probs = attention_weights(q, k, **kw)
+    spec, args = spec_and_args(kw)
+    probs = attention_weights(q, k, spec, **args)
     np.testing.assert_allclose(np.asarray(probs), oracle_of(q, k, v, kw)[1], atol=1e-6)
 
 
@@ -148,7 +156,7 @@ def test_reference_gradients_match_finite_differences():
 def test_dense_with_traced_offset_matches_reference():
     """A traced query offset (KV-cache decoding under jit): the blocks span all keys, the mask does the rest."""
     q, k, v, _ = make_inputs(2, 6, 29, 4, 2, 8, dict(causal=True, window=9), jnp.float32)
-    run = jax.jit(lambda off, impl: attention(q, k, v, impl=impl, q_offset=off, causal=True, window=9,
+    run = jax.jit(lambda off, impl: attention(q, k, v, AttentionSpec(impl, causal=True, window=9), q_offset=off,
                                               **({"block_q": 4} if impl == "dense" else {})), static_argnums=1)
     for off in (0, 11, 23):
         np.testing.assert_allclose(run(jnp.int32(off), "dense"), run(jnp.int32(off), "reference"), atol=2e-5)
@@ -159,7 +167,8 @@ def test_dense_skips_invisible_key_blocks():
     q, k, v, _ = make_inputs(1, 64, 64, 2, 2, 32, dict(causal=True), jnp.float32)
 
     def flops(block_q):
-        f = jax.jit(jax.grad(lambda q, k, v: attention(q, k, v, impl="dense", block_q=block_q).sum(), (0, 1, 2)))
+        f = jax.jit(jax.grad(lambda q, k, v: attention(q, k, v, AttentionSpec("dense"), block_q=block_q).sum(),
+                             (0, 1, 2)))
         cost = f.lower(q, k, v).compile().cost_analysis()
         return (cost[0] if isinstance(cost, list) else cost)["flops"]  # a list of dicts in some jax versions
 
@@ -172,10 +181,11 @@ def test_fully_masked_rows_are_zero():
     seg_q = jnp.array([[5, 5, 5, 5]])
     seg_k = jnp.array([[1, 1, 1, 1]])
     for impl in ("reference", "chunked", "dense"):
-        out = attention(q, k, v, impl=impl, causal=False, segment_ids=seg_q, kv_segment_ids=seg_k)
+        spec = AttentionSpec(impl, causal=False)
+        out = attention(q, k, v, spec, segment_ids=seg_q, kv_segment_ids=seg_k)
         assert np.all(np.asarray(out) == 0), impl
-        loss = functools.partial(lambda q, k, v, impl: attention(
-            q, k, v, impl=impl, causal=False, segment_ids=seg_q, kv_segment_ids=seg_k).sum(), impl=impl)
+        loss = functools.partial(lambda q, k, v, spec: attention(
+            q, k, v, spec, segment_ids=seg_q, kv_segment_ids=seg_k).sum(), spec=spec)
         grads = jax.grad(loss, (0, 1, 2))(q, k, v)
         assert all(np.all(np.asarray(g) == 0) for g in grads), impl
 
@@ -194,7 +204,7 @@ def test_chunked_memory_is_linear_in_length():
     q = jax.ShapeDtypeStruct((1, t, h, d), jnp.float32)
 
     def temp_bytes(impl, **extra):
-        f = jax.grad(lambda q, k, v: attention(q, k, v, impl=impl, **extra).sum(), argnums=(0, 1, 2))
+        f = jax.grad(lambda q, k, v: attention(q, k, v, AttentionSpec(impl), **extra).sum(), argnums=(0, 1, 2))
         return jax.jit(f).lower(q, q, q).compile().memory_analysis().temp_size_in_bytes
 
     ref = temp_bytes("reference")
@@ -203,16 +213,16 @@ def test_chunked_memory_is_linear_in_length():
     assert chunked < ref / 8, (chunked, ref)
 
 
-@pytest.mark.parametrize("bad, message", [
-    (dict(impl="nope"), "unknown attention impl"),
-    (dict(window=0), "window must be a positive"),
-    (dict(impl="xla", softcap=1.0), "no logit soft-cap"),
-    (dict(impl="cudnn", q_offset=3), "no query offset"),
+@pytest.mark.parametrize("spec, bad, message", [
+    (AttentionSpec("nope"), {}, "unknown attention impl"),
+    (AttentionSpec(window=0), {}, "window must be a positive"),
+    (AttentionSpec("xla", softcap=1.0), {}, "no logit soft-cap"),
+    (AttentionSpec("cudnn"), dict(q_offset=3), "no query offset"),
 ])
-def test_bad_arguments(bad, message):
+def test_bad_arguments(spec, bad, message):
     q, k, v, _ = make_inputs(1, 4, 4, 2, 2, 4, dict(causal=True), jnp.float32)
     with pytest.raises(ValueError, match=message):
-        attention(q, k, v, **bad)
+        attention(q, k, v, spec, **bad)
 
 
 def test_heads_must_divide():

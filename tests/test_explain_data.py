@@ -18,7 +18,7 @@ from llm.explain import explain_data, explain_json, write_pngs
 from llm.explain.data import forward, row_entropy
 from llm.model import ModelConfig, Transformer, stack_layers
 from llm.model.positions import alibi_slopes
-from llm.ops.attention import attention, attention_weights
+from llm.ops.attention import AttentionSpec, attention, attention_weights
 from llm.runs import LoadedRun
 from llm.tokenizers import ByteTokenizer, CharTokenizer
 
@@ -141,13 +141,13 @@ def test_attention_weights_are_the_probabilities_of_every_implementation():
     b, t, h, kv, d = 2, 11, 4, 2, 8
     q, k, v = (jnp.asarray(rng.normal(size=(b, t, n, d)) * 2, jnp.float32) for n in (h, kv, kv))
     seg = jnp.asarray([[1] * 6 + [2] * 5, [1] * 11], jnp.int32)
-    kw = dict(causal=True, window=4, segment_ids=seg, alibi_slopes=jnp.asarray(alibi_slopes(h)))
-    p = attention_weights(q, k, **kw)
+    spec, kw = AttentionSpec(causal=True, window=4), dict(segment_ids=seg, alibi_slopes=jnp.asarray(alibi_slopes(h)))
+    p = attention_weights(q, k, spec, **kw)
     assert p.shape == (b, h, t, t)
     np.testing.assert_allclose(p.sum(-1), 1.0, atol=1e-5)
     out = jnp.einsum("bhqs,bshd->bqhd", p, jnp.repeat(v, h // kv, axis=2))
     for impl in ("xla", "chunked", "reference"):
-        np.testing.assert_allclose(attention(q, k, v, impl=impl, **kw), out, atol=2e-5, err_msg=impl)
+        np.testing.assert_allclose(attention(q, k, v, spec.replace(impl=impl), **kw), out, atol=2e-5, err_msg=impl)
 
 
 def test_fused_impls_recompute_the_same_weights():

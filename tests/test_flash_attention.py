@@ -16,7 +16,7 @@ from attention_oracle import oracle
 
 from llm.kernels import flash_attention as fa
 from llm.kernels import flash_common as fc
-from llm.ops.attention import attention
+from llm.ops.attention import AttentionSpec, attention
 
 ON_GPU = jax.default_backend() == "gpu"
 
@@ -50,11 +50,14 @@ def make_inputs(b, tq, tk, h, kh, d, dtype, *, segments=False, seed=0):
 
 def out_and_grads(impl, q, k, v, opts, extra=None):
     """Output and (dq, dk, dv) of sum(out * w) for a fixed random w, under jit."""
+    fields = ("causal", "window", "softcap", "scale")
+    spec = AttentionSpec(impl, **{n: x for n, x in opts.items() if n in fields})
+    args = {n: x for n, x in opts.items() if n not in fields}
 
     @jax.jit
     def run(q, k, v):
         def f(q, k, v):
-            out = attention(q, k, v, impl=impl, **opts, **(extra or {}))
+            out = attention(q, k, v, spec, **args, **(extra or {}))
             w = jax.random.normal(jax.random.PRNGKey(7), out.shape, jnp.float32)
             return jnp.sum(out.astype(jnp.float32) * w), out
 
@@ -108,8 +111,8 @@ def test_matches_reference(case):
 def test_default_tiles_and_public_entry():
     """Default (interpreter) tiles, called both directly and through `attention(impl='flash')`."""
     q, k, v, _ = make_inputs(1, 150, 150, 2, 1, 64, jnp.float32)
-    want = attention(q, k, v, impl="reference", causal=True)
-    np.testing.assert_allclose(attention(q, k, v, impl="flash", causal=True), want, **TOL[jnp.float32])
+    want = attention(q, k, v, AttentionSpec("reference", causal=True))
+    np.testing.assert_allclose(attention(q, k, v, AttentionSpec("flash", causal=True)), want, **TOL[jnp.float32])
     np.testing.assert_allclose(fa.flash_attention(q, k, v), want, **TOL[jnp.float32])
 
 
@@ -153,7 +156,7 @@ def test_scan_over_layers():
         def __call__(self, x, _):
             b, t, _ = x.shape
             qkv = nn.Dense(3 * 64, use_bias=False)(x).reshape(b, t, 3, 2, 32)
-            y = attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], impl=self.impl, causal=True,
+            y = attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], AttentionSpec(self.impl, causal=True),
                           **(dict(block_q=16, block_k=16, block_q_dq=16, block_k_dq=16, block_q_dkv=16,
                                   block_k_dkv=16) if self.impl == "flash" else {}))
             return x + nn.Dense(x.shape[-1], use_bias=False)(y.reshape(b, t, 64)), None
@@ -309,8 +312,8 @@ def test_traced_offset_decode_step_reads_only_filled_blocks():
 
     @jax.jit
     def step(q, k, v, offset, q_seg, k_seg):
-        return attention(q, k, v, impl="flash", q_offset=offset, causal=True, window=40, alibi_slopes=opts["slopes"],
-                         segment_ids=q_seg, kv_segment_ids=k_seg, **SMALL)
+        return attention(q, k, v, AttentionSpec("flash", causal=True, window=40), q_offset=offset,
+                         alibi_slopes=opts["slopes"], segment_ids=q_seg, kv_segment_ids=k_seg, **SMALL)
 
     v_unwritten = v.at[:, 64:].set(jnp.nan)  # 32-key blocks 2 and 3 lie past every offset below
     for offset in (0, 31, 45, 63):

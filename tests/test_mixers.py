@@ -1,5 +1,7 @@
 """Sub-quadratic mixers in the model (llm/model/mixers.py): decoding with the recurrent state equals the full
-forward pass at every position, packed documents do not see each other, hybrids scan, bad configs are refused."""
+forward pass at every position, packed documents do not see each other, hybrids scan, bad configs are refused.
+The tests that iterate over llm/model/mixer_table.py's rows check each column by behaviour, so a new row is
+covered as it is added."""
 
 import flax.linen as nn
 import jax
@@ -9,7 +11,8 @@ import pytest
 
 from llm.errors import ConfigError
 from llm.hf.configs import HFConversionError, check_exportable
-from llm.model.config import MIXERS, ModelConfig
+from llm.model.config import ModelConfig
+from llm.model.mixer_table import MIXER_TABLE, MIXERS, with_feature
 from llm.model.mixers import state_size
 from llm.model.params import flops_params, mixing_flops_per_token, train_flops_per_token
 from llm.model.transformer import Transformer
@@ -28,16 +31,18 @@ def tiny(mixer, **kw):
 def decode_all(model, params, tokens, cuts):
     """Logits of `tokens` fed to the cache in pieces ending at `cuts`."""
     cache = model.init(jax.random.key(0), tokens, decode=True)["cache"]
+    # Compiled once per piece length: cheaper than running every step op by op.
+    step = jax.jit(lambda cache, x: model.apply({"params": params, "cache": cache}, x, decode=True,
+                                                mutable=["cache"]))
     out, start = [], 0
     for end in cuts:
-        logits, upd = model.apply({"params": params, "cache": cache}, tokens[:, start:end], decode=True,
-                                  mutable=["cache"])
+        logits, upd = step(cache, tokens[:, start:end])
         cache, start = upd["cache"], end
         out.append(logits)
     return jnp.concatenate(out, 1)
 
 
-@pytest.mark.parametrize("mixer", [m for m in MIXERS if m != "attention"])
+@pytest.mark.parametrize("mixer", with_feature("recurrent"))
 def test_decoding_equals_the_forward_pass(mixer):
     model = Transformer(tiny(mixer))
     params = model.init(jax.random.key(0), TOKENS)["params"]
@@ -48,9 +53,10 @@ def test_decoding_equals_the_forward_pass(mixer):
     np.testing.assert_allclose(prefill_then_steps, full, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("mixer", ["gla", "gated_deltanet"])
+@pytest.mark.parametrize("mixer", with_feature("segments"))
 def test_packed_documents_do_not_see_each_other(mixer):
-    model = Transformer(tiny(mixer))
+    """The table's `segments`: the output after a document boundary is the second document's alone."""
+    model = Transformer(tiny(mixer, n_layers=1))
     params = model.init(jax.random.key(0), TOKENS)["params"]
     segments = jnp.asarray([[1] * 7 + [2] * 12] * 2)
     positions = jnp.asarray([list(range(7)) + list(range(12))] * 2)
@@ -197,11 +203,34 @@ def test_sharding_names_and_lora_targets_treat_mixers_like_attention():
                                base.apply({"params": base_params}, TOKENS), rtol=1e-6, atol=1e-6)
 
 
-@pytest.mark.parametrize("mixer", ["gla", "mamba2"])
-def test_the_pallas_kernel_trains_as_the_chunked_form(mixer):
-    """model.mixer_impl='pallas' (the kernel, interpreted on CPU): the same loss and gradients as the jnp form."""
+def _runs_pallas(cfg, segment_ids=None):
+    """Whether the model's forward pass calls a Pallas kernel (from its traced program; nothing runs)."""
+    model = Transformer(cfg)
+    params = jax.eval_shape(lambda: model.init(jax.random.key(0), TOKENS))["params"]
+    return "pallas_call" in str(jax.make_jaxpr(
+        lambda p: model.apply({"params": p}, TOKENS, segment_ids_BT=segment_ids))(params))
+
+
+@pytest.mark.parametrize("mixer", with_feature("chunked"))
+def test_the_pallas_kernel_runs_where_the_table_says(mixer):
+    """The table's `pallas`: model.mixer_impl='pallas' calls the kernel for exactly those mixers (the config is
+    built without validation, which refuses the others), and packed documents fall back to the jnp form; where it
+    runs (interpreted on CPU), the output is the chunked form's."""
+    cfg = tiny(mixer, n_layers=1, mixer_impl="pallas")
+    assert _runs_pallas(cfg) == MIXER_TABLE[mixer].pallas
+    assert not _runs_pallas(cfg, segment_ids=jnp.ones(TOKENS.shape, jnp.int32))
+    if MIXER_TABLE[mixer].pallas:
+        model, chunked = Transformer(cfg), Transformer(tiny(mixer, n_layers=1))
+        params = model.init(jax.random.key(0), TOKENS)["params"]
+        np.testing.assert_allclose(model.apply({"params": params}, TOKENS),
+                                   chunked.apply({"params": params}, TOKENS), rtol=1e-5, atol=1e-5)
+
+
+def test_the_pallas_kernel_trains_as_the_chunked_form():
+    """model.mixer_impl='pallas' (the kernel, interpreted on CPU): the same loss and gradients as the jnp form
+    (with a decay per key; per-head decays' gradients are tests/test_linear_ops.py's)."""
     def loss_and_grads(impl):
-        model = Transformer(tiny(mixer, mixer_impl=impl))
+        model = Transformer(tiny("gla", mixer_impl=impl))
         params = model.init(jax.random.key(0), TOKENS)["params"]
         loss = lambda p: jnp.mean(jax.nn.logsumexp(model.apply({"params": p}, TOKENS), -1))
         return jax.value_and_grad(loss)(params)
@@ -221,13 +250,59 @@ def test_pallas_and_hf_export_refuse_what_they_cannot_do():
     check_exportable(tiny("attention", **llama), "llama")  # the same model with attention exports
 
 
-@pytest.mark.parametrize("mixer", ["gla", "deltanet"])
-def test_decoding_memory_does_not_grow_with_the_context(mixer):
-    """A recurrent mixer's cache (state and the convolutions' last K-1 inputs) is the same at any max_len."""
-    def cache_bytes(max_len):
-        cache = Transformer(tiny(mixer, max_len=max_len)).init(jax.random.key(0), TOKENS[:, :1], decode=True)["cache"]
-        return sum(x.nbytes for x in jax.tree_util.tree_leaves(cache))
+def _cache(mixer, max_len):
+    """The decoding cache's shapes ({path: ShapeDtypeStruct}) of a tiny model (traced, nothing runs)."""
+    model = Transformer(tiny(mixer, max_len=max_len))
+    cache = jax.eval_shape(lambda: model.init(jax.random.key(0), TOKENS[:, :1], decode=True))["cache"]
+    return {jax.tree_util.keystr(p): x for p, x in jax.tree_util.tree_leaves_with_path(cache)}
 
-    assert cache_bytes(32) == cache_bytes(4096)
+
+def _nbytes(cache):
+    return sum(x.size * x.dtype.itemsize for x in cache.values())
+
+
+@pytest.mark.parametrize("mixer", MIXERS)
+def test_the_decoding_state_is_what_the_table_says(mixer):
+    """The table's `recurrent` and `kv_cache`: a recurrent mixer's cache holds a [B, H, K, V] state; the memory
+    grows with the context (max_len) exactly when there is a KV cache."""
+    row, small, big = MIXER_TABLE[mixer], _cache(mixer, 32), _cache(mixer, 4096)
+    states = [x.shape for p, x in small.items() if p.endswith("['state']")]
+    assert bool(states) == row.recurrent and all(len(s) == 4 and s[:2] == (2, 2) for s in states)
+    assert (_nbytes(big) > _nbytes(small)) == row.kv_cache
+    assert any(p.endswith("['cached_key']") for p in small) == row.kv_cache
+
+
+def test_a_recurrent_cache_is_the_state_and_the_convolutions_inputs():
     # per layer: the state [B, H, 16, 16] and three convolutions' last 2 inputs [B, 2, H, 16] + ids [B, 2]; one index
-    assert cache_bytes(32) == 2 * (2 * 2 * 16 * 16 * 4 + 3 * (2 * 2 * 2 * 16 * 4 + 2 * 2 * 4)) + 4
+    assert _nbytes(_cache("gla", 32)) == 2 * (2 * 2 * 16 * 16 * 4 + 3 * (2 * 2 * 2 * 16 * 4 + 2 * 2 * 4)) + 4
+
+
+@pytest.mark.parametrize("mixer", MIXERS)
+def test_each_layer_has_the_parts_the_table_says(mixer):
+    """The table's `softmax`, `window`, `core` and `decay` columns in the parameters a layer gets (shapes only)."""
+    row = MIXER_TABLE[mixer]
+    model = Transformer(tiny(mixer, n_layers=1, window=8))
+    layer = jax.eval_shape(lambda: model.init(jax.random.key(0), TOKENS))["params"]["layers_0"]
+    assert set(layer) >= {"attention" if row.softmax else "mixer"} and not {"attention", "mixer"} <= set(layer)
+    parts = set(layer.get("mixer", {}))
+    assert ("window_attention" in parts) == row.window
+    assert ("beta" in parts) == (row.core == "delta")  # the delta rule's write strength
+    assert ("gate_up" in parts, "a_log" in parts) == (row.decay == "gate", row.decay == "ssd")
+
+
+@pytest.mark.parametrize("mixer", MIXERS)
+def test_the_balanced_context_layout_takes_what_the_table_says(mixer, tmp_path):
+    """The table's `context_balance`: a mesh that splits the sequence in the balanced layout is refused for the
+    mixers that read tokens in order (that attention gives one device's loss under it is
+    tests/test_context_parallel.py's)."""
+    from conftest import tiny_config
+
+    from llm.training.setup import check_context_split
+
+    config = tiny_config(tmp_path, **{"model.mixer": mixer, "model.window": 8})
+    config.mesh.rules.length = "context"
+    if MIXER_TABLE[mixer].context_balance:
+        check_context_split(config, 2)
+    else:
+        with pytest.raises(ConfigError, match=f"which the {mixer} mixer cannot take"):
+            check_context_split(config, 2)

@@ -28,6 +28,7 @@ from llm.config.validation import model_config, validate_config
 from llm.data.spec import DataSpec, data_spec
 from llm.errors import ConfigError
 from llm.model import ModelConfig
+from llm.model.mixer_table import lacking
 from llm.parallel.rules import MESH_AXES, Rules, logical_rules
 
 
@@ -124,7 +125,7 @@ def check_context_split(run: ResolvedRun, *, short_conv: bool) -> None:
         raise ConfigError(f"sequences of {run.seq_len} tokens do not split into {chunks} equal chunks (mesh.context="
                           f"{size}{', 2 per device with mesh.context_balance' if balance else ''}); make the sequence "
                           "length (train.seq_len or model.max_len) a multiple of it")
-    mixers = sorted(set(run.layer_mixers) - {"attention"})
+    mixers = lacking("context_balance", run.layer_mixers)
     in_order = ["model.short_conv"] * bool(short_conv) + [f"the {x} mixer" for x in mixers]
     if balance and in_order:
         raise ConfigError(f"mesh.context_balance reorders the tokens, which {in_order[0]} cannot take (it reads them "

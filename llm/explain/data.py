@@ -26,6 +26,7 @@ import numpy as np
 from llm.config.sampling import SamplingParams
 from llm.inference import encode_prompts
 from llm.model import Transformer
+from llm.model.mixer_table import MIXER_TABLE
 from llm.model.positions import sinusoidal
 from llm.ops.attention import CAPABILITIES, make_mask, runnable_impl
 from llm.runs import LoadedRun
@@ -66,7 +67,7 @@ def explain_data(run: LoadedRun, prompt: str, *, top: int = 50, max_vocab_points
     else:
         note = (f"The fused '{cfg.attention_impl}' attention kernel never materialises the attention weights, so "
                 "the explorer recomputed them with the reference softmax from each layer's own queries and keys.")
-    mixers = [f"{i} ({m})" for i, m in enumerate(cfg.layer_mixers) if m != "attention"]
+    mixers = [f"{i} ({m})" for i, m in enumerate(cfg.layer_mixers) if not MIXER_TABLE[m].softmax]
     if mixers:
         layers = ", ".join(mixers)
         note += (f" Layers {layers} have sub-quadratic mixers instead of attention: no probabilities exist there; "
@@ -129,7 +130,7 @@ def forward(run: LoadedRun, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def _layer_weights(inter, cfg, i: int) -> np.ndarray:
     """Layer i's [H, T, T]: its attention probabilities, or for a sub-quadratic mixer its token-mixing matrix M
     (out = M v) as |M| normalised per row: how strongly each earlier token's value enters each output."""
-    attention = cfg.layer_mixers[i] == "attention"
+    attention = MIXER_TABLE[cfg.layer_mixers[i]].softmax
     sub, name = ("attention", "attention_weights") if attention else ("mixer", "mixing_weights")
     if not cfg.scan_layers:
         w = np.asarray(inter[f"layers_{i}"][sub][name][0])[0]

@@ -10,11 +10,12 @@ from jax.sharding import PartitionSpec as P
 
 from llm.model.config import ModelConfig
 from llm.model.conv import ShortConv
-from llm.model.linear import Projection
+from llm.model.linear import model_projection
 from llm.model.norms import RMSNorm
 from llm.model.positions import alibi_slopes, apply_rope
 from llm.ops.attention import attention, attention_weights, decode_impl
-from llm.parallel.context.attention import Masking, context_attention
+from llm.ops.attention.spec import AttentionSpec
+from llm.parallel.context.attention import context_attention
 from llm.parallel.context.layout import context_layout
 from llm.parallel.specs import fit_spec
 
@@ -39,13 +40,9 @@ class SelfAttention(nn.Module):
         cfg = self.cfg
         dtype, param_dtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
         h, kv, d = cfg.n_heads, cfg.kv_heads, cfg.dim_per_head
-        init = nn.initializers.normal(cfg.init_std)
-        out_init = nn.initializers.normal(cfg.init_std / (2 * cfg.n_layers) ** 0.5)
 
         def proj(heads, names, name):
-            return Projection((heads, d), ("embed",), names, use_bias=cfg.use_bias, kernel_init=init, dtype=dtype,
-                              param_dtype=param_dtype, matmul_dtype=cfg.matmul_dtype, lora=cfg,
-                              deterministic=self.deterministic, name=name)
+            return model_projection(cfg, (heads, d), ("embed",), names, name=name, deterministic=self.deterministic)
 
         q_BTHD = proj(h, ("heads", "kv"), "query")(x_BTE)
         k_BTKD = proj(kv, ("kv_heads", "kv"), "key")(x_BTE)
@@ -68,38 +65,34 @@ class SelfAttention(nn.Module):
         k_BTKD = nn.with_logical_constraint(k_BTKD, ("batch", "length", "kv_heads", "kv"))
         v_BTKD = nn.with_logical_constraint(v_BTKD, ("batch", "length", "kv_heads", "kv"))
 
-        slopes = jnp.asarray(alibi_slopes(h)) if cfg.position == "alibi" else None
-        kw = dict(causal=True, window=cfg.window, softcap=cfg.attn_softcap, alibi_slopes=slopes)
+        spec, slopes = cfg.attention_spec, jnp.asarray(alibi_slopes(h)) if cfg.position == "alibi" else None
         if not self.decode and self.is_mutable_collection("intermediates"):
             # Asked for (apply(..., mutable=["intermediates"])): the probabilities [B, H, T, T] of this layer's own
             # queries and keys by the reference softmax, whichever implementation computes the output.
             self.sow("intermediates", "attention_weights",
-                     attention_weights(q_BTHD, k_BTKD, segment_ids=segment_ids_BT, **kw))
+                     attention_weights(q_BTHD, k_BTKD, spec, segment_ids=segment_ids_BT, alibi_slopes=slopes))
         if self.decode:
-            out_BTHD = self._attend_cached(q_BTHD, k_BTKD, v_BTKD, segment_ids_BT, decode_index, kw)
+            out_BTHD = self._attend_cached(q_BTHD, k_BTKD, v_BTKD, segment_ids_BT, decode_index, spec, slopes)
         else:
-            out_BTHD = self._attend(q_BTHD, k_BTKD, v_BTKD, segment_ids_BT, kw)
+            out_BTHD = self._attend(q_BTHD, k_BTKD, v_BTKD, segment_ids_BT, spec, slopes)
         out_BTHD = nn.with_logical_constraint(out_BTHD, ("batch", "length", "heads", "kv"))
-        return Projection((cfg.d_model,), ("heads", "kv"), ("embed",), use_bias=cfg.use_bias, kernel_init=out_init,
-                          dtype=dtype, param_dtype=param_dtype, matmul_dtype=cfg.matmul_dtype, lora=cfg,
-                          deterministic=self.deterministic, name="out")(out_BTHD)
+        return model_projection(cfg, (cfg.d_model,), ("heads", "kv"), ("embed",), name="out", residual=True,
+                                deterministic=self.deterministic)(out_BTHD)
 
-    def _attend(self, q_BTHD, k_BTKD, v_BTKD, segment_ids_BT, kw):
+    def _attend(self, q_BTHD, k_BTKD, v_BTKD, segment_ids_BT, spec: AttentionSpec, slopes):
         """The attention op. On a mesh, per-device programs run under shard_map: the Pallas kernel, and the
         context-parallel attention when the mesh splits the sequence (llm/parallel/context/attention.py)."""
-        impl = self.cfg.attention_impl
         mesh = jax.sharding.get_abstract_mesh()
         layout = context_layout()
-        if layout is None and (impl != "flash" or mesh.empty or mesh.size == 1):
-            return attention(q_BTHD, k_BTKD, v_BTKD, impl=impl, segment_ids=segment_ids_BT, **kw)
+        if layout is None and (spec.impl != "flash" or mesh.empty or mesh.size == 1):
+            return attention(q_BTHD, k_BTKD, v_BTKD, spec, segment_ids=segment_ids_BT, alibi_slopes=slopes)
         q_spec, kv_spec = _head_specs(q_BTHD.shape, k_BTKD.shape, mesh)
         length = None if layout is None else layout.axis
         if q_spec[1] != length or kv_spec[1] != length or q_spec[3] is not None or q_spec[0] != kv_spec[0]:
             raise ValueError(f"attention under this mesh needs length split over {length!r} (mesh.rules.length), "
                              f"head_dim unsplit and batch split alike for queries and keys; the rules give {q_spec} "
                              f"and {kv_spec}")
-        rest = {name: x for name, x in kw.items() if name != "alibi_slopes"}
-        slopes, segments = kw["alibi_slopes"], segment_ids_BT
+        segments = segment_ids_BT
         if layout is not None and segments is None:
             segments = jnp.zeros(q_BTHD.shape[:2], jnp.int32)
 
@@ -108,10 +101,8 @@ class SelfAttention(nn.Module):
             seg = optional.pop(0) if segments is not None else None
             local_slopes = optional[0] if slopes is not None else None
             if layout is None:
-                return attention(q, k, v, impl=impl, segment_ids=seg, alibi_slopes=local_slopes, **rest)
-            masking = Masking(causal=rest["causal"], window=rest["window"], scale=q.shape[-1] ** -0.5,
-                              softcap=rest["softcap"])
-            return context_attention(q, k, v, seg, seg, local_slopes, layout=layout, masking=masking)
+                return attention(q, k, v, spec, segment_ids=seg, alibi_slopes=local_slopes)
+            return context_attention(q, k, v, seg, seg, local_slopes, layout=layout, spec=spec)
 
         args, specs = [q_BTHD, k_BTKD, v_BTKD], [q_spec, kv_spec, kv_spec]
         if segments is not None:
@@ -120,7 +111,7 @@ class SelfAttention(nn.Module):
             args, specs = [*args, slopes], [*specs, P(q_spec[2])]
         return jax.shard_map(per_device, in_specs=tuple(specs), out_specs=q_spec, check_vma=False)(*args)
 
-    def _attend_cached(self, q_BTHD, k_BTKD, v_BTKD, segment_ids_BT, index, kw):
+    def _attend_cached(self, q_BTHD, k_BTKD, v_BTKD, segment_ids_BT, index, spec: AttentionSpec, slopes):
         cfg = self.cfg
         b, t = q_BTHD.shape[:2]
         initialized = self.has_variable("cache", "cached_key")
@@ -143,8 +134,8 @@ class SelfAttention(nn.Module):
         segments.value = jax.lax.dynamic_update_slice(segments.value, segment_ids_BT.astype(jnp.int32), (0, index))
         return attention(
             q_BTHD, jnp.swapaxes(key.value, 1, 2), jnp.swapaxes(value.value, 1, 2),
-            impl=decode_impl(cfg.attention_impl, **cfg.attention_features),
-            segment_ids=segment_ids_BT, kv_segment_ids=segments.value, q_offset=index, **kw)
+            spec.replace(impl=decode_impl(spec.impl, **cfg.attention_features)),
+            segment_ids=segment_ids_BT, kv_segment_ids=segments.value, q_offset=index, alibi_slopes=slopes)
 
 
 def _head_specs(q_shape, kv_shape, mesh) -> tuple[P, P]:

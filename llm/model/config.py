@@ -13,7 +13,9 @@ import typing
 from typing import Any
 
 from llm.errors import ConfigError
+from llm.model.mixer_table import DEFAULT_MIXER, MIXER_TABLE, MIXERS, lacking, with_feature
 from llm.ops.attention.capabilities import FEATURES, IMPLEMENTATIONS, missing
+from llm.ops.attention.spec import AttentionSpec
 
 POSITIONS = ("learned", "sinusoidal", "rope", "alibi", "none")
 ROPE_SCALINGS = ("none", "linear", "dynamic", "yarn", "llama3", "longrope")  # llm/model/rope.py's FREQUENCIES
@@ -24,13 +26,11 @@ NORM_POSITIONS = ("pre", "post")
 DTYPES = ("float32", "bfloat16", "float16")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 DROPOUT_MASKS = ("hash", "bernoulli")  # llm/model/dropout.py
-# A layer's sequence mixer: softmax attention, or one of llm/model/mixers.py's sub-quadratic ones.
-MIXERS = ("attention", "linear", "based", "retnet", "gla", "mamba2", "deltanet", "gated_deltanet")
+# A layer's sequence mixer (MIXERS): softmax attention, or one of llm/model/mixers.py's sub-quadratic ones; what
+# each supports is llm/model/mixer_table.py's MIXER_TABLE.
 FEATURE_MAPS = ("identity", "elu", "taylor")
-# How the mixers run in training: the chunked jnp form, or the Pallas kernel (llm/kernels/linear_attention.py; the
-# gated-linear family: linear, based, retnet, gla, mamba2; packed documents fall back to the jnp form).
+# How the chunked mixers run in training: the chunked jnp form, or the Pallas kernel (MIXER_TABLE's `pallas`).
 MIXER_IMPLS = ("chunked", "pallas")
-PALLAS_MIXERS = ("linear", "based", "retnet", "gla", "mamba2")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,7 +98,7 @@ class ModelConfig:
     attn_softcap: float | None = None
     # Every layer's sequence mixer (MIXERS), or with mixer_pattern (comma-separated mixers, e.g.
     # "gla,gla,gla,attention") the layers' mixers in turn, the pattern repeated over the depth (a hybrid).
-    mixer: str = "attention"
+    mixer: str = DEFAULT_MIXER
     mixer_pattern: str = ""
     feature_map: str = "identity"  # the 'linear' mixer's feature map of queries and keys (FEATURE_MAPS)
     feature_dim: int = 16  # the Taylor map's input size per head ('based', feature_map='taylor')
@@ -173,10 +173,14 @@ class ModelConfig:
         return -(-int(8 * self.d_model / 3) // m) * m
 
     @property
+    def attention_spec(self) -> AttentionSpec:
+        """The static options of this model's attention (causal, its implementation, window and soft-cap)."""
+        return AttentionSpec(impl=self.attention_impl, causal=True, window=self.window, softcap=self.attn_softcap)
+
+    @property
     def attention_features(self) -> dict[str, bool]:
         """What the attention op must support for this model (llm/ops/attention/capabilities.py)."""
-        return {"softcap": self.attn_softcap is not None, "alibi": self.position == "alibi",
-                "window": self.window is not None}
+        return self.attention_spec.features(alibi=self.position == "alibi")
 
     # ---- construction and validation ------------------------------------------------------------------
     @classmethod
@@ -297,12 +301,13 @@ class ModelConfig:
             if self.n_layers % self.mixer_group:
                 raise ConfigError(f"model.mixer_pattern has {self.mixer_group} layers, which do not divide "
                                   f"model.n_layers={self.n_layers}; the pattern repeats over the depth")
-        if "based" in self.layer_mixers and self.window is None:
-            raise ConfigError("the 'based' mixer adds a sliding-window attention: set model.window (e.g. 64)")
-        others = sorted({m for m in self.layer_mixers if m != "attention" and m not in PALLAS_MIXERS})
-        if self.mixer_impl == "pallas" and others:
-            raise ConfigError(f"model.mixer_impl='pallas' covers {', '.join(PALLAS_MIXERS)}, not {others[0]!r}; use "
-                              "model.mixer_impl='chunked'")
+        windowed = sorted({m for m in self.layer_mixers if MIXER_TABLE[m].window})
+        if windowed and self.window is None:
+            raise ConfigError(f"the {windowed[0]!r} mixer adds a sliding-window attention: set model.window (e.g. 64)")
+        chunked = [m for m in self.layer_mixers if MIXER_TABLE[m].chunked]
+        if self.mixer_impl == "pallas" and lacking("pallas", chunked):
+            raise ConfigError(f"model.mixer_impl='pallas' covers {', '.join(with_feature('pallas'))}, not "
+                              f"{lacking('pallas', chunked)[0]!r}; use model.mixer_impl='chunked'")
 
 
 def _floats(value: str) -> tuple[float, ...]:

@@ -6,7 +6,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from llm.model.config import ModelConfig
-from llm.model.linear import Projection
+from llm.model.linear import model_projection
 
 ACTIVATIONS = {"gelu": nn.gelu, "relu": nn.relu, "silu": nn.silu}
 GATED_ACTIVATION = {"swiglu": "silu", "geglu": "gelu"}
@@ -21,15 +21,10 @@ class FeedForward(nn.Module):
     @nn.compact
     def __call__(self, x_BTE: jnp.ndarray) -> jnp.ndarray:
         cfg = self.cfg
-        dtype, param_dtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
-        init = nn.initializers.normal(cfg.init_std)
-        # GPT-2's scaled init of the projections that write into the residual stream.
-        out_init = nn.initializers.normal(cfg.init_std / (2 * cfg.n_layers) ** 0.5)
 
-        def dense(features, names, name, kernel_init=init):
-            return Projection((features,), names[:1], names[1:], use_bias=cfg.use_bias, kernel_init=kernel_init,
-                              dtype=dtype, param_dtype=param_dtype, matmul_dtype=cfg.matmul_dtype, lora=cfg,
-                              deterministic=self.deterministic, name=name)
+        def dense(features, names, name, residual=False):
+            return model_projection(cfg, (features,), names[:1], names[1:], name=name, residual=residual,
+                                    deterministic=self.deterministic)
 
         hidden = cfg.hidden_ff
         if cfg.gated:
@@ -38,4 +33,4 @@ class FeedForward(nn.Module):
         else:
             h_BTF = ACTIVATIONS[cfg.activation](dense(hidden, ("embed", "mlp"), "up")(x_BTE))
         h_BTF = nn.with_logical_constraint(h_BTF, ("batch", "length", "mlp"))
-        return dense(cfg.d_model, ("mlp", "embed"), "down", out_init)(h_BTF)
+        return dense(cfg.d_model, ("mlp", "embed"), "down", residual=True)(h_BTF)

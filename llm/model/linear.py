@@ -54,3 +54,16 @@ class Projection(nn.Module):
             y = y + lora_delta(self, x, self.lora, self.in_names, self.out_names, self.out_shape, dtype=self.dtype,
                                param_dtype=self.param_dtype, deterministic=self.deterministic)
         return y
+
+
+def model_projection(cfg: ModelConfig, out_shape: Sequence[int], in_names: Sequence[str], out_names: Sequence[str],
+                     *, name: str, residual: bool = False, use_bias: bool | None = None,
+                     deterministic: bool = True) -> Projection:
+    """A `Projection` of the model `cfg`: its dtypes, matmul dtype and LoRA, a normal(init_std) kernel, scaled by
+    1/sqrt(2 n_layers) for a projection that writes into the residual stream (`residual`, GPT-2's init);
+    use_bias None: `cfg.use_bias`. Create it inside a module's compact method (it becomes that module's child)."""
+    std = cfg.init_std / (2 * cfg.n_layers) ** 0.5 if residual else cfg.init_std
+    return Projection(out_shape, in_names, out_names, use_bias=cfg.use_bias if use_bias is None else use_bias,
+                      kernel_init=nn.initializers.normal(std), dtype=jnp.dtype(cfg.dtype),
+                      param_dtype=jnp.dtype(cfg.param_dtype), matmul_dtype=cfg.matmul_dtype, lora=cfg,
+                      deterministic=deterministic, name=name)

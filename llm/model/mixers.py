@@ -22,9 +22,10 @@ import jax
 import jax.numpy as jnp
 
 from llm.model.attention import SelfAttention
-from llm.model.config import PALLAS_MIXERS, ModelConfig
+from llm.model.config import ModelConfig
 from llm.model.conv import ShortConv
-from llm.model.linear import Projection
+from llm.model.linear import model_projection
+from llm.model.mixer_table import MIXER_TABLE
 from llm.model.norms import RMSNorm
 from llm.ops.mixers import (
     delta_chunked,
@@ -36,7 +37,6 @@ from llm.ops.mixers import (
     gla_recurrent,
 )
 
-DELTA_MIXERS = ("deltanet", "gated_deltanet")
 GLA_GATE_RANK = 16  # the GLA paper's low-rank decay gate
 GLA_GATE_TEMPERATURE = 16.0  # g = logsigmoid(.) / 16: decays near 1 at the start of training (GLA, sec. 4.4)
 
@@ -50,9 +50,15 @@ def taylor_features(x):
     return jnp.concatenate([jnp.ones((*x.shape[:-1], 1), x.dtype), x, outer], axis=-1)
 
 
+def feature_map(cfg: ModelConfig, mixer: str) -> str:
+    """The map of the mixer's queries and keys (MIXER_TABLE's `feature_map`, else `cfg.feature_map`)."""
+    fixed = MIXER_TABLE[mixer].feature_map
+    return cfg.feature_map if fixed is None else fixed
+
+
 def uses_taylor(cfg: ModelConfig, mixer: str) -> bool:
     """Whether the mixer's queries and keys go through Based's Taylor map (on `cfg.feature_dim` dimensions)."""
-    return mixer == "based" or (mixer == "linear" and cfg.feature_map == "taylor")
+    return feature_map(cfg, mixer) == "taylor"
 
 
 def key_dim(cfg: ModelConfig, mixer: str) -> int:
@@ -70,14 +76,17 @@ def state_size(cfg: ModelConfig, mixer: str) -> int:
     """Numbers a layer of this mixer keeps per sequence when decoding (its recurrent state; Based adds its window's
     keys and values)."""
     state = cfg.n_heads * feature_dims(cfg, mixer) * cfg.dim_per_head
-    return state + (layer_state_size(cfg, "attention") if mixer == "based" else 0)
+    return state + (attention_state_size(cfg) if MIXER_TABLE[mixer].window else 0)
 
 
 def layer_state_size(cfg: ModelConfig, mixer: str) -> int:
     """Numbers one layer needs to keep per sequence to decode at the context `cfg.max_len`: a mixer's state, or
     softmax attention's keys and values over the context (the window, with one: Zoology's accounting)."""
-    if mixer != "attention":
-        return state_size(cfg, mixer)
+    return attention_state_size(cfg) if MIXER_TABLE[mixer].softmax else state_size(cfg, mixer)
+
+
+def attention_state_size(cfg: ModelConfig) -> int:
+    """Softmax attention's keys and values per sequence over the context (the window, with one)."""
     return 2 * cfg.kv_heads * cfg.dim_per_head * min(cfg.max_len, cfg.window or cfg.max_len)
 
 
@@ -97,17 +106,16 @@ class Mixer(nn.Module):
 
     @nn.compact
     def __call__(self, x_BTE, positions_BT, segment_ids_BT, decode_index):
-        cfg, mixer = self.cfg, self.mixer
+        cfg, mixer, row = self.cfg, self.mixer, MIXER_TABLE[self.mixer]
         q_BTHK, k_BTHK, v_BTHV = self._qkv(x_BTE, key_dim(cfg, mixer), segment_ids_BT, decode_index)
-        if mixer in DELTA_MIXERS:
-            q_BTHK, k_BTHK = _unit(jax.nn.silu(q_BTHK)), _unit(jax.nn.silu(k_BTHK))
+        q_BTHK, k_BTHK = self._features(q_BTHK), self._features(k_BTHK)
+        if row.core == "delta":
             beta_BTH = jax.nn.sigmoid(self._heads(x_BTE, "beta"))
-            g_BTH = self._ssd_decay(x_BTE) if mixer == "gated_deltanet" else jnp.zeros_like(beta_BTH)
+            g_BTH = self._ssd_decay(x_BTE) if row.decay == "ssd" else jnp.zeros_like(beta_BTH)
             out_BTHV = self._core(delta_chunked, delta_recurrent, (q_BTHK, k_BTHK, v_BTHV, beta_BTH, g_BTH),
                                   segment_ids_BT)
             self._sow_mixing(delta_mixing, (q_BTHK, k_BTHK, beta_BTH, g_BTH), segment_ids_BT)
         else:
-            q_BTHK, k_BTHK = self._features(q_BTHK), self._features(k_BTHK)
             q_BTHK = q_BTHK * q_BTHK.shape[-1] ** -0.5
             g = self._decay(x_BTE, k_BTHK.shape)
             out_BTHV = self._core(gla_chunked, gla_recurrent, (q_BTHK, k_BTHK, v_BTHV, g), segment_ids_BT)
@@ -116,7 +124,7 @@ class Mixer(nn.Module):
                            name="head_norm")(out_BTHV.astype(jnp.dtype(cfg.dtype)))
         out_BTHV = nn.with_logical_constraint(out_BTHV, ("batch", "length", "heads", "kv"))
         y_BTE = self._proj(out_BTHV, (cfg.d_model,), ("heads", "kv"), ("embed",), "out", out=True)
-        if mixer == "based":  # the model's window (validated set) and position scheme
+        if row.window:  # the model's window (validated set) and position scheme
             y_BTE = y_BTE + SelfAttention(cfg, decode=self.decode, deterministic=self.deterministic,
                                           name="window_attention")(x_BTE, positions_BT, segment_ids_BT, decode_index)
         return y_BTE
@@ -125,11 +133,8 @@ class Mixer(nn.Module):
 
     def _proj(self, x, shape, in_names, out_names, name, out=False):
         cfg = self.cfg
-        std = cfg.init_std / (2 * cfg.n_layers) ** 0.5 if out else cfg.init_std
-        return Projection(shape, in_names, out_names, use_bias=cfg.use_bias and out,
-                          kernel_init=nn.initializers.normal(std), dtype=jnp.dtype(cfg.dtype),
-                          param_dtype=jnp.dtype(cfg.param_dtype), matmul_dtype=cfg.matmul_dtype, lora=cfg,
-                          deterministic=self.deterministic, name=name)(x)
+        return model_projection(cfg, shape, in_names, out_names, name=name, residual=out,
+                                use_bias=cfg.use_bias and out, deterministic=self.deterministic)(x)
 
     def _heads(self, x_BTE, name):
         """A per-head scalar per token [B, T, H] (write strength, time step)."""
@@ -153,27 +158,31 @@ class Mixer(nn.Module):
         return q, k, v
 
     def _features(self, x):
-        if uses_taylor(self.cfg, self.mixer):
+        kind = feature_map(self.cfg, self.mixer)
+        if kind == "taylor":
             return taylor_features(x.astype(jnp.float32))
-        if self.mixer == "linear" and self.cfg.feature_map == "elu":
+        if kind == "elu":
             return jax.nn.elu(x) + 1.0
+        if kind == "silu_l2":
+            return _unit(jax.nn.silu(x))
         return x
 
     def _decay(self, x_BTE, k_shape):
         """The log decay g <= 0: [B, T, H, K] (GLA), [B, T, H, 1] (the others)."""
         b, t, h, _ = k_shape
-        if self.mixer == "gla":
+        decay = MIXER_TABLE[self.mixer].decay
+        if decay == "gate":
             low = self._proj(x_BTE, (GLA_GATE_RANK,), ("embed",), (None,), "gate_down")
             logits = self._proj(low, (h, k_shape[-1]), (None,), ("heads", None), "gate_up")
             bias = self.param("gate_bias", nn.with_logical_partitioning(nn.initializers.zeros, ("heads", None)),
                               (h, k_shape[-1]), jnp.float32)
             return jax.nn.log_sigmoid(logits.astype(jnp.float32) + bias) / GLA_GATE_TEMPERATURE
-        if self.mixer == "retnet":
+        if decay == "fixed":
             gamma = 1.0 - 2.0 ** (-5.0 - jnp.arange(h, dtype=jnp.float32))
             return jnp.broadcast_to(jnp.log(gamma)[None, None, :, None], (b, t, h, 1))
-        if self.mixer == "mamba2":
+        if decay == "ssd":
             return self._ssd_decay(x_BTE)[..., None]
-        return jnp.zeros((b, t, h, 1), jnp.float32)  # linear, based: no decay
+        return jnp.zeros((b, t, h, 1), jnp.float32)
 
     def _ssd_decay(self, x_BTE):
         """Mamba-2's log decay per head and token: -exp(A_log) * softplus(dt + dt_bias), A in [1, 16] at init."""
@@ -197,7 +206,7 @@ class Mixer(nn.Module):
         strength and decay)."""
         chunk = self.cfg.mixer_chunk
         if not self.decode:
-            if self.cfg.mixer_impl == "pallas" and segment_ids_BT is None and self.mixer in PALLAS_MIXERS:
+            if self.cfg.mixer_impl == "pallas" and segment_ids_BT is None and MIXER_TABLE[self.mixer].pallas:
                 return gla_pallas(*args, chunk=chunk)[0]
             return chunked(*args, chunk=chunk, segment_ids=segment_ids_BT)[0]
         q, k, v, *rest = args

@@ -9,7 +9,8 @@ import jax
 import jax.numpy as jnp
 
 from llm.model.config import ModelConfig
-from llm.model.mixers import DELTA_MIXERS, GLA_GATE_RANK, feature_dims, key_dim
+from llm.model.mixer_table import MIXER_TABLE
+from llm.model.mixers import GLA_GATE_RANK, feature_dims, key_dim
 
 
 def count_params(params: Any) -> int:
@@ -27,7 +28,7 @@ def param_count_formula(cfg: ModelConfig) -> dict[str, int]:
     conv = _short_conv_params(cfg)
     n_in = 2 if cfg.gated else 1
     ffn = n_in * e * f + f * e + bias * (n_in * f + e)
-    mixing = {m: attention + conv if m == "attention" else _mixer_params(cfg, m, attention)
+    mixing = {m: attention + conv if MIXER_TABLE[m].softmax else _mixer_params(cfg, m, attention)
               for m in set(cfg.layer_mixers)}
     counts = {
         "embed": v * e,
@@ -48,9 +49,10 @@ def _mixer_params(cfg: ModelConfig, mixer: str, attention: int) -> int:
     dk = key_dim(cfg, mixer)
     n = 2 * e * h * dk + e * h * dv + h * dv * e + (e if cfg.use_bias else 0) + dv
     n += _short_conv_params(cfg, mixer)
-    n += {"gla": e * GLA_GATE_RANK + GLA_GATE_RANK * h * dk + h * dk, "mamba2": e * h + 2 * h, "deltanet": e * h,
-          "gated_deltanet": 2 * e * h + 2 * h, "based": attention}.get(mixer, 0)
-    return n
+    row = MIXER_TABLE[mixer]
+    n += {"gate": e * GLA_GATE_RANK + GLA_GATE_RANK * h * dk + h * dk, "ssd": e * h + 2 * h}.get(row.decay, 0)
+    n += e * h if row.core == "delta" else 0  # the write strength
+    return n + (attention if row.window else 0)
 
 
 def flops_params(cfg: ModelConfig) -> int:
@@ -65,10 +67,11 @@ def flops_params(cfg: ModelConfig) -> int:
 def _short_conv_params(cfg: ModelConfig, mixer: str = "attention") -> int:
     """One layer's depthwise kernels of its query, key and value short convolutions (Based: both branches')."""
     attention = cfg.short_conv * (cfg.n_heads + 2 * cfg.kv_heads) * cfg.dim_per_head
-    if mixer == "attention":
+    row = MIXER_TABLE[mixer]
+    if row.softmax:
         return attention
     own = cfg.short_conv * cfg.n_heads * (2 * key_dim(cfg, mixer) + cfg.dim_per_head)
-    return own + (attention if mixer == "based" else 0)
+    return own + (attention if row.window else 0)
 
 
 def train_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
@@ -88,11 +91,12 @@ def mixing_flops_per_token(cfg: ModelConfig, mixer: str, seq_len: int) -> float:
     """
     h, q, c = cfg.n_heads, cfg.dim_per_head, cfg.mixer_chunk
     window = min(seq_len, cfg.window or seq_len)
-    if mixer == "attention":
+    row = MIXER_TABLE[mixer]
+    if row.softmax:
         return 12 * h * q * window
     k = feature_dims(cfg, mixer)
-    forward = 4 * c * k + 3 * c * q + 6 * k * q if mixer in DELTA_MIXERS else 2 * c * (k + q) + 4 * k * q
-    return 3 * h * forward + (12 * h * q * window if mixer == "based" else 0)
+    forward = 4 * c * k + 3 * c * q + 6 * k * q if row.core == "delta" else 2 * c * (k + q) + 4 * k * q
+    return 3 * h * forward + (12 * h * q * window if row.window else 0)
 
 
 _LAYER = re.compile(r"layers_(\d+)$")

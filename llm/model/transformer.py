@@ -12,6 +12,7 @@ from llm.model.dropout import Dropout
 from llm.model.feedforward import FeedForward
 from llm.model.linear import Projection
 from llm.model.matmuls import matmul_2d
+from llm.model.mixer_table import DEFAULT_MIXER, MIXER_TABLE
 from llm.model.mixers import Mixer
 from llm.model.norms import make_norm
 from llm.model.positions import LearnedPositions, sinusoidal
@@ -35,7 +36,7 @@ class Block(nn.Module):
     cfg: ModelConfig
     deterministic: bool = True
     decode: bool = False
-    mixer: str = "attention"  # the sequence mixer: softmax attention or one of llm/model/mixers.py's
+    mixer: str = DEFAULT_MIXER  # the sequence mixer (llm/model/mixer_table.py)
 
     @nn.compact
     def __call__(self, x_BTE, positions_BT, segment_ids_BT, decode_index):
@@ -45,7 +46,7 @@ class Block(nn.Module):
             return make_norm(cfg.norm, eps=cfg.norm_eps, use_bias=cfg.use_bias, dtype=jnp.dtype(cfg.dtype),
                              param_dtype=jnp.dtype(cfg.param_dtype), name=name)
 
-        if self.mixer == "attention":
+        if MIXER_TABLE[self.mixer].softmax:
             attn = SelfAttention(cfg, decode=self.decode, deterministic=self.deterministic, name="attention")
         else:
             attn = Mixer(cfg, self.mixer, decode=self.decode, deterministic=self.deterministic, name="mixer")

@@ -26,6 +26,7 @@ from typing import Any
 
 from llm.config.experiments import flatten
 from llm.errors import ConfigError, DataError
+from llm.model.mixer_table import DEFAULT_MIXER, MIXER_TABLE
 from llm.runs import CONFIG_FILE, METRICS_FILE, open_run, read_metrics
 from llm.sweep.runner import read_records
 from llm.sweep.spec import REPORT_FILES
@@ -230,8 +231,9 @@ def plot(runs: list[dict], sweep_dir: Path) -> list[Path]:
 def mixer_label(run: dict) -> str:
     """A run's sequence mixer: `model.mixer` (a hybrid: its pattern), softmax attention with a window named so."""
     c = run["config"]
-    mixer = c.get("model.mixer_pattern") or c.get("model.mixer", "attention")
-    return f"window{c['model.window']}" if mixer == "attention" and c.get("model.window") else mixer
+    mixer = c.get("model.mixer_pattern") or c.get("model.mixer", DEFAULT_MIXER)
+    softmax = mixer in MIXER_TABLE and MIXER_TABLE[mixer].softmax
+    return f"window{c['model.window']}" if softmax and c.get("model.window") else mixer
 
 
 def recall_points(runs: list[dict], x) -> dict[str, list[tuple[float, float, float, int]]]:

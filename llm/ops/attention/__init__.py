@@ -6,8 +6,10 @@ head h // (H // K); no implementation here materialises the repeated K/V.
 
 Masking is defined once, in `masking.allowed`, in terms of *slot* indices (query row i at slot `q_offset + i`),
 so the same rule covers training, prefill and one-token decoding. Rows with no visible key produce zeros.
-What each implementation supports (soft-cap, ALiBi, windows, segments, query offsets, backends) is the table in
-`capabilities.py`; asking one for what it lacks is a ValueError naming the feature.
+The static options of a call (implementation, causal, window, soft-cap, scale) are one `AttentionSpec` (spec.py);
+segment ids, the query offset and ALiBi slopes are arrays beside it. What each implementation supports
+(soft-cap, ALiBi, windows, segments, query offsets, backends) is the table in `capabilities.py`; asking one for
+what it lacks is a ValueError naming the feature.
 
 Implementations:
   reference  explicit einsum + masked softmax in float32: the readable definition (its probabilities, [B, H, Tq,
@@ -25,6 +27,7 @@ One module each: reference.py, dense.py, xla.py (xla and cudnn), chunked.py.
 from llm.lazy import exports
 
 _NAMES = {"attention": "llm.ops.attention.dispatch", "attention_weights": "llm.ops.attention.reference",
+          "AttentionSpec": "llm.ops.attention.spec",
           **dict.fromkeys(("allowed", "make_mask"), "llm.ops.attention.masking"),
           **dict.fromkeys(("CAPABILITIES", "IMPLEMENTATIONS", "FEATURES", "decode_impl", "missing", "runnable_impl"),
                           "llm.ops.attention.capabilities")}

@@ -4,49 +4,47 @@ scores block by block, so memory is O(Tq * block_k) in both passes."""
 from __future__ import annotations
 
 import functools
+import typing
 
 import jax
 import jax.numpy as jnp
 
 from llm.ops.attention.masking import masked_scores
+from llm.ops.attention.spec import AttentionSpec
 
 
-def chunked_attention(q, k, v, *, causal, window, segment_ids, kv_segment_ids, q_offset, scale, softcap,
-                      alibi_slopes=None, block_k: int = 512):
-    """Memory-efficient attention: never holds more than a [Tq, block_k] slab of scores per head."""
+def chunked_attention(q, k, v, spec: AttentionSpec, *, segment_ids, kv_segment_ids, q_offset, alibi_slopes=None,
+                      block_k: int = 512):
+    """Memory-efficient attention: never holds more than a [Tq, block_k] slab of scores per head; `spec` scaled."""
     b, tq = q.shape[:2]
     if segment_ids is None:
         segment_ids, kv_segment_ids = jnp.zeros((b, tq), jnp.int32), jnp.zeros((b, k.shape[1]), jnp.int32)
     st, k, v, q_seg, kv_seg, q_offset, slopes = _prepare(k, v, segment_ids, kv_segment_ids, q_offset, alibi_slopes,
-                                                         causal=causal, window=window, scale=scale, softcap=softcap,
-                                                         block_k=block_k)
+                                                         spec, block_k)
     return _chunked(st, q, k, v, q_seg, kv_seg, q_offset, slopes)
 
 
-def block_attention(q, k, v, q_seg, kv_seg, q_offset, alibi_slopes, *, causal, window, scale, softcap,
-                    block_k: int = 512):
+def block_attention(q, k, v, q_seg, kv_seg, q_offset, alibi_slopes, spec: AttentionSpec, *, block_k: int = 512):
     """(out [B, Tq, H, D] float32, logsumexp [B, K, G, Tq]) of q over one block of keys: what an online-softmax
     merge over several blocks needs (context-parallel attention). q_seg [B, Tq] and kv_seg [B, Tk] are int
-    segment ids; q_offset is the slot of q's first row minus that of k's first key. A row that sees no key has
-    output 0 and logsumexp -inf."""
-    st, k, v, q_seg, kv_seg, q_offset, slopes = _prepare(k, v, q_seg, kv_seg, q_offset, alibi_slopes, causal=causal,
-                                                         window=window, scale=scale, softcap=softcap, block_k=block_k)
+    segment ids; q_offset is the slot of q's first row minus that of k's first key; `spec` scaled. A row that
+    sees no key has output 0 and logsumexp -inf."""
+    st, k, v, q_seg, kv_seg, q_offset, slopes = _prepare(k, v, q_seg, kv_seg, q_offset, alibi_slopes, spec, block_k)
     return _chunked_fwd_impl(st, q, k, v, q_seg, kv_seg, q_offset, slopes)
 
 
-def block_attention_grads(q, k, v, q_seg, kv_seg, q_offset, alibi_slopes, out, lse, do, *, causal, window, scale,
-                          softcap, block_k: int = 512):
+def block_attention_grads(q, k, v, q_seg, kv_seg, q_offset, alibi_slopes, out, lse, do, spec: AttentionSpec, *,
+                          block_k: int = 512):
     """(dq, dk, dv), float32, of this key block's share of an attention whose final output `out` and logsumexp
     `lse` (over all blocks) are given, for the output cotangent `do`. Summed over the blocks they are the
     gradients of the whole attention."""
     tk = k.shape[1]
-    st, k, v, q_seg, kv_seg, q_offset, slopes = _prepare(k, v, q_seg, kv_seg, q_offset, alibi_slopes, causal=causal,
-                                                         window=window, scale=scale, softcap=softcap, block_k=block_k)
+    st, k, v, q_seg, kv_seg, q_offset, slopes = _prepare(k, v, q_seg, kv_seg, q_offset, alibi_slopes, spec, block_k)
     dq, dk, dv = _chunked_grads(st, (q, k, v, q_seg, kv_seg, q_offset, slopes, out, lse), do)
     return dq, dk[:, :tk], dv[:, :tk]
 
 
-def _prepare(k, v, q_seg, kv_seg, q_offset, alibi_slopes, *, causal, window, scale, softcap, block_k):
+def _prepare(k, v, q_seg, kv_seg, q_offset, alibi_slopes, spec: AttentionSpec, block_k: int):
     """The static options, and the keys, values and key segment ids padded to a whole number of key blocks."""
     tk = k.shape[1]
     block_k = max(1, min(block_k, tk))
@@ -56,22 +54,16 @@ def _prepare(k, v, q_seg, kv_seg, q_offset, alibi_slopes, *, causal, window, sca
         v = jnp.pad(v, ((0, 0), (0, pad), (0, 0), (0, 0)))
     # Padded keys get a segment id no query has, so they are never visible.
     kv_seg = jnp.pad(kv_seg.astype(jnp.int32), ((0, 0), (0, pad)), constant_values=jnp.iinfo(jnp.int32).min)
-    static = _ChunkStatic(causal=causal, window=window, scale=scale, softcap=softcap, block_k=block_k)
+    static = _ChunkStatic(spec, block_k)
     slopes = None if alibi_slopes is None else alibi_slopes.astype(jnp.float32)
     return static, k, v, q_seg.astype(jnp.int32), kv_seg, jnp.asarray(q_offset, jnp.int32), slopes
 
 
-class _ChunkStatic(tuple):
+class _ChunkStatic(typing.NamedTuple):
     """Hashable static options for the custom-vjp function."""
 
-    def __new__(cls, *, causal, window, scale, softcap, block_k):
-        return super().__new__(cls, (causal, window, scale, softcap, block_k))
-
-    causal = property(lambda s: s[0])
-    window = property(lambda s: s[1])
-    scale = property(lambda s: s[2])
-    softcap = property(lambda s: s[3])
-    block_k = property(lambda s: s[4])
+    spec: AttentionSpec  # scaled
+    block_k: int
 
 
 def _blocks(x, block):
@@ -82,11 +74,10 @@ def _blocks(x, block):
 
 def _block_scores(st: _ChunkStatic, q_bqkgd, k_blk, q_seg, kseg_blk, q_offset, slopes, j):
     """Scores [B, K, G, Tq, bk] of one key block (capped, biased, masked entries -inf) and the raw scores."""
-    raw = jnp.einsum("bqkgd,bskd->bkgqs", q_bqkgd, k_blk, preferred_element_type=jnp.float32) * st.scale
+    raw = jnp.einsum("bqkgd,bskd->bkgqs", q_bqkgd, k_blk, preferred_element_type=jnp.float32) * st.spec.scale
     q_slot = (jnp.arange(q_bqkgd.shape[1]) + q_offset)[:, None]
     k_slot = (j * st.block_k + jnp.arange(st.block_k))[None, :]
-    s = masked_scores(raw, q_slot, k_slot, causal=st.causal, window=st.window, softcap=st.softcap,
-                      alibi_slopes=slopes, q_seg=q_seg, k_seg=kseg_blk)
+    s = masked_scores(raw, q_slot, k_slot, st.spec, alibi_slopes=slopes, q_seg=q_seg, k_seg=kseg_blk)
     return s, raw
 
 
@@ -155,9 +146,9 @@ def _chunked_grads(st, res, do):
         dv_blk = jnp.einsum("bkgqs,bkgqd->bskd", p, do_bkgqd)
         dp = jnp.einsum("bkgqd,bskd->bkgqs", do_bkgqd, v_blk.astype(jnp.float32))
         ds = p * (dp - delta[..., None])
-        if st.softcap is not None:
-            ds = ds * (1.0 - jnp.tanh(raw / st.softcap) ** 2)
-        ds = ds * st.scale
+        if st.spec.softcap is not None:
+            ds = ds * (1.0 - jnp.tanh(raw / st.spec.softcap) ** 2)
+        ds = ds * st.spec.scale
         dq = dq + jnp.einsum("bkgqs,bskd->bqkgd", ds, k_blk.astype(jnp.float32))
         dk_blk = jnp.einsum("bkgqs,bqkgd->bskd", ds, q_bqkgd.astype(jnp.float32))
         return dq, (dk_blk, dv_blk)

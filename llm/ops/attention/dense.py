@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from llm.ops.attention.masking import masked_scores, softmax_or_zeros
+from llm.ops.attention.spec import AttentionSpec
 
 Array = jax.Array
 
@@ -29,39 +30,36 @@ Array = jax.Array
 class _Static(typing.NamedTuple):
     """Hashable static options of the custom-vjp function."""
 
-    causal: bool
-    window: int | None
-    scale: float
-    softcap: float | None
+    spec: AttentionSpec  # scaled
     block_q: int
     offset: int | None  # the static query offset, or None when it is traced
 
 
-def dense_attention(q, k, v, *, causal, window, segment_ids, kv_segment_ids, q_offset, scale, softcap,
-                    alibi_slopes=None, block_q: int = 128):
-    """q [B, Tq, H, D], k and v [B, Tk, K, D] -> [B, Tq, H, D] in q's dtype (float32 inside)."""
+def dense_attention(q, k, v, spec: AttentionSpec, *, segment_ids, kv_segment_ids, q_offset, alibi_slopes=None,
+                    block_q: int = 128):
+    """q [B, Tq, H, D], k and v [B, Tk, K, D] -> [B, Tq, H, D] in q's dtype (float32 inside); `spec` scaled."""
     if block_q < 1:
         raise ValueError(f"block_q must be a positive int, got {block_q}")
     static_offset = q_offset if isinstance(q_offset, int) else None
-    st = _Static(causal, window, float(scale), softcap, int(block_q), static_offset)
+    st = _Static(spec, int(block_q), static_offset)
     slopes = None if alibi_slopes is None else alibi_slopes.astype(jnp.float32)
     return _dense(st, q, k, v, segment_ids, kv_segment_ids, jnp.asarray(q_offset, jnp.int32), slopes)
 
 
 def _blocks(st: _Static, tq: int, tk: int) -> list[tuple[int, int, int, int]]:
     """(first row, end row, first key, end key) of each query block; the key range covers every visible key."""
-    out = []
+    out, causal, window = [], st.spec.causal, st.spec.window
     for i0 in range(0, tq, st.block_q):
         i1 = min(i0 + st.block_q, tq)
         lo, hi = 0, tk
         if st.offset is not None:
             first, last = st.offset + i0, st.offset + i1 - 1  # the block's query slots
-            if st.causal:
+            if causal:
                 hi = min(hi, last + 1)
-            elif st.window is not None:
-                hi = min(hi, last + st.window)
-            if st.window is not None:
-                lo = max(lo, first - st.window + 1)
+            elif window is not None:
+                hi = min(hi, last + window)
+            if window is not None:
+                lo = max(lo, first - window + 1)
         out.append((i0, i1, lo, max(lo, hi)))
     return out
 
@@ -85,10 +83,9 @@ class _Layout(typing.NamedTuple):
 def _block_probs(st, lay, q_blk, k_rng, q_seg, k_seg, q_offset, slopes, i0, lo):
     """Probabilities [B, *heads, bq, n] of one query block over its key range, and the raw (uncapped) scores."""
     bq, n = q_blk.shape[1], k_rng.shape[1]
-    raw = jnp.einsum(f"bq{lay.qh}d,bs{lay.kh}d->b{lay.qh}qs", q_blk, k_rng) * st.scale
-    s = masked_scores(raw, (q_offset + i0 + jnp.arange(bq))[:, None], (lo + jnp.arange(n))[None, :],
-                      causal=st.causal, window=st.window, softcap=st.softcap, alibi_slopes=slopes,
-                      q_seg=q_seg, k_seg=k_seg)
+    raw = jnp.einsum(f"bq{lay.qh}d,bs{lay.kh}d->b{lay.qh}qs", q_blk, k_rng) * st.spec.scale
+    s = masked_scores(raw, (q_offset + i0 + jnp.arange(bq))[:, None], (lo + jnp.arange(n))[None, :], st.spec,
+                      alibi_slopes=slopes, q_seg=q_seg, k_seg=k_seg)
     return softmax_or_zeros(s), raw
 
 
@@ -107,7 +104,7 @@ def _forward(st, q, k, v, q_seg, kv_seg, q_offset, slopes):
                               None if kv_seg is None else kv_seg[:, lo:hi], q_offset, slopes, i0, lo)
         outs.append(jnp.einsum(f"b{lay.qh}qs,bs{lay.kh}d->bq{lay.qh}d", p, v32[:, lo:hi]))
         probs.append(p)
-        raws.append(raw if st.softcap is not None else None)
+        raws.append(raw if st.spec.softcap is not None else None)
     out = outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=1)
     return out, probs, raws
 
@@ -140,9 +137,9 @@ def _dense_bwd(st, res, do):
         dv = dv.at[:, lo:hi].add(jnp.einsum(f"b{lay.qh}qs,bq{lay.qh}d->bs{lay.kh}d", p, do_blk))
         dp = jnp.einsum(f"bq{lay.qh}d,bs{lay.kh}d->b{lay.qh}qs", do_blk, v32[:, lo:hi])
         ds = p * (dp - delta[..., i0:i1, None])
-        if st.softcap is not None:
-            ds = ds * (1.0 - jnp.tanh(raw / st.softcap) ** 2)
-        ds = ds * st.scale
+        if st.spec.softcap is not None:
+            ds = ds * (1.0 - jnp.tanh(raw / st.spec.softcap) ** 2)
+        ds = ds * st.spec.scale
         dq_blocks.append(jnp.einsum(f"b{lay.qh}qs,bs{lay.kh}d->bq{lay.qh}d", ds, k32[:, lo:hi]))
         dk = dk.at[:, lo:hi].add(jnp.einsum(f"b{lay.qh}qs,bq{lay.qh}d->bs{lay.kh}d", ds, qx[:, i0:i1]))
     dq = dq_blocks[0] if len(dq_blocks) == 1 else jnp.concatenate(dq_blocks, axis=1)

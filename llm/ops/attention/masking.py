@@ -12,6 +12,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from llm.ops.attention.spec import AttentionSpec
+
 Array = jax.Array
 
 
@@ -66,10 +68,10 @@ def alibi_bias(alibi_slopes: Array, q_slot: Array, k_slot: Array) -> Array:
     return -alibi_slopes.astype(jnp.float32)[:, None, None] * dist
 
 
-def masked_scores(raw: Array, q_slot: Array, k_slot: Array, *, causal: bool, window: int | None,
-                  softcap: float | None, alibi_slopes: Array | None, q_seg: Array | None = None,
-                  k_seg: Array | None = None) -> Array:
-    """Scaled scores [B, *heads, Tq, Tk] -> soft-capped, plus ALiBi's bias, -inf where `allowed` says no.
+def masked_scores(raw: Array, q_slot: Array, k_slot: Array, spec: AttentionSpec, *, alibi_slopes: Array | None,
+                  q_seg: Array | None = None, k_seg: Array | None = None) -> Array:
+    """Scaled scores [B, *heads, Tq, Tk] -> soft-capped (`spec.softcap`), plus ALiBi's bias, -inf where `allowed`
+    says no (`spec.causal`, `spec.window`).
 
     q_slot [Tq, 1] and k_slot [1, Tk] are the rows' and columns' slots (any key offset included); q_seg [B, Tq]
     and k_seg [B, Tk] the segment ids or None; `alibi_slopes` [H] is reshaped to the scores' head axes (H, or K
@@ -78,11 +80,11 @@ def masked_scores(raw: Array, q_slot: Array, k_slot: Array, *, causal: bool, win
     (the tests check them against an independent NumPy computation, tests/attention_oracle.py).
     """
     heads, (tq, tk) = raw.shape[1:-2], raw.shape[-2:]
-    s = cap_logits(raw, softcap)
+    s = cap_logits(raw, spec.softcap)
     if alibi_slopes is not None:
         s = s + alibi_bias(alibi_slopes, q_slot, k_slot).reshape(*heads, tq, tk)
     segments = {} if q_seg is None else {"q_seg": q_seg[:, :, None], "k_seg": k_seg[:, None, :]}
-    ok = allowed(q_slot, k_slot, causal=causal, window=window, **segments)  # [Tq, Tk] or [B, Tq, Tk]
+    ok = allowed(q_slot, k_slot, causal=spec.causal, window=spec.window, **segments)  # [Tq, Tk] or [B, Tq, Tk]
     ok = ok.reshape(-1 if ok.ndim == 3 else 1, *(1,) * len(heads), tq, tk)
     return jnp.where(ok, s, -jnp.inf)
 

@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from llm.ops.attention.chunked import block_attention, block_attention_grads, chunked_attention
+from llm.ops.attention.spec import AttentionSpec
 from llm.parallel.context import CONTEXT_STRATEGIES
 
 
@@ -59,28 +60,25 @@ class Layout:
         return np.concatenate([np.arange(c * chunk, (c + 1) * chunk) for c in ids])
 
 
-@dataclasses.dataclass(frozen=True)
-class Masking:
-    """The attention options a block needs (hashable: a static argument of the custom VJP)."""
-
-    causal: bool
-    window: int | None
-    scale: float
-    softcap: float | None
-    block_k: int = 512
-
-    def kwargs(self) -> dict:
-        return dataclasses.asdict(self)
-
-
-def context_attention(q, k, v, q_seg, kv_seg, alibi_slopes, *, layout: Layout, masking: Masking):
+def context_attention(q, k, v, q_seg, kv_seg, alibi_slopes, *, layout: Layout, spec: AttentionSpec,
+                      block_k: int = 512):
     """The local queries' attention over the whole sequence, q [B, T/n, H, D] and k, v [B, T/n, K, D] this device's
-    slots in `layout`, q_seg and kv_seg [B, T/n] int segment ids, alibi_slopes [H] (this device's heads) or None."""
+    slots in `layout`, q_seg and kv_seg [B, T/n] int segment ids, alibi_slopes [H] (this device's heads) or None;
+    each block by the chunked kernel with `block_k` keys a step (`spec.impl` is not read)."""
+    blocks = _Blocks(spec.scaled(q.shape[-1]), block_k)
     if layout.strategy == "all_gather":
-        return _all_gather_attention(q, k, v, q_seg, kv_seg, alibi_slopes, layout, masking)
+        return _all_gather_attention(q, k, v, q_seg, kv_seg, alibi_slopes, layout, blocks)
     if layout.strategy != "ring":
         raise ValueError(f"unknown context-parallel strategy {layout.strategy!r}; choose one of {CONTEXT_STRATEGIES}")
-    return _ring(layout, masking, q, k, v, q_seg, kv_seg, alibi_slopes)
+    return _ring(layout, blocks, q, k, v, q_seg, kv_seg, alibi_slopes)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Blocks:
+    """The options of every block's attention (hashable: a static argument of the custom VJP)."""
+
+    spec: AttentionSpec  # scaled
+    block_k: int
 
 
 def _split(x, parts: int, axis: int = 1):
@@ -91,7 +89,7 @@ def _join(xs, axis: int = 1):
     return xs[0] if len(xs) == 1 else jnp.concatenate(xs, axis=axis)
 
 
-def _all_gather_attention(q, k, v, q_seg, kv_seg, slopes, layout: Layout, masking: Masking):
+def _all_gather_attention(q, k, v, q_seg, kv_seg, slopes, layout: Layout, blocks: _Blocks):
     gather = functools.partial(jax.lax.all_gather, axis_name=layout.axis, axis=1, tiled=True)
     k_all, v_all, kv_seg_all = gather(k), gather(v), gather(kv_seg)
     if layout.balanced:  # back to slot order, so key j sits at slot j
@@ -99,22 +97,22 @@ def _all_gather_attention(q, k, v, q_seg, kv_seg, slopes, layout: Layout, maskin
         k_all, v_all, kv_seg_all = k_all[:, back], v_all[:, back], kv_seg_all[:, back]
     me = jax.lax.axis_index(layout.axis)
     chunk = q.shape[1] // layout.parts
-    outs = [chunked_attention(q_a, k_all, v_all, segment_ids=seg_a, kv_segment_ids=kv_seg_all, q_offset=c * chunk,
-                              alibi_slopes=slopes, **masking.kwargs())
+    outs = [chunked_attention(q_a, k_all, v_all, blocks.spec, segment_ids=seg_a, kv_segment_ids=kv_seg_all,
+                              q_offset=c * chunk, alibi_slopes=slopes, block_k=blocks.block_k)
             for q_a, seg_a, c in zip(_split(q, layout.parts), _split(q_seg, layout.parts), layout.chunks(me))]
     return _join(outs)
 
 
-def _visible(q_chunk, k_chunk, chunk: int, masking: Masking):
+def _visible(q_chunk, k_chunk, chunk: int, spec: AttentionSpec):
     """Whether any query of chunk `q_chunk` may see any key of chunk `k_chunk` (True when no mask limits it)."""
     first = (q_chunk - k_chunk) * chunk  # q_slot - k_slot of the chunks' first rows; the pair spans +-(chunk - 1)
     ok = True
-    if masking.causal:
+    if spec.causal:
         ok = first + chunk - 1 >= 0
-    if masking.window is not None:
-        ok = ok & (first - (chunk - 1) < masking.window)
-        if not masking.causal:
-            ok = ok & (first + chunk - 1 > -masking.window)
+    if spec.window is not None:
+        ok = ok & (first - (chunk - 1) < spec.window)
+        if not spec.causal:
+            ok = ok & (first + chunk - 1 > -spec.window)
     return ok
 
 
@@ -142,11 +140,11 @@ def _pass_on(x, layout: Layout):
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def _ring(layout, masking, q, k, v, q_seg, kv_seg, slopes):
-    return _ring_forward(layout, masking, q, k, v, q_seg, kv_seg, slopes)[0].astype(q.dtype)
+def _ring(layout, blocks, q, k, v, q_seg, kv_seg, slopes):
+    return _ring_forward(layout, blocks, q, k, v, q_seg, kv_seg, slopes)[0].astype(q.dtype)
 
 
-def _ring_forward(layout: Layout, masking: Masking, q, k, v, q_seg, kv_seg, slopes):
+def _ring_forward(layout: Layout, blocks: _Blocks, q, k, v, q_seg, kv_seg, slopes):
     """(out float32 [B, T/n, H, D], logsumexp [B, K, G, T/n])."""
     me = jax.lax.axis_index(layout.axis)
     parts, chunk = layout.parts, q.shape[1] // layout.parts
@@ -163,8 +161,9 @@ def _ring_forward(layout: Layout, masking: Masking, q, k, v, q_seg, kv_seg, slop
             out, lse = acc[a]
             for c in range(parts):
                 compute = functools.partial(block_attention, qs[a], ks[c], vs[c], q_segs[a], kv_segs[c],
-                                            (q_chunks[a] - k_chunks[c]) * chunk, slopes, **masking.kwargs())
-                part = _when_visible(_visible(q_chunks[a], k_chunks[c], chunk, masking), compute, lambda: empty)
+                                            (q_chunks[a] - k_chunks[c]) * chunk, slopes, blocks.spec,
+                                            block_k=blocks.block_k)
+                part = _when_visible(_visible(q_chunks[a], k_chunks[c], chunk, blocks.spec), compute, lambda: empty)
                 out, lse = _merge(out, lse, *part)
             new.append((out, lse))
         return new
@@ -179,13 +178,13 @@ def _ring_forward(layout: Layout, masking: Masking, q, k, v, q_seg, kv_seg, slop
     return _join([o for o, _ in acc]), _join([lse for _, lse in acc], axis=3)
 
 
-def _ring_fwd(layout, masking, q, k, v, q_seg, kv_seg, slopes):
-    out, lse = _ring_forward(layout, masking, q, k, v, q_seg, kv_seg, slopes)
+def _ring_fwd(layout, blocks, q, k, v, q_seg, kv_seg, slopes):
+    out, lse = _ring_forward(layout, blocks, q, k, v, q_seg, kv_seg, slopes)
     out = out.astype(q.dtype)
     return out, (q, k, v, q_seg, kv_seg, slopes, out, lse)
 
 
-def _ring_bwd(layout: Layout, masking: Masking, res, do):
+def _ring_bwd(layout: Layout, blocks: _Blocks, res, do):
     q, k, v, q_seg, kv_seg, slopes, out, lse = res
     me = jax.lax.axis_index(layout.axis)
     parts, chunk = layout.parts, q.shape[1] // layout.parts
@@ -202,11 +201,11 @@ def _ring_bwd(layout: Layout, masking: Masking, res, do):
             for c in range(parts):
                 compute = functools.partial(block_attention_grads, qs[a], ks[c], vs[c], q_segs[a], kv_segs[c],
                                             (q_chunks[a] - k_chunks[c]) * chunk, slopes, outs[a], lses[a], dos[a],
-                                            **masking.kwargs())
+                                            blocks.spec, block_k=blocks.block_k)
                 zeros = lambda a=a, c=c: (jnp.zeros(qs[a].shape, jnp.float32), jnp.zeros(ks[c].shape, jnp.float32),
                                           jnp.zeros(vs[c].shape, jnp.float32))
-                dq_ac, dk_ac, dv_ac = _when_visible(_visible(q_chunks[a], k_chunks[c], chunk, masking), compute,
-                                                    zeros)
+                dq_ac, dk_ac, dv_ac = _when_visible(_visible(q_chunks[a], k_chunks[c], chunk, blocks.spec),
+                                                    compute, zeros)
                 dq[a], dks[c], dvs[c] = dq[a] + dq_ac, dks[c] + dk_ac, dvs[c] + dv_ac
         # A block's key/value gradients follow it round the ring; after n passes they are home.
         return incoming, _pass_on((_join(dks), _join(dvs)), layout), tuple(dq)
