@@ -25,10 +25,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
 import functools
 import itertools
-import json
 import os
 import statistics
 import sys
@@ -40,6 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks import record
 from llm.kernels import flash_attention as fa
 from llm.ops.attention import attention
 from llm.ops.attention.context import Layout, Masking, context_attention
@@ -354,8 +353,7 @@ def fmt(x, spec: str, mul: float = 1.0) -> str:
 
 
 def to_markdown(meta: dict, records: list[dict], tunes: list[dict]) -> str:
-    lines = [f"# Attention benchmark ({meta['platform']}: {meta['device_kind']})", "",
-             f"jax {meta['jax']}, {meta['date']}, `{meta['command']}`", "",
+    lines = [f"# Attention benchmark ({meta['platform']}: {meta['device_kind']})", "", record.machine_line(meta), "",
              "TFLOP/s: forward 4*B*H*S^2*D (halved when causal), backward 2.5x, fwd+bwd 3.5x. "
              "mem: compiled memory analysis (arguments + outputs + temporaries), MiB.", "",
              "| impl | S | D | mask | dtype | pass | B x H/K | time ms | TFLOP/s | mem MiB | peak MiB | verified "
@@ -390,12 +388,9 @@ def to_markdown(meta: dict, records: list[dict], tunes: list[dict]) -> str:
 
 
 def write_results(meta, records, tunes, out_dir, tag):
-    os.makedirs(out_dir, exist_ok=True)
     base = os.path.join(out_dir, f"attention_{tag}")
-    with open(base + ".json", "w") as f:
-        json.dump({"meta": meta, "records": records, "autotune": tunes}, f, indent=1, default=str)
-    with open(base + ".md", "w") as f:
-        f.write(to_markdown(meta, records, tunes))
+    record.write_results(base, {"meta": meta, "records": records, "autotune": tunes}, to_markdown(meta, records, tunes),
+                         default=str)
     return base
 
 
@@ -502,9 +497,7 @@ def main(argv=None) -> int:
     flash_knobs = parse_tuning(a.flash)
     tunes: list[dict] = []
     cases: list[Case] = []
-    meta = {"platform": platform, "device_kind": jax.devices()[0].device_kind, "jax": jax.__version__,
-            "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-            "command": " ".join(["python -m benchmarks.attention", *(argv if argv is not None else sys.argv[1:])])}
+    meta = record.machine(record.command_line("attention", argv))
     records: list[dict] = []
 
     def run_all(cs):
