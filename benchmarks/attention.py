@@ -39,12 +39,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import record
+from llm.dtypes import parse_dtype
 from llm.kernels import flash_attention as fa
 from llm.ops.attention import attention
 from llm.ops.attention.context import Layout, Masking, context_attention
 
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,7 +94,7 @@ def impl_kwargs(case: Case) -> dict[str, Any]:
 def make_inputs(case: Case, seq: int | None = None, batch: int | None = None, seed: int = 0):
     seq = seq or case.seq
     batch = batch or case.batch
-    dt = DTYPES[case.dtype]
+    dt = parse_dtype(case.dtype, "--dtypes")
     ks = jax.random.split(jax.random.PRNGKey(seed), 4)
     q = jax.random.normal(ks[0], (batch, seq, case.heads, case.head_dim), dt)
     k = jax.random.normal(ks[1], (batch, seq, case.kv_heads, case.head_dim), dt)
@@ -246,7 +246,7 @@ def mgpu_fallback(case: Case) -> str | None:
         return None
     from llm.kernels import flash_common as fc
 
-    dt = DTYPES[case.dtype]
+    dt = parse_dtype(case.dtype, "--dtypes")
     q = jax.ShapeDtypeStruct((case.batch, case.seq, case.heads, case.head_dim), dt)
     k = jax.ShapeDtypeStruct((case.batch, case.seq, case.kv_heads, case.head_dim), dt)
     knobs = dict(fa.default_tuning("mosaic_gpu", case.head_dim, dt), **dict(case.tuning))

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from llm.dtypes import parse_dtype
 from llm.hf.configs import HFConversionError, check_exportable, hf_config, model_config_from_hf
 from llm.hf.weights import SINGLE_FILE, hf_tensors, params_from_hf, read_tensors, write_tensors
 from llm.model import ModelConfig, Transformer
@@ -114,10 +115,8 @@ def export_hf(model_cfg: ModelConfig, params: Any, out_dir: str | os.PathLike, t
         raise HFConversionError(f"{out} already holds {', '.join(taken)}; choose another folder or pass "
                                 "overwrite=True")
     tensors, bias_flags = hf_tensors(params, model_cfg, arch)
-    dtype = dtype or str(tensors[next(iter(tensors))].dtype)
-    if dtype not in ("float32", "bfloat16", "float16"):
-        raise HFConversionError(f"dtype={dtype!r} is not one of: float32, bfloat16, float16")
-    tensors = {k: v.astype(jnp.dtype(dtype)) for k, v in tensors.items()}
+    dtype = parse_dtype(dtype or tensors[next(iter(tensors))].dtype, "dtype", HFConversionError).name
+    tensors = {k: v.astype(dtype) for k, v in tensors.items()}
     if eos_id is None and tokenizer is not None:
         eos_id = tokenizer.eos_id
     if bos_id is None and arch == "gpt2":
