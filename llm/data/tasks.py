@@ -43,6 +43,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from llm.errors import DataError
+from llm.files import atomic_file
 
 Example = dict[str, str]
 SPLITS = ("train", "test")
@@ -401,7 +402,7 @@ def write_jsonl(examples: Iterable[Example], path: str | os.PathLike) -> Path:
     """One JSON object per line (UTF-8, non-ASCII kept as is); creates parent folders; returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as f:
+    with atomic_file(path) as f:
         for ex in examples:
             f.write(json.dumps(ex, ensure_ascii=False) + "\n")
     return path

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from llm.dtypes import parse_dtype
+from llm.files import write_json
 from llm.hf.configs import HFConversionError, check_exportable, hf_config, model_config_from_hf
 from llm.hf.weights import SINGLE_FILE, hf_tensors, params_from_hf, read_tensors, write_tensors
 from llm.model import ModelConfig, Transformer
@@ -124,7 +125,7 @@ def export_hf(model_cfg: ModelConfig, params: Any, out_dir: str | os.PathLike, t
     config = hf_config(model_cfg, arch, biases=bias_flags, dtype=dtype, bos_id=bos_id, eos_id=eos_id)
     out.mkdir(parents=True, exist_ok=True)
     write_tensors(tensors, out / SINGLE_FILE)
-    (out / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    write_json(out / CONFIG_FILE, config, indent=2, sort_keys=True)
     if tokenizer is not None:
         tokenizer.hf.save(str(out / TOKENIZER_FILE))
         tok_config = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": model_cfg.max_len,
@@ -132,7 +133,7 @@ def export_hf(model_cfg: ModelConfig, params: Any, out_dir: str | os.PathLike, t
         for key, token_id in (("eos_token", eos_id), ("bos_token", bos_id)):
             if token_id is not None and tokenizer.hf.id_to_token(token_id) is not None:
                 tok_config[key] = tokenizer.hf.id_to_token(token_id)
-        (out / TOKENIZER_CONFIG_FILE).write_text(json.dumps(tok_config, indent=2) + "\n")
+        write_json(out / TOKENIZER_CONFIG_FILE, tok_config, indent=2)
     return out
 
 
