@@ -42,6 +42,7 @@ import string
 from collections.abc import Iterable
 from pathlib import Path
 
+from llm.data.jsonl import json_lines
 from llm.errors import DataError
 from llm.files import atomic_file
 
@@ -424,13 +425,7 @@ def read_jsonl(path: str | os.PathLike) -> list[Example]:
     except OSError as e:
         raise DataError(f"{path}: cannot read ({e.strerror})") from e
     examples = []
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            ex = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from e
+    for lineno, ex in json_lines(path, text.split("\n")):
         if not isinstance(ex, dict):
             raise DataError(
                 f"{path}:{lineno}: expected a JSON object with prompt and completion, got {type(ex).__name__}"
