@@ -1,6 +1,6 @@
 """llm.runtime.hardware's processor description: the model name and the matmul-relevant flags of /proc/cpuinfo."""
 
-from llm.runtime.hardware import describe_processor, native_bf16, parse_cpuinfo
+from llm.runtime.hardware import describe_processor, native_bf16, parse_cpuinfo, slow_matmul_note
 
 # Two processors, as /proc/cpuinfo lists them; flags abridged from real machines.
 AMX_CPUINFO = """processor\t: 0
@@ -44,3 +44,12 @@ def test_avx512_bf16_without_amx_is_native_bf16():
 def test_unknown_features_are_said_so():
     p = {"model": "arm64", "features": None}
     assert describe_processor(p) == "arm64 (features unknown)" and not native_bf16(p)
+
+
+def test_bfloat16_matmuls_get_a_note_only_on_a_cpu_without_native_bf16():
+    avx2, amx = parse_cpuinfo(AVX2_CPUINFO), parse_cpuinfo(AMX_CPUINFO)
+    note = slow_matmul_note("bfloat16", "cpu", avx2)
+    assert note is not None and "AMD EPYC (avx2, fma;" in note and "slower than float32" in note
+    assert slow_matmul_note("bfloat16", "cpu", amx) is None  # AMX: the fastest setting
+    assert slow_matmul_note("bfloat16", "gpu", avx2) is None  # the host's CPU does not run a GPU's matmuls
+    assert slow_matmul_note(None, "cpu", avx2) is None and slow_matmul_note("float32", "cpu", avx2) is None

@@ -83,6 +83,16 @@ def native_bf16(processor: dict[str, Any] | None = None) -> bool:
     return any(f in (p["features"] or ()) for f in NATIVE_BF16_FEATURES)
 
 
+def slow_matmul_note(matmul_dtype: str | None, platform: str, processor: dict[str, Any] | None = None) -> str | None:
+    """A line for the log when `matmul_dtype` runs slower than float32 here (bfloat16 operands on a CPU without
+    native bfloat16; `processor` default this one), else None."""
+    if matmul_dtype != "bfloat16" or platform != "cpu" or native_bf16(processor):
+        return None
+    return (f"note: model.matmul_dtype=bfloat16 is slower than float32 matmuls on this CPU, "
+            f"{describe_processor(processor)}: without AVX512_BF16 or AMX its bfloat16 products are converted to "
+            "float32 first")
+
+
 def peak_flops(device: jax.Device | None = None, matmul_dtype: str | None = None) -> float:
     """Peak FLOP/s of one device: the table above, or a measured matmul peak on a CPU (float32 operands, or
     `matmul_dtype`'s)."""
