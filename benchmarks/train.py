@@ -449,6 +449,9 @@ def run_benchmark(preset: str, *, out_dir: str | Path = RESULTS_DIR, steps: int 
         if unknown:
             raise ValueError(f"unknown configuration(s) {unknown}; {preset} has {[s.name for s in specs]}")
         specs = [s for s in specs if s.name in only]
+    if repeats < 1:
+        raise ValueError(f"repeats must be at least 1, got {repeats}")
+    per_run = len(specs)
     specs = specs * repeats
     meta: dict[str, Any] = {
         "preset": preset, "tag": tag or preset, "repeats": repeats,
@@ -462,7 +465,7 @@ def run_benchmark(preset: str, *, out_dir: str | Path = RESULTS_DIR, steps: int 
     }
     if not isolate:  # a child reports its device; the parent must not start (and pre-allocate) one itself
         meta.update(device_info())
-    numbers = [{"run": i // (len(specs) // repeats) + 1} if repeats > 1 else {} for i in range(len(specs))]
+    numbers = [{"run": i // per_run + 1} if repeats > 1 else {} for i in range(len(specs))]
     rows: list[dict[str, Any]] = [{"name": s.name, "kind": "compile" if s.compile_only else "train",
                                    "group": s.group, "status": "pending", **n} for s, n in zip(specs, numbers)]
     paths = write_results(meta, rows, out_dir)
