@@ -25,10 +25,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
 import functools
 import itertools
-import json
 import os
 import statistics
 import sys
@@ -40,12 +38,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks import record
+from llm.dtypes import parse_dtype
 from llm.kernels import flash_attention as fa
 from llm.ops.attention import AttentionSpec, attention
 from llm.parallel.context.attention import Layout, context_attention
 
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,7 +94,7 @@ def impl_kwargs(case: Case) -> dict[str, Any]:
 def make_inputs(case: Case, seq: int | None = None, batch: int | None = None, seed: int = 0):
     seq = seq or case.seq
     batch = batch or case.batch
-    dt = DTYPES[case.dtype]
+    dt = parse_dtype(case.dtype, "--dtypes")
     ks = jax.random.split(jax.random.PRNGKey(seed), 4)
     q = jax.random.normal(ks[0], (batch, seq, case.heads, case.head_dim), dt)
     k = jax.random.normal(ks[1], (batch, seq, case.kv_heads, case.head_dim), dt)
@@ -247,7 +246,7 @@ def mgpu_fallback(case: Case) -> str | None:
         return None
     from llm.kernels import flash_common as fc
 
-    dt = DTYPES[case.dtype]
+    dt = parse_dtype(case.dtype, "--dtypes")
     q = jax.ShapeDtypeStruct((case.batch, case.seq, case.heads, case.head_dim), dt)
     k = jax.ShapeDtypeStruct((case.batch, case.seq, case.kv_heads, case.head_dim), dt)
     knobs = dict(fa.default_tuning("mosaic_gpu", case.head_dim, dt), **dict(case.tuning))
@@ -354,8 +353,7 @@ def fmt(x, spec: str, mul: float = 1.0) -> str:
 
 
 def to_markdown(meta: dict, records: list[dict], tunes: list[dict]) -> str:
-    lines = [f"# Attention benchmark ({meta['platform']}: {meta['device_kind']})", "",
-             f"jax {meta['jax']}, {meta['date']}, `{meta['command']}`", "",
+    lines = [f"# Attention benchmark ({meta['platform']}: {meta['device_kind']})", "", record.machine_line(meta), "",
              "TFLOP/s: forward 4*B*H*S^2*D (halved when causal), backward 2.5x, fwd+bwd 3.5x. "
              "mem: compiled memory analysis (arguments + outputs + temporaries), MiB.", "",
              "| impl | S | D | mask | dtype | pass | B x H/K | time ms | TFLOP/s | mem MiB | peak MiB | verified "
@@ -390,12 +388,9 @@ def to_markdown(meta: dict, records: list[dict], tunes: list[dict]) -> str:
 
 
 def write_results(meta, records, tunes, out_dir, tag):
-    os.makedirs(out_dir, exist_ok=True)
     base = os.path.join(out_dir, f"attention_{tag}")
-    with open(base + ".json", "w") as f:
-        json.dump({"meta": meta, "records": records, "autotune": tunes}, f, indent=1, default=str)
-    with open(base + ".md", "w") as f:
-        f.write(to_markdown(meta, records, tunes))
+    record.write_results(base, {"meta": meta, "records": records, "autotune": tunes}, to_markdown(meta, records, tunes),
+                         default=str)
     return base
 
 
@@ -502,9 +497,7 @@ def main(argv=None) -> int:
     flash_knobs = parse_tuning(a.flash)
     tunes: list[dict] = []
     cases: list[Case] = []
-    meta = {"platform": platform, "device_kind": jax.devices()[0].device_kind, "jax": jax.__version__,
-            "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-            "command": " ".join(["python -m benchmarks.attention", *(argv if argv is not None else sys.argv[1:])])}
+    meta = record.machine(record.command_line("attention", argv))
     records: list[dict] = []
 
     def run_all(cs):

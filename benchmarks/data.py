@@ -16,10 +16,7 @@ its first logged step.
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -28,6 +25,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from benchmarks import record
 
 BLOCK = 16 << 20
 
@@ -146,16 +145,13 @@ def main(argv=None) -> None:
 
 
 def write_results(rows: list[dict], a, out: Path) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    meta = {"date": datetime.date.today().isoformat(), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-            "command": "python -m benchmarks.data " + " ".join(sys.argv[1:])}
-    (out / "data_cpu.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
-    lines = [f"# llm prepare on generated corpora ({meta['date']}, {meta['machine']})", "",
-             f"`{meta['command']}`", "", "| case | seconds | MB/s | peak RSS (MB) |", "| --- | --- | --- | --- |"]
+    meta = record.machine(record.command_line("data", None), device=False)
+    lines = ["# llm prepare on generated corpora", "", record.machine_line(meta), "",
+             "| case | seconds | MB/s | peak RSS (MB) |", "| --- | --- | --- | --- |"]
     for r in rows:
         rate = f"{r['mb'] / r['seconds']:.1f}" if r["case"].startswith("prepare") and r["ok"] else "-"
         lines.append(f"| {r['case']} | {r['seconds'] if r['ok'] else 'failed'} | {rate} | {r['peak_rss_mb']} |")
-    (out / "data_cpu.md").write_text("\n".join(lines) + "\n")
+    record.write_results(out / "data_cpu", {"meta": meta, "rows": rows}, "\n".join(lines), indent=2)
     print("\n".join(lines))
 
 

@@ -18,16 +18,13 @@ Needs `pip install grain` (not a dependency of llm).
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-import os
-import platform
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+
+from benchmarks import record
 
 
 class Windows:
@@ -128,14 +125,11 @@ def measure(a) -> list[dict]:
 
 
 def write_results(rows: list[dict], out: Path) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    meta = {"date": datetime.date.today().isoformat(), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-            "command": " ".join(["python -m benchmarks.loader", *sys.argv[1:]])}
-    (out / "loader_cpu.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
-    lines = [f"# Loaders on a prepared dataset ({meta['date']}, {meta['machine']})", "", f"`{meta['command']}`", "",
+    meta = record.machine(record.command_line("loader", None), device=False)
+    lines = ["# Loaders on a prepared dataset", "", record.machine_line(meta), "",
              "| loader | batches/s | tokens/s |", "| --- | --- | --- |"]
     lines += [f"| {r['loader']} | {r['batches_per_s']} | {r['tokens_per_s']:,} |" for r in rows]
-    (out / "loader_cpu.md").write_text("\n".join(lines) + "\n")
+    record.write_results(out / "loader_cpu", {"meta": meta, "rows": rows}, "\n".join(lines), indent=2)
     print("\n".join(lines))
 
 

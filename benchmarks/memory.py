@@ -11,8 +11,6 @@ temporaries from XLA's compiled memory analysis of the real train step (compiled
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import os
 import sys
 from pathlib import Path
@@ -41,6 +39,7 @@ def main(argv=None) -> None:
     import jax
     import numpy as np
 
+    from benchmarks import record
     from llm.config import model_config
     from llm.model import Transformer
     from llm.parallel import logical_rules, make_mesh, make_shardings, memory_report
@@ -76,10 +75,9 @@ def main(argv=None) -> None:
         rows.append({"mesh": name, "shape": list(shape), **{k: v / 2**20 for k, v in report.items()}})
         print(rows[-1], flush=True)
 
+    meta = record.machine(record.command_line("memory", argv))
     lines = [f"# Per-device training memory: {a.config}, batch {a.batch} x {seq}, vocab {a.vocab}", "",
-             f"jax {jax.__version__}, {datetime.date.today()}, simulated CPU devices, "
-             f"`python -m benchmarks.memory --config {a.config} "
-             f"{f'--context {a.context}' if a.context else f'--batch {a.batch}'}`", "",
+             f"{meta['device_count']} simulated CPU devices; " + record.machine_line(meta), "",
              "MiB per device: parameters and AdamW state from the shardings; activations and temporaries from "
              "XLA's compiled memory analysis of the train step (CPU compiler; a GPU's differs somewhat).", "",
              "| mesh (data, fsdp, context, tensor) | params | optimizer state | activations + temps |",
@@ -87,11 +85,9 @@ def main(argv=None) -> None:
     for r in rows:
         lines.append(f"| {r['mesh']} {tuple(r['shape'])} | {r['params']:,.1f} | {r['opt_state']:,.1f} | "
                      f"{r['activations_and_temps']:,.1f} |")
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
     stem = f"memory_{Path(path).stem}_{preset or 'default'}{f'_context{a.context}' if a.context else ''}"
-    (out / f"{stem}.json").write_text(json.dumps({"config": a.config, "batch": a.batch, "rows": rows}, indent=2))
-    (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
+    record.write_results(Path(a.out) / stem, {"meta": meta, "config": a.config, "batch": a.batch, "rows": rows},
+                         "\n".join(lines), indent=2)
     print("\n".join(lines))
 
 

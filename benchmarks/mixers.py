@@ -23,9 +23,7 @@ of `--repeats`.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import platform
 import resource
 import subprocess
 import sys
@@ -164,17 +162,11 @@ def main(argv=None) -> int:
 
 
 def write(rows, a, argv) -> None:
-    import jax
+    from benchmarks import record
 
-    device = jax.devices()[0]
-    meta = {"device": device.device_kind, "platform": device.platform, "jax": jax.__version__,
-            "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"), "host": platform.node(),
-            "command": "python -m benchmarks.mixers " + " ".join(argv)}
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"mixers_{device.platform}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
-    lines = [f"# Sequence mixers: training and decoding by length ({device.platform}: {device.device_kind})", "",
-             f"jax {jax.__version__}, {meta['date']}, `{meta['command']}`", "",
+    meta = record.machine(record.command_line("mixers", argv))
+    lines = [f"# Sequence mixers: training and decoding by length ({meta['platform']}: {meta['device_kind']})", "",
+             record.machine_line(meta), "",
              f"Model: 2 layers x {a.d_model} wide, 4 heads, vocab 256, short convolutions of 3, mixer chunks of "
              f"{a.chunk}; attention `attention_impl=chunked`; windows of {WINDOW}. Random weights; compile time "
              f"excluded; median of {a.repeats}.", ""]
@@ -194,7 +186,7 @@ def write(rows, a, argv) -> None:
                 cells.append(cols(r) if "error" not in r else f"error: {r['error'][:60]}")
             lines.append(f"| {mixer} | " + " | ".join(cells) + " |")
         lines.append("")
-    (out / f"mixers_{device.platform}.md").write_text("\n".join(lines))
+    record.write_results(Path(a.out) / f"mixers_{meta['platform']}", {"meta": meta, "rows": rows}, "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -19,9 +19,6 @@ runs. The greedy tokens of the two methods must agree (checked, reported). token
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-import platform
 import statistics
 import sys
 import time
@@ -32,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks import record
 from llm.config.sampling import SamplingParams
 from llm.inference import generate
 from llm.model import ModelConfig, Transformer
@@ -116,20 +114,12 @@ def main(argv=None) -> int:
     speedup = rows[0]["tokens_per_s"] / rows[-1]["tokens_per_s"]
     scaling = {bb: r["tokens_per_s"] / rows[0]["tokens_per_s"] for bb, r in zip(batches, rows, strict=False)}
 
-    meta = {"device": device.device_kind, "platform": device.platform, "jax": jax.__version__,
-            "host_malloc_tuned": malloc_tuned,
-            "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"), "host": platform.node(),
-            "command": "python -m benchmarks.sampling " + " ".join(sys.argv[1:] if argv is None else argv),
+    meta = {**record.machine(record.command_line("sampling", argv)), "host_malloc_tuned": malloc_tuned,
             "model": {k: getattr(cfg, k) for k in ("vocab_size", "max_len", "d_model", "n_layers", "n_heads",
                                                    "position", "norm", "ffn")},
             "params": count_params(params), "prompt_len": args.prompt_len,
             "kv_cache_speedup_batch1": speedup, "kv_cache_batch_scaling": scaling}
-    out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tag = device.platform
-    (out_dir / f"sampling_{tag}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
-    lines = [f"# Sampling throughput ({device.platform}: {device.device_kind})", "",
-             f"jax {jax.__version__}, {meta['date']}, `{meta['command']}`", "",
+    lines = [f"# Sampling throughput ({device.platform}: {device.device_kind})", "", record.machine_line(meta), "",
              f"Model: {cfg.n_layers} layers x {cfg.d_model} wide, {cfg.n_heads} heads, RoPE, RMSNorm, SwiGLU, vocab "
              f"{cfg.vocab_size}, context {cfg.max_len}, {meta['params']:,} parameters (random weights); prompt "
              f"{args.prompt_len} tokens, {args.new_tokens} new tokens, greedy. Compile time excluded (a warm-up call "
@@ -145,7 +135,7 @@ def main(argv=None) -> int:
               "- KV-cache tokens/s relative to batch 1: "
               + ", ".join(f"batch {bb}: {s:.1f}x" for bb, s in scaling.items()),
               f"- greedy tokens of the two methods equal: {agree}"]
-    (out_dir / f"sampling_{tag}.md").write_text("\n".join(lines) + "\n")
+    record.write_results(Path(args.out) / f"sampling_{device.platform}", {"meta": meta, "rows": rows}, "\n".join(lines))
     print("\n".join(lines[-4:]))
     return 0 if agree else 1
 

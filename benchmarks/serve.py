@@ -13,15 +13,14 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import datetime
-import json
 import resource
 import socket
 import statistics
-import sys
 import threading
 import time
 from pathlib import Path
+
+from benchmarks import record
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -116,16 +115,14 @@ def main(argv=None) -> None:
 
 
 def write_results(a, run, rows) -> None:
-    import jax
-
     cfg = run.model.cfg
-    meta = {"command": "python -m benchmarks.serve " + " ".join(sys.argv[1:]), "jax": jax.__version__,
-            "platform": jax.default_backend(), "date": datetime.date.today().isoformat(),
+    meta = {**record.machine(record.command_line("serve", None)),
             "model": f"{cfg.n_layers} layers x {cfg.d_model}, context {cfg.max_len}", "requests": a.requests,
             "max_tokens": a.max_tokens, "max_batch": a.max_batch,
             "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
     lines = [f"# `llm serve` under load ({meta['platform']})", "",
-             f"jax {meta['jax']}, {meta['date']}, `{meta['command']}`; model {meta['model']}; {a.requests} greedy "
+             record.machine_line(meta), "",
+             f"Model {meta['model']}; {a.requests} greedy "
              f"requests of {a.max_tokens} tokens per level, max batch {a.max_batch}, loopback, the openai client; "
              f"peak RSS of the process (server and clients) {meta['peak_rss_mib']:,.0f} MiB.", "",
              "| clients | tokens/s | requests/s | p50 s | p90 s | p99 s | mean batch | vs serial |",
@@ -134,10 +131,8 @@ def write_results(a, run, rows) -> None:
         gain = f"{r['vs_serial']:.1f}x" if r["vs_serial"] else "-"
         lines.append(f"| {r['clients']} | {r['tokens_per_s']:.0f} | {r['requests_per_s']:.2f} | {r['p50_s']:.3f} | "
                      f"{r['p90_s']:.3f} | {r['p99_s']:.3f} | {r['mean_batch']:.1f} | {gain} |")
-    RESULTS.mkdir(exist_ok=True)
     stem = RESULTS / f"serve_{meta['platform']}"
-    stem.with_suffix(".json").write_text(json.dumps({**meta, "rows": rows}, indent=2) + "\n")
-    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    record.write_results(stem, {**meta, "rows": rows}, "\n".join(lines), indent=2)
     print(f"wrote {stem}.md and .json")
 
 

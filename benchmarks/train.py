@@ -32,6 +32,7 @@ Presets:
   python -m benchmarks.train --preset cpu
   python3 -m benchmarks.train --preset gpu --budget-s 240          # PYTHONPATH must contain the repo
   python -m benchmarks.train --preset gpu --only llama350m-cudnn-none-b32 --steps 20
+  python -m benchmarks.train --preset cpu --only baby,baby-bfloat16-matmuls --repeats 3 --tag cpu-avx2
 
 On GPU each configuration runs in a child process (`--isolate`, the default there): a clean allocator per
 configuration (its own peak memory, an out-of-memory error cannot leave fragments behind), a kernel that
@@ -39,19 +40,19 @@ crashes or poisons the CUDA context loses one row, not the run, and a configurat
 is killed. Children get XLA_PYTHON_CLIENT_MEM_FRACTION=0.92 unless it is set (JAX's default pre-allocates
 75% of the 141 GB, too little for the larger batches without remat). No XLA flags are set; XLA_FLAGS from the
 environment is honoured and recorded. Results are rewritten after every configuration, so a run cut short still
-leaves what it finished: benchmarks/results/train_<preset>.{json,md}.
+leaves what it finished: benchmarks/results/train_<preset>.{json,md} (`--tag` names them otherwise), with the
+processor (benchmarks/record.py). `--repeats N` runs the configurations N times in turn and summarises each by
+its median.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
 import gc
 import importlib.util
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -65,6 +66,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks import record
 from llm.config import model_config, validate_config
 from llm.model import Transformer
 from llm.model.params import count_params, flops_params, param_count_formula, train_flops_per_token
@@ -425,8 +427,12 @@ def run_isolated(spec: Spec, *, steps: int | None, warmup: int | None, deadline:
 def run_benchmark(preset: str, *, out_dir: str | Path = RESULTS_DIR, steps: int | None = None,
                   warmup: int | None = None, budget_s: float | None = None, isolate: bool | None = None,
                   only: list[str] | None = None, config_timeout_s: float = 150.0, command: str | None = None,
-                  log=print):
+                  repeats: int = 1, tag: str | None = None, log=print):
     """Run a preset's configurations within the budget; returns (meta, rows, (json path, markdown path)).
+
+    repeats > 1 runs the whole list that many times in turn (A, B, A, B, ...), so that other jobs' load falls on
+    every configuration alike; each run is a row (its `run` numbered from 1) and the summary gives each
+    configuration's median. The files are train_<tag> (default: the preset's name) in out_dir.
 
     No configuration starts once `budget_s` has passed since the start (isolated ones need MIN_START_S left);
     a running one trims its timed steps to end by then, and an isolated one is killed at min(what is left +
@@ -443,21 +449,25 @@ def run_benchmark(preset: str, *, out_dir: str | Path = RESULTS_DIR, steps: int 
         if unknown:
             raise ValueError(f"unknown configuration(s) {unknown}; {preset} has {[s.name for s in specs]}")
         specs = [s for s in specs if s.name in only]
+    if repeats < 1:
+        raise ValueError(f"repeats must be at least 1, got {repeats}")
+    per_run = len(specs)
+    specs = specs * repeats
     meta: dict[str, Any] = {
-        "preset": preset, "command": command or f"python -m benchmarks.train --preset {preset}",
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"), "host": platform.node(),
-        "python": platform.python_version(), "jax": jax.__version__, "versions": _versions(),
-        "flop_convention": FLOP_CONVENTION, "timing": "median of timed steps after warm-up, each blocked with "
-        "jax.block_until_ready on the metrics; synthetic uniform random tokens",
+        "preset": preset, "tag": tag or preset, "repeats": repeats,
+        **record.machine(command or f"python -m benchmarks.train --preset {preset}", device=False),
+        "versions": _versions(), "flop_convention": FLOP_CONVENTION,
+        "timing": "median of timed steps after warm-up, each blocked with jax.block_until_ready on the metrics; "
+                  "synthetic uniform random tokens",
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "mem_fraction": os.environ.get("XLA_PYTHON_CLIENT_MEM_FRACTION", ""), "budget_s": budget_s,
         "isolated": isolate, "git_commit": _git_commit(),
-        "load_avg": [round(x, 2) for x in os.getloadavg()],  # other jobs on the machine distort timings
     }
     if not isolate:  # a child reports its device; the parent must not start (and pre-allocate) one itself
         meta.update(device_info())
+    numbers = [{"run": i // per_run + 1} if repeats > 1 else {} for i in range(len(specs))]
     rows: list[dict[str, Any]] = [{"name": s.name, "kind": "compile" if s.compile_only else "train",
-                                   "group": s.group, "status": "pending"} for s in specs]
+                                   "group": s.group, "status": "pending", **n} for s, n in zip(specs, numbers)]
     paths = write_results(meta, rows, out_dir)
     log(f"{preset}: {len(specs)} configuration(s), budget {budget_s:.0f} s{', one process each' if isolate else ''}")
     for i, spec in enumerate(specs):
@@ -474,7 +484,7 @@ def run_benchmark(preset: str, *, out_dir: str | Path = RESULTS_DIR, steps: int 
         else:
             row = run_spec(spec, steps=steps, warmup=warmup, deadline=deadline, log=log)
             jax.clear_caches()
-        rows[i] = row
+        rows[i] = {**row, **numbers[i]}
         for key in ("platform", "device_kind", "device_count", "peak_flops", "peak_source"):
             if key in row and key not in meta:
                 meta[key] = row[key]
@@ -508,6 +518,13 @@ def summary(rows: list[dict[str, Any]], preset: str) -> list[str]:
         if preset == "gpu":
             lines.append(f"TARGET MFU >= {MFU_TARGET:.0%} (PaLM convention): "
                          f"{'MET' if best['mfu'] >= MFU_TARGET else 'NOT MET'}")
+    runs: dict[str, list[float]] = {}
+    for r in ok:
+        if "run" in r:
+            runs.setdefault(r["name"], []).append(r["ms_per_step"])
+    for name, ms in runs.items():
+        lines.append(f"{name}: median {statistics.median(ms):.1f} ms/step over {len(ms)} runs "
+                     f"({', '.join(f'{m:.1f}' for m in ms)})")
     for group in ("scan", "unrolled"):
         g = [r for r in rows if r.get("group") == group and r.get("status") == "ok"]
         if len(g) >= 2:
@@ -531,8 +548,7 @@ def _fmt(value, spec: str = "", scale: float = 1.0) -> str:
 def markdown(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     gib = 2**30
     out = [f"# Training throughput ({meta['preset']}: {meta.get('device_kind', '?')})", "",
-           f"jax {meta['jax']}, {meta['date']}, host {meta['host']} (load average {meta.get('load_avg')} at "
-           f"the start), `{meta['command']}`", "",
+           record.machine_line(meta), "",
            f"FLOPs: {meta['flop_convention']}. Peak: {_fmt(meta.get('peak_flops'), '.4g', 1e12)} TFLOP/s "
            f"({meta.get('peak_source', '?')}). Timing: {meta['timing']}. XLA mem: compiled memory analysis "
            "(arguments + outputs + temporaries - donated). peak: device allocator's peak_bytes_in_use (GPU only).",
@@ -557,7 +573,8 @@ def markdown(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
                 status += f" ({r['note']})"
             dtype = r.get("dtype", "") + (f", {r['matmul_dtype']} matmuls" if r.get("matmul_dtype") else "")
             out.append("| " + " | ".join([
-                r["name"], r.get("model", ""), _fmt(params, ",.0f"), shape, r.get("attention_impl", ""),
+                r["name"] + (f" (run {r['run']})" if "run" in r else ""), r.get("model", ""),
+                _fmt(params, ",.0f"), shape, r.get("attention_impl", ""),
                 r.get("remat", ""), dtype, _fmt(r.get("ms_per_step"), ".1f"),
                 _fmt(r.get("tokens_per_s"), ",.0f"), _fmt(r.get("tflops"), ".3g"), _fmt(r.get("mfu"), ".1%"),
                 _fmt(r.get("compile_s"), ".1f"), _fmt(r.get("first_step_s"), ".2f"),
@@ -586,16 +603,8 @@ def markdown(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
 
 
 def write_results(meta: dict[str, Any], rows: list[dict[str, Any]], out_dir: str | Path) -> tuple[Path, Path]:
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    base = out_dir / f"train_{meta['preset']}"
-    json_path, md_path = base.with_suffix(".json"), base.with_suffix(".md")
-    for path, text in ((json_path, json.dumps({"meta": meta, "rows": rows}, indent=1, default=_json_default)),
-                       (md_path, markdown(meta, rows))):
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(text + "\n")
-        tmp.replace(path)
-    return json_path, md_path
+    stem = Path(out_dir) / f"train_{meta.get('tag', meta['preset'])}"
+    return record.write_results(stem, {"meta": meta, "rows": rows}, markdown(meta, rows), default=_json_default)
 
 
 def _json_default(x):
@@ -637,6 +646,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config-timeout-s", type=float, default=150.0,
                    help="an isolated configuration is killed after this long (and when the budget runs out)")
     p.add_argument("--only", default=None, help="comma-separated configuration names of the preset")
+    p.add_argument("--repeats", type=int, default=1,
+                   help="run the configurations this many times in turn; the summary gives each one's median")
+    p.add_argument("--tag", default=None, help="results file name: train_<tag>.{json,md} (default: the preset)")
     p.add_argument("--list", action="store_true", help="print the preset's configurations and exit")
     p.add_argument("--child-spec", help=argparse.SUPPRESS)
     p.add_argument("--child-out", help=argparse.SUPPRESS)
@@ -654,10 +666,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if a.preset == "gpu":
         os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", GPU_MEM_FRACTION)
-    command = " ".join(["python -m benchmarks.train", *(argv if argv is not None else sys.argv[1:])])
+    command = record.command_line("train", argv)
     meta, _, (json_path, md_path) = run_benchmark(
         a.preset, out_dir=a.out, steps=a.steps, warmup=a.warmup, budget_s=a.budget_s, isolate=a.isolate,
-        only=a.only.split(",") if a.only else None, config_timeout_s=a.config_timeout_s, command=command)
+        only=a.only.split(",") if a.only else None, config_timeout_s=a.config_timeout_s, command=command,
+        repeats=a.repeats, tag=a.tag)
     print()
     print(md_path.read_text())
     print(f"wrote {json_path} and {md_path} in {meta['elapsed_s']:.0f} s")

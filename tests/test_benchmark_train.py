@@ -3,6 +3,7 @@
 import json
 
 from benchmarks import train as bench
+from llm.runtime.hardware import cpu_processor, describe_processor
 
 
 def test_cpu_quick_preset_writes_sane_rows(tmp_path):
@@ -21,7 +22,20 @@ def test_cpu_quick_preset_writes_sane_rows(tmp_path):
         assert row["params"] == row["params_formula"]  # the closed form matches the built model
         assert row["tokens_per_step"] == 12 * 64
     assert "| baby |" in md_path.read_text()
+    # CPU timings differ by processor (AMX or AVX2 only): the results name it
+    assert data["meta"]["processor"] == cpu_processor()["model"]
+    assert f"CPU {describe_processor()}" in md_path.read_text()
     assert rows == data["rows"] and meta["summary"][0].startswith("best MFU: baby")
+
+
+def test_repeated_runs_are_summarised_by_their_median():
+    rows = [{"name": name, "kind": "train", "status": "ok", "run": run, "ms_per_step": ms, "mfu": 0.1,
+             "tflops": 0.01, "peak_flops": 1e11, "tokens_per_s": 1.0}
+            for run, (a, b) in enumerate([(30.0, 20.0), (90.0, 25.0), (31.0, 21.0)], 1)
+            for name, ms in (("baby", a), ("baby-bfloat16-matmuls", b))]
+    lines = bench.summary(rows, "cpu")
+    assert "baby: median 31.0 ms/step over 3 runs (30.0, 90.0, 31.0)" in lines
+    assert "baby-bfloat16-matmuls: median 21.0 ms/step over 3 runs (20.0, 25.0, 21.0)" in lines
 
 
 def test_failures_become_rows_not_crashes():

@@ -354,6 +354,8 @@ def test_export_checks_params_tokenizer_and_folder(tmp_path):
         export_hf(ModelConfig(**dict(SMALL, d_model=64)), params, tmp_path)
     with pytest.raises(HFConversionError, match="char tokenizer"):
         export_hf(cfg, params, tmp_path, train_tokenizer("char", "abc"))
+    with pytest.raises(HFConversionError, match="dtype='int8' is not a dtype"):
+        export_hf(cfg, params, tmp_path, dtype="int8")
     export_hf(cfg, params, tmp_path)
     with pytest.raises(HFConversionError, match="already holds"):
         export_hf(cfg, params, tmp_path)

@@ -202,7 +202,7 @@ def test_a_run_trains_evaluates_and_resumes_on_a_prepared_dataset(bpe_source, tm
 @pytest.mark.parametrize("make, args, message", [
     (lambda r: None, ["missing.txt"], "no such file"),
     (lambda r: (r / "x.jsonl").write_text('{"body": "hi"}\n'), ["x.jsonl"], "--text_field"),
-    (lambda r: (r / "x.jsonl").write_text("not json\n"), ["x.jsonl"], "x.jsonl:1: not a JSON object"),
+    (lambda r: (r / "x.jsonl").write_text("not json\n"), ["x.jsonl"], "x.jsonl:1: not valid JSON"),
     (lambda r: (r / "x.txt").write_bytes(b"ok \xff\xfe"), ["x.txt"], "not UTF-8"),
     (lambda r: (r / "x.txt").write_text("hi"), ["x.txt", "--tokenizer", "wordpiece"], "neither a kind"),
     (lambda r: (r / "x.txt").write_text("hi"), ["x.txt", "--val_fraction", "1.5"], "val_fraction"),

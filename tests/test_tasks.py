@@ -311,10 +311,11 @@ def test_a_split_can_be_drawn_whole_and_no_more():
 
 def test_jsonl_round_trip(tmp_path):
     odd = {"prompt": "héllo ✓\n", "completion": 'a "quoted"\\ line', "x": 1}
-    examples = [*generate("fields", 50, seed=0), odd]
+    separators = {"prompt": "a\u2028b\u2029c\x85d", "completion": "e"}  # JSON keeps them raw; lines end at \n
+    examples = [*generate("fields", 50, seed=0), odd, separators]
     path = write_jsonl(examples, tmp_path / "sub" / "train.jsonl")
     assert read_jsonl(path) == examples
-    assert len(path.read_text(encoding="utf-8").splitlines()) == 51
+    assert len(path.read_text(encoding="utf-8").split("\n")) == 53  # 52 lines and the final newline
     (tmp_path / "blank.jsonl").write_text('\n{"prompt": "a", "completion": "b"}\n\n')
     assert read_jsonl(tmp_path / "blank.jsonl") == [{"prompt": "a", "completion": "b"}]
 

@@ -20,7 +20,6 @@ def main(argv: list[str]) -> int:
     p.add_argument("--checkpoint", default="latest", help="latest, best, or a step number")
     add_sampling_flags(p, DEFAULT_SAMPLING)
     p.add_argument("--system", default=None, help="a system message for the conversation")
-    p.add_argument("--debug", action="store_true")
     a = p.parse(argv)
     if a is None:  # --help printed the usage
         return 0

@@ -18,7 +18,6 @@ def main(argv: list[str]) -> int:
     p.add_argument("--arch", default="llama", help="export: gpt2, llama, mistral, qwen2, qwen3 or phi3")
     p.add_argument("--checkpoint", default="latest", help="export: latest, best, or a step number")
     p.add_argument("--tokenizer", help="import: the model's Hugging Face tokenizer.json, when HF_DIR has none")
-    p.add_argument("--debug", action="store_true")
     a = p.parse(argv)
     if a is None:
         return 0

@@ -16,7 +16,6 @@ def main(argv: list[str]) -> int:
     p.add_argument("--split", choices=("val", "train", "all"), help="sets eval.split")
     p.add_argument("--checkpoint", default="latest", help="latest, best, or a step number")
     p.add_argument("--batch-size", "--batch_size", type=int, default=16)
-    p.add_argument("--debug", action="store_true")
     a = p.parse(argv)
     if a is None:
         return 0

@@ -38,7 +38,6 @@ def _parser():
                    help="--serve: the longest prompt the server takes (default 512)")
     p.add_argument("--checkpoint", default="latest", help="latest, best, or a step number")
     add_sampling_flags(p, EXPLAIN_SAMPLING, ("temperature", "top_k", "top_p"))  # the page's controls start here
-    p.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     return p
 
 

@@ -10,7 +10,12 @@ from llm.errors import ConfigError
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse whose mistakes are one ConfigError line (exit code 2 through `llm`), not usage + SystemExit."""
+    """argparse whose mistakes are one ConfigError line (exit code 2 through `llm`), not usage + SystemExit; every
+    command takes --debug (read by `llm` itself, which then shows a traceback instead of the one line)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.add_argument("--debug", action="store_true", help="show tracebacks for errors")
 
     def error(self, message):
         raise ConfigError(f"{message}; see {self.prog} --help")

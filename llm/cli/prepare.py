@@ -25,7 +25,6 @@ def main(argv: list[str]) -> int:
                    help="characters the tokenizer trains on")
     p.add_argument("--workers", type=int, default=d.workers, help="tokenizing processes (0: one per core)")
     p.add_argument("--no_progress", action="store_true", help="no progress bar")
-    p.add_argument("--debug", action="store_true")
     a = p.parse(argv)
     if a is None:
         return 0

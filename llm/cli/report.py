@@ -9,7 +9,6 @@ def main(argv: list[str]) -> int:
     p = Parser(prog="llm report", description="Tabulate and plot the runs of a sweep directory: report.md, "
                                               "report.csv, curves.png, variants.png.")
     p.add_argument("workdir", help="the sweep's directory (as given to llm sweep --workdir)")
-    p.add_argument("--debug", action="store_true")
     a = p.parse(argv)
     if a is None:
         return 0

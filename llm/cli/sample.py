@@ -13,7 +13,6 @@ def main(argv: list[str]) -> int:
     p.add_argument("--prompt", action="append", help="repeat for a batch of prompts (default: a newline)")
     add_sampling_flags(p, SamplingParams(temperature=0.8, max_new_tokens=200))
     p.add_argument("--checkpoint", default="latest", help="latest, best, or a step number")
-    p.add_argument("--debug", action="store_true")
     a = p.parse(argv)
     if a is None:
         return 0

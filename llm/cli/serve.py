@@ -25,7 +25,6 @@ def main(argv: list[str]) -> int:
     p.add_argument("--api-key", default=os.environ.get("LLM_SERVE_API_KEY"),
                    help="require 'Authorization: Bearer KEY' (default: $LLM_SERVE_API_KEY, else no key)")
     p.add_argument("--model-name", default=None, help="the model id clients send (default: the workdir's name)")
-    p.add_argument("--debug", action="store_true")
     a = p.parse(argv)
     if a is None:
         return 0

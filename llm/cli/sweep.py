@@ -17,7 +17,6 @@ def main(argv: list[str]) -> int:
     p.add_argument("--emit", choices=("slurm",), help="write WORKDIR/sweep.slurm, a job array (task i runs run i)")
     p.add_argument("--only", action="append", metavar="NAME", help="run only this run (repeatable)")
     p.add_argument("--index", type=int, help="run only run number INDEX (0-based; for job arrays)")
-    p.add_argument("--debug", action="store_true")
     a = p.parse(argv)
     if a is None:
         return 0

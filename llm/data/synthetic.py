@@ -210,26 +210,28 @@ class SyntheticTask(abc.ABC):
     def accuracy(logits_or_preds: Any, batch: dict[str, Any]) -> tuple[int, int]:
         """(n_correct, n_counted) over the positions with weight > 0: logits [B, T, V] (argmax taken) or predicted
         ids [B, T] against batch["targets"]. Sum both over batches, then divide."""
-        x = np.asarray(logits_or_preds)
-        targets = np.asarray(batch["targets"])
-        if x.ndim == targets.ndim + 1:
-            x = x.argmax(-1)
-        if x.shape != targets.shape:
-            raise ValueError(f"predictions of shape {x.shape} do not match targets of shape {targets.shape}")
-        counted = np.asarray(batch["weights"]) > 0
+        x, targets, counted = _scored(logits_or_preds, batch)
         return int(((x == targets) & counted).sum()), int(counted.sum())
 
     @staticmethod
     def sequence_accuracy(logits_or_preds: Any, batch: dict[str, Any]) -> tuple[int, int]:
         """(rows with every answer right, rows with any answer): exact match per example."""
-        x = np.asarray(logits_or_preds)
-        targets = np.asarray(batch["targets"])
-        if x.ndim == targets.ndim + 1:
-            x = x.argmax(-1)
-        counted = np.asarray(batch["weights"]) > 0
+        x, targets, counted = _scored(logits_or_preds, batch)
         wrong = ((x != targets) & counted).any(-1)
         has = counted.any(-1)
         return int((has & ~wrong).sum()), int(has.sum())
+
+
+def _scored(logits_or_preds: Any, batch: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(predicted ids [B, T], targets [B, T], positions counted [B, T]) of logits [B, T, V] (argmax taken) or
+    predicted ids against a batch."""
+    x = np.asarray(logits_or_preds)
+    targets = np.asarray(batch["targets"])
+    if x.ndim == targets.ndim + 1:
+        x = x.argmax(-1)
+    if x.shape != targets.shape:
+        raise ValueError(f"predictions of shape {x.shape} do not match targets of shape {targets.shape}")
+    return x, targets, np.asarray(batch["weights"]) > 0
 
 
 def _uniform_subsets(rng: np.random.Generator, n: int, population: int, k: int) -> np.ndarray:

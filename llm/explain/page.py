@@ -28,6 +28,8 @@ import math
 import re
 from pathlib import Path
 
+from llm.files import write_text
+
 STATIC = Path(__file__).resolve().parent / "static"
 
 
@@ -90,9 +92,7 @@ def render_html(data: dict | None, *, api: str | None = None, error: str | None 
 
 
 def write_html(data: dict, path: str | Path) -> Path:
-    """Write the page for `data` to `path` (through a temporary file, so a failed write leaves no half page)."""
+    """Write the page for `data` to `path` (atomically, so a failed write leaves no half page)."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(render_html(data), encoding="utf-8")
-    tmp.replace(path)
+    write_text(path, render_html(data))
     return path

@@ -13,6 +13,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from llm.dtypes import parse_dtype
+from llm.files import write_json
 from llm.hf.configs import HFConversionError, check_exportable, hf_config, model_config_from_hf
 from llm.hf.weights import SINGLE_FILE, hf_tensors, params_from_hf, read_tensors, write_tensors
 from llm.model import ModelConfig, Transformer
@@ -114,10 +116,8 @@ def export_hf(model_cfg: ModelConfig, params: Any, out_dir: str | os.PathLike, t
         raise HFConversionError(f"{out} already holds {', '.join(taken)}; choose another folder or pass "
                                 "overwrite=True")
     tensors, bias_flags = hf_tensors(params, model_cfg, arch)
-    dtype = dtype or str(tensors[next(iter(tensors))].dtype)
-    if dtype not in ("float32", "bfloat16", "float16"):
-        raise HFConversionError(f"dtype={dtype!r} is not one of: float32, bfloat16, float16")
-    tensors = {k: v.astype(jnp.dtype(dtype)) for k, v in tensors.items()}
+    dtype = parse_dtype(dtype or tensors[next(iter(tensors))].dtype, "dtype", HFConversionError).name
+    tensors = {k: v.astype(dtype) for k, v in tensors.items()}
     if eos_id is None and tokenizer is not None:
         eos_id = tokenizer.eos_id
     if bos_id is None and arch == "gpt2":
@@ -125,7 +125,7 @@ def export_hf(model_cfg: ModelConfig, params: Any, out_dir: str | os.PathLike, t
     config = hf_config(model_cfg, arch, biases=bias_flags, dtype=dtype, bos_id=bos_id, eos_id=eos_id)
     out.mkdir(parents=True, exist_ok=True)
     write_tensors(tensors, out / SINGLE_FILE)
-    (out / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    write_json(out / CONFIG_FILE, config, indent=2, sort_keys=True)
     if tokenizer is not None:
         tokenizer.hf.save(str(out / TOKENIZER_FILE))
         tok_config = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": model_cfg.max_len,
@@ -133,7 +133,7 @@ def export_hf(model_cfg: ModelConfig, params: Any, out_dir: str | os.PathLike, t
         for key, token_id in (("eos_token", eos_id), ("bos_token", bos_id)):
             if token_id is not None and tokenizer.hf.id_to_token(token_id) is not None:
                 tok_config[key] = tokenizer.hf.id_to_token(token_id)
-        (out / TOKENIZER_CONFIG_FILE).write_text(json.dumps(tok_config, indent=2) + "\n")
+        write_json(out / TOKENIZER_CONFIG_FILE, tok_config, indent=2)
     return out
 
 

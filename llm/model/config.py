@@ -12,6 +12,7 @@ import types
 import typing
 from typing import Any
 
+from llm.dtypes import DTYPES
 from llm.errors import ConfigError
 from llm.model.mixer_table import DEFAULT_MIXER, MIXER_TABLE, MIXERS, lacking, with_feature
 from llm.ops.attention.capabilities import FEATURES, IMPLEMENTATIONS, missing
@@ -23,7 +24,6 @@ FFNS = ("mlp", "swiglu", "geglu")
 ACTIVATIONS = ("gelu", "relu", "silu")
 NORMS = ("layernorm", "rmsnorm")
 NORM_POSITIONS = ("pre", "post")
-DTYPES = ("float32", "bfloat16", "float16")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 DROPOUT_MASKS = ("hash", "bernoulli")  # llm/model/dropout.py
 # A layer's sequence mixer (MIXERS): softmax attention, or one of llm/model/mixers.py's sub-quadratic ones; what

@@ -26,6 +26,7 @@ from typing import Any
 
 from llm.config.experiments import flatten
 from llm.errors import ConfigError, DataError
+from llm.files import write_text
 from llm.model.mixer_table import DEFAULT_MIXER, MIXER_TABLE
 from llm.runs import CONFIG_FILE, METRICS_FILE, open_run, read_metrics
 from llm.sweep.runner import read_records
@@ -290,10 +291,10 @@ def write_report(sweep_dir: str | Path) -> str:
     figures = f"![val loss]({CURVES_PNG})\n\n![variants]({VARIANTS_PNG})\n"
     figures += "".join(f"\n![{title}]({figure})\n" for figure, _, _, title in RECALL_FIGURES
                        if sweep_dir / figure in written)
-    (sweep_dir / REPORT_MD).write_text(f"# Sweep {sweep_dir.name}\n\n{text}\n{figures}")
+    write_text(sweep_dir / REPORT_MD, f"# Sweep {sweep_dir.name}\n\n{text}\n{figures}")
     buf = io.StringIO()
     writer = csv.writer(buf)
     writer.writerow(header)
     writer.writerows(rows)
-    (sweep_dir / REPORT_CSV).write_text(buf.getvalue())
+    write_text(sweep_dir / REPORT_CSV, buf.getvalue())
     return text

@@ -23,6 +23,7 @@ from llm.config.experiments import apply_overrides, call, describe, load_experim
 from llm.errors import ConfigError, DataError, ExitCode, one_line
 from llm.files import write_text
 from llm.runs import CHECKPOINT_DIR, METRICS_FILE, read_metrics
+from llm.runtime.signals import handling
 from llm.sweep.spec import LOG_DIR, NAME_KEY, SWEEP_FILE, override_flags, run_names
 
 STDERR_TAIL_LINES = 20
@@ -219,9 +220,8 @@ class _Pool:
 
     def run(self, todo: list[Run]) -> bool:
         """Train every run of `todo` (until a signal); returns whether any failed."""
-        old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
         failed = False
-        try:
+        with handling((signal.SIGTERM, signal.SIGINT), self._on_signal):
             queue = list(todo)
             while queue or self.running:
                 while queue and len(self.running) < self.parallel and self.stopped_by is None:
@@ -233,9 +233,6 @@ class _Pool:
                     time.sleep(0.2)
                 for pid in finished:
                     failed = self._finish(pid) or failed
-        finally:
-            for s, handler in old.items():
-                signal.signal(s, handler)
         return failed
 
     def _on_signal(self, signum, _frame) -> None:

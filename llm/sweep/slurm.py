@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from llm.errors import ExitCode
+from llm.files import write_text
 from llm.sweep.runner import REPO, load_sweep
 from llm.sweep.spec import LOG_DIR, SLURM_FILE
 
@@ -50,7 +51,7 @@ fi
 exit "$rc"
 """
     out = sweep_dir / SLURM_FILE
-    out.write_text(script)
+    write_text(out, script)
     out.chmod(0o755)
     log(f"wrote {out} ({len(runs)} array tasks); submit with: sbatch {out}")
     return out

@@ -8,11 +8,12 @@ is left to JAX's preemption service, which makes every process agree on the step
 
 from __future__ import annotations
 
+import contextlib
 import signal
-import threading
 from collections.abc import Callable
 
 from llm.errors import ExitCode
+from llm.runtime.signals import handling
 
 
 class StopSignals:
@@ -22,7 +23,7 @@ class StopSignals:
         self.log = log
         self.requested: str | None = None
         self._signals = [signal.SIGINT] + ([signal.SIGTERM] if sigterm else [])
-        self._previous: dict[int, object] = {}
+        self._installed = contextlib.ExitStack()
 
     def _handle(self, signum, frame):
         name = signal.Signals(signum).name
@@ -36,12 +37,8 @@ class StopSignals:
                  + ("; press Ctrl-C again to quit at once" if signum == signal.SIGINT else ""))
 
     def __enter__(self) -> StopSignals:
-        if threading.current_thread() is threading.main_thread():  # handlers can only be set there
-            for s in self._signals:
-                self._previous[s] = signal.signal(s, self._handle)
+        self._installed.enter_context(handling(self._signals, self._handle))
         return self
 
     def __exit__(self, *exc) -> None:
-        for s, handler in self._previous.items():
-            signal.signal(s, handler)
-        self._previous.clear()
+        self._installed.close()

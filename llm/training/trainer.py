@@ -24,6 +24,7 @@ from llm.parallel import format_memory_report, global_batch, make_shardings, mem
 from llm.parallel.context.layout import ContextSettings, context_settings
 from llm.runs import CHECKPOINT_DIR, DAMAGED_DIR, Checkpointer, MetricsLog
 from llm.runtime import peak_flops
+from llm.runtime.hardware import slow_matmul_note
 from llm.state import abstract_train_state, boxed_abstract_train_state, create_train_state, make_optimizer
 from llm.training.finetune import overlay, trained_fraction
 from llm.training.health import LossMonitor
@@ -127,6 +128,8 @@ class Trainer:
                  f"context {cfg.max_len}; {self.dataset.describe()} ({self.dataset.tokenizer.kind} tokenizer, vocab "
                  f"{self.dataset.tokenizer.vocab_size}); {jax.device_count()} x {jax.devices()[0].device_kind} in "
                  f"{jax.process_count()} process(es)")
+        if note := slow_matmul_note(cfg.matmul_dtype, jax.default_backend()):
+            self.log(note)
         self.step_fn = make_train_step(self.model, self.tx, self.lr_schedule, t.grad_accum,
                                        jax.random.fold_in(self.root_key, 1), self.shardings, t.dropout_rng)
         self.batches = Prefetcher(lambda step: self.dataset.batch(self.config.seed, step, t.batch_size, **self.procs))

@@ -56,11 +56,8 @@ def sample_batch(
     process's rows (see the module docstring) as (inputs, targets), int32 [batch_size / process_count,
     seq_len].
     """
-    tokens = _as_tokens(tokens)
-    _check_window(len(tokens), seq_len)
-    rows = local_rows(batch_size, process_index, process_count)
-    offsets = _random_offsets(len(tokens), seq_len, batch_size, (seed, TRAIN_STREAM, step))
-    return _windows(tokens, offsets[rows], seq_len)
+    return windows_at(tokens, seed=seed, stream=TRAIN_STREAM, index=step, batch_size=batch_size, seq_len=seq_len,
+                      rows=local_rows(batch_size, process_index, process_count))
 
 
 def pass_batch(tokens: np.ndarray, *, seed: int, step: int, batch_size: int, seq_len: int, process_index: int = 0,
@@ -116,8 +113,8 @@ def eval_batches(
 
     def batches() -> Iterator[Windows]:
         for i in range(n_batches):
-            offsets = _random_offsets(len(tokens), seq_len, batch_size, (seed, EVAL_STREAM, i))
-            yield _windows(tokens, offsets[rows], seq_len)
+            yield windows_at(tokens, seed=seed, stream=EVAL_STREAM, index=i, batch_size=batch_size,
+                             seq_len=seq_len, rows=rows)
 
     return batches()  # a generator inside, so that bad arguments fail here and not at the first next()
 

@@ -30,6 +30,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+from llm.data.jsonl import json_lines
 from llm.errors import DataError
 
 PIECE_CHARS = 1 << 16  # the tokenizer encodes pieces of this size faster than longer ones
@@ -156,13 +157,7 @@ def _text_pieces(path: Path, f: io.TextIOBase) -> Iterator[Document]:
 
 
 def _jsonl_documents(path: Path, f: io.TextIOBase, field: str) -> Iterator[Document]:
-    for number, line in enumerate(f, 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}:{number}: not a JSON object ({e.msg}); one JSON object per line") from None
+    for number, record in json_lines(path, f):
         text = record.get(field) if isinstance(record, dict) else None
         if not isinstance(text, str):
             raise DataError(f"{path}:{number}: no string field {field!r}; name the text field with --text_field")

@@ -43,7 +43,6 @@ with replacement by a numpy Generator seeded from (seed, step), so a resumed run
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -53,6 +52,7 @@ from typing import Any
 import numpy as np
 
 from llm.data.corpora.batches import TRAIN_STREAM, local_rows
+from llm.data.jsonl import json_lines
 from llm.errors import DataError
 from llm.tokenizers import CharTokenizer, Tokenizer
 
@@ -94,15 +94,8 @@ def _load_located(path: Path) -> list[tuple[Record, str]]:
         raise DataError(f"{path}:{line}: not valid UTF-8 (byte 0x{data[e.start]:02x}); SFT files must be UTF-8 "
                         "JSONL") from e
     records = []
-    for n, line in enumerate(text.split("\n"), start=1):  # not splitlines: U+2028 may sit in a string
-        if not line.strip():
-            continue
+    for n, obj in json_lines(path, text.split("\n")):
         where = f"{path}:{n}"
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{where}: not valid JSON ({e.msg} at column {e.colno}); each line must be one JSON "
-                            "object") from None
         records.append((parse_record(obj, where), where))
     if not records:
         raise DataError(f"{path}: no records (the file is empty or blank); expected one JSON object per line, "

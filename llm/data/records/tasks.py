@@ -42,7 +42,9 @@ import string
 from collections.abc import Iterable
 from pathlib import Path
 
+from llm.data.jsonl import json_lines
 from llm.errors import DataError
+from llm.files import atomic_file
 
 Example = dict[str, str]
 SPLITS = ("train", "test")
@@ -401,7 +403,7 @@ def write_jsonl(examples: Iterable[Example], path: str | os.PathLike) -> Path:
     """One JSON object per line (UTF-8, non-ASCII kept as is); creates parent folders; returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as f:
+    with atomic_file(path) as f:
         for ex in examples:
             f.write(json.dumps(ex, ensure_ascii=False) + "\n")
     return path
@@ -423,13 +425,7 @@ def read_jsonl(path: str | os.PathLike) -> list[Example]:
     except OSError as e:
         raise DataError(f"{path}: cannot read ({e.strerror})") from e
     examples = []
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            ex = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from e
+    for lineno, ex in json_lines(path, text.split("\n")):
         if not isinstance(ex, dict):
             raise DataError(
                 f"{path}:{lineno}: expected a JSON object with prompt and completion, got {type(ex).__name__}"
