@@ -158,10 +158,12 @@ def tiny(tmp_path):
 
 # The longest files (mostly real `llm` processes: several meshes, signals, sweeps), run first: with
 # `-n auto --dist loadfile` (pyproject.toml) each goes to a worker as soon as the session starts, while the
-# other worker takes the many short files.
+# other worker takes the many short files. test_sharding.py starts the 8-device process (eight_devices), whose
+# results test_context_parallel.py reads last, long after they are ready, instead of waiting for them.
 FIRST = ("test_sharding.py", "test_preemption.py", "test_sweep.py", "test_finetune.py", "test_faults.py")
+LAST = ("test_context_parallel.py",)
 
 
 def pytest_collection_modifyitems(config, items):
-    rank = {name: i for i, name in enumerate(FIRST)}
+    rank = {name: i for i, name in enumerate(FIRST)} | {name: len(FIRST) + 1 + i for i, name in enumerate(LAST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(FIRST)))  # stable: the rest keep their order
