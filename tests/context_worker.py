@@ -1,5 +1,5 @@
-"""Context parallelism on 8 simulated CPU devices, against one device: what tests/test_context_parallel.py checks
-(tests/sharding_worker.py runs these checks in the suite's one 8-device process).
+"""Context parallelism on 8 simulated CPU devices, against one device: what tests/parallel/test_context_parallel.py
+checks (tests/sharding_worker.py runs these checks in the suite's one 8-device process).
 
     python tests/context_worker.py ops|model
 

@@ -1,6 +1,6 @@
 """The suite's one process with 8 simulated CPU devices: tiny training runs under several device meshes, and the
-context-parallel checks of tests/context_worker.py; prints what tests/test_sharding.py and
-tests/test_context_parallel.py compare (through conftest's `eight_devices` fixture).
+context-parallel checks of tests/context_worker.py; prints what tests/e2e/test_sharding.py and
+tests/parallel/test_context_parallel.py compare (through conftest's `eight_devices` fixture).
 
     XLA_FLAGS=--xla_force_host_platform_device_count=8 python tests/sharding_worker.py CORPUS OUTDIR [ITEM...]
 

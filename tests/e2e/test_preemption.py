@@ -21,7 +21,7 @@ from llm.runs.checkpoints import TMP_MARKER
 pytestmark = pytest.mark.slow  # real `llm` processes: minutes on 2 cores (-m 'not slow' skips them)
 
 EXIT_PREEMPTED = ExitCode.PREEMPTED
-FAULTS = Path(__file__).with_name("faults.py")  # `llm` with injected faults (tests/faults.py)
+FAULTS = Path(__file__).parents[1] / "faults.py"  # `llm` with injected faults (tests/faults.py)
 
 STEPS = 40
 

@@ -20,7 +20,7 @@ from llm.runs import load_run
 
 pytestmark = pytest.mark.slow  # real `llm` processes: minutes on 2 cores (-m 'not slow' skips them)
 
-HERE = Path(__file__).parent
+TESTS = Path(__file__).parents[1]  # the helpers (faults.py) are at the tests' root
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +99,7 @@ def test_a_run_started_on_one_process_continues_on_two_like_one(runs, tmp_path):
     env = cpu_devices_env(2)
     # One process, killed (SIGKILL, tests/faults.py) after step 3, once the checkpoint of step 2 is committed.
     args = ["train", "--workdir", str(tmp_path / "run"), *flags, "--config.train.steps=4"]
-    first = subprocess.run([sys.executable, str(HERE / "faults.py"), "kill_after_step=3", *args], env=env,
+    first = subprocess.run([sys.executable, str(TESTS / "faults.py"), "kill_after_step=3", *args], env=env,
                            capture_output=True, text=True, timeout=300)
     assert first.returncode == -9, first.stderr[-3000:]
     procs = [subprocess.Popen([sys.executable, "-m", "llm.cli", *args, *distributed,

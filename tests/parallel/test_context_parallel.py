@@ -1,7 +1,7 @@
 """Context parallelism: attention with the sequence split over 2, 4 and 8 simulated CPU devices (ring and
 all-gather, balanced and contiguous layouts), and a model's loss and gradients under meshes that add data, fsdp and
 tensor axes, equal to one device's. Training runs under such meshes (and a resume across context sizes) are in
-tests/test_sharding.py."""
+tests/e2e/test_sharding.py."""
 
 import numpy as np
 import pytest

@@ -1,6 +1,6 @@
 """Runs written by earlier versions still resume and sample.
 
-tests/data/legacy_run is a run made by commit 79fb233 (before the package was reorganised into llm/training,
+tests/runs/data/legacy_run is a run made by commit 79fb233 (before the package was reorganised into llm/training,
 llm/runs, ...): the config below, stopped after 3 of its 6 steps (`train(config, workdir, stop_after=3)`), with
 its checkpoint at step 3, config.json, tokenizer.json, manifest.json and metrics.jsonl as that version wrote them.
 Today's code must resume it to the parameters an unbroken run of today's code reaches, bit for bit (which also

@@ -94,7 +94,7 @@ def test_state_sizes():
 @pytest.mark.parametrize("scan", [False, True])
 def test_the_explorer_shows_a_mixers_token_mixing(scan):
     """llm explain on a hybrid: attention layers give probabilities, a mixer layer its mixing matrix as |M| per row
-    (that M v is the mixer's output is checked in tests/test_linear_ops.py)."""
+    (that M v is the mixer's output is checked in tests/ops/test_linear_ops.py)."""
     from ml_collections import ConfigDict
 
     from llm.explain import explain_data
