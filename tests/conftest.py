@@ -11,6 +11,18 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 # is loaded afterwards instead of compiled again.
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(REPO / ".pytest_cache" / "jax-compilation"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+# LLVM's optimizations take most of XLA's CPU compile time (about two thirds of a tiny train step's), and compiling,
+# not running, is what the tests' tiny programs spend their time on: unoptimized machine code computes the same
+# values (XLA's HLO passes, fusion included, still run) and the suite takes about half the CPU time.
+TEST_XLA_FLAGS = "--xla_backend_optimization_level=0"
+if TEST_XLA_FLAGS not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {TEST_XLA_FLAGS}".strip()
+
+
+def cpu_devices_env(devices: int) -> dict[str, str]:
+    """The environment of a subprocess that simulates `devices` CPU devices (with this suite's XLA flags)."""
+    return {**os.environ, "JAX_PLATFORMS": "cpu",
+            "XLA_FLAGS": f"{TEST_XLA_FLAGS} --xla_force_host_platform_device_count={devices}"}
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
@@ -83,6 +95,62 @@ def trained(tmp_path_factory) -> Path:
     return tmp
 
 
+# A tiny_config run that tests only read (evaluation, fine-tuning's base): one shape and config, so the run is trained
+# once per xdist worker and its compiled programs come from the persistent cache after the first.
+LM_RUN = {"train.steps": 30, "model.max_len": 64, "sample.num_samples": 0}
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory):
+    """trained_run(**overrides) -> the workdir of a `tiny_config(tmp, **overrides)` run trained in process, once per
+    session for the same overrides. Tests only read it; one that changes a run copies it first."""
+    from llm.training import train
+
+    made = {}
+
+    def make(**overrides) -> Path:
+        key = tuple(sorted(overrides.items()))
+        if key not in made:
+            tmp = tmp_path_factory.mktemp("run")
+            train(tiny_config(tmp, **overrides), tmp / "run", log=lambda *_: None)
+            made[key] = tmp / "run"
+        return made[key]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def eight_devices(tmp_path_factory) -> dict:
+    """What tests/sharding_worker.py reports from the suite's one 8-device process (run once per session, whichever
+    xdist worker asks first; the other waits and reads its results): {"corpus": path, "meshes": {mesh: result},
+    "context:ops": [case...], "context:model": [case...]}."""
+    import fcntl
+    import json
+    import subprocess
+    import sys
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # shared by this session's workers
+    out, results = root / "eight_devices", root / "eight_devices.json"
+    with open(root / "eight_devices.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not results.exists():
+            out.mkdir(exist_ok=True)
+            corpus = make_corpus(out / "corpus.txt")
+            proc = subprocess.run([sys.executable, str(REPO / "tests" / "sharding_worker.py"), str(corpus), str(out)],
+                                  capture_output=True, text=True, env=cpu_devices_env(8), timeout=900)
+            assert proc.returncode == 0, proc.stderr[-3000:]
+            found = {"corpus": str(corpus), "meshes": {}, "context:ops": [], "context:model": []}
+            for row in (json.loads(line[7:]) for line in proc.stdout.splitlines() if line.startswith("RESULT ")):
+                if "check" in row:
+                    found[row.pop("check")].append(row)
+                else:
+                    found["meshes"][row["mesh"]] = row
+            results.write_text(json.dumps(found))
+    return json.loads(results.read_text())
+
+
 @pytest.fixture
 def tiny(tmp_path):
     return tiny_config(tmp_path)
@@ -90,10 +158,12 @@ def tiny(tmp_path):
 
 # The longest files (mostly real `llm` processes: several meshes, signals, sweeps), run first: with
 # `-n auto --dist loadfile` (pyproject.toml) each goes to a worker as soon as the session starts, while the
-# other worker takes the many short files.
+# other worker takes the many short files. test_sharding.py starts the 8-device process (eight_devices), whose
+# results test_context_parallel.py reads last, long after they are ready, instead of waiting for them.
 FIRST = ("test_sharding.py", "test_preemption.py", "test_sweep.py", "test_finetune.py", "test_faults.py")
+LAST = ("test_context_parallel.py",)
 
 
 def pytest_collection_modifyitems(config, items):
-    rank = {name: i for i, name in enumerate(FIRST)}
+    rank = {name: i for i, name in enumerate(FIRST)} | {name: len(FIRST) + 1 + i for i, name in enumerate(LAST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(FIRST)))  # stable: the rest keep their order

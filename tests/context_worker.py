@@ -1,5 +1,5 @@
-"""Context parallelism on 8 simulated CPU devices, against one device; prints what tests/test_context_parallel.py
-checks.
+"""Context parallelism on 8 simulated CPU devices, against one device: what tests/parallel/test_context_parallel.py
+checks (tests/sharding_worker.py runs these checks in the suite's one 8-device process).
 
     python tests/context_worker.py ops|model
 
@@ -8,13 +8,13 @@ ops:   the per-device attention (llm/parallel/context/attention.py) under shard_
        and bias built here in NumPy (gradients).
 model: a tiny model's loss and parameter gradients with the sequence split over `context` (alone and with data,
        fsdp and tensor axes), against the same model unsharded on one device.
-One JSON line per case: `RESULT {...}` with the largest absolute errors.
+A dict per case (printed as a JSON line, `RESULT {...}`) with the largest absolute errors.
 """
 
 import os
 import sys
 
-os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=8"
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import json
@@ -39,10 +39,6 @@ from llm.parallel.context.attention import Layout, context_attention
 from llm.parallel.context.layout import ContextSettings, context_settings, to_context_layout
 
 B, T, H, K, D = 2, 32, 4, 2, 8
-
-
-def report(**fields):
-    print("RESULT " + json.dumps(fields), flush=True)
 
 
 def mask_and_bias(window, segments, slopes):
@@ -70,15 +66,14 @@ def op_cases():
     yield 4, "ring", True, 6, True, True, 3.0  # soft-cap: forward only (dot_product_attention has none)
 
 
-def check_ops():
+def check_ops() -> list[dict]:
     rng = np.random.default_rng(0)
     q = rng.normal(size=(B, T, H, D)).astype(np.float32)
     k, v = (rng.normal(size=(B, T, K, D)).astype(np.float32) for _ in range(2))
     data = {"qkv": (q, k, v), "cotangent": rng.normal(size=(B, T, H, D)).astype(np.float32),
             "segments": np.sort(rng.integers(0, 3, size=(B, T)), axis=1).astype(np.int32),
             "slopes": np.asarray([0.5, 0.25, 0.125, 0.0625], np.float32)}
-    for case in op_cases():
-        check_op_case(*case, **data)
+    return [check_op_case(*case, **data) for case in op_cases()]
 
 
 def check_op_case(n, strategy, balanced, window, use_segments, use_alibi, softcap, *, qkv, cotangent, segments,
@@ -114,8 +109,8 @@ def check_op_case(n, strategy, balanced, window, use_segments, use_alibi, softca
         grads = jax.jit(jax.grad(lambda *a: jnp.sum(split(*a) * cotangent), argnums=(0, 1, 2)))(*qkv)
         wants = jax.grad(lambda *a: jnp.sum(full(*a) * cotangent), argnums=(0, 1, 2))(*qkv)
         errors.update({f"d{name}": float(jnp.max(jnp.abs(g - w))) for name, g, w in zip("qkv", grads, wants)})
-    report(case=f"n={n} {strategy} {'balanced' if balanced else 'contiguous'} window={window} "
-           f"segments={use_segments} alibi={use_alibi} softcap={softcap}", **errors)
+    return dict(case=f"n={n} {strategy} {'balanced' if balanced else 'contiguous'} window={window} "
+                f"segments={use_segments} alibi={use_alibi} softcap={softcap}", **errors)
 
 
 MODEL_CASES = [  # mesh data,fsdp,context,tensor; strategy; balance; model fields
@@ -127,13 +122,12 @@ MODEL_CASES = [  # mesh data,fsdp,context,tensor; strategy; balance; model field
 ]
 
 
-def check_model():
+def check_model() -> list[dict]:
     rng = np.random.default_rng(1)
     tokens = rng.integers(0, 19, size=(4, T + 1)).astype(np.int32)
     batch = (tokens[:, :-1], tokens[:, 1:], {"segment_ids": np.sort(rng.integers(0, 3, size=(4, T)), axis=1)})
     rules = logical_rules(get_base_config().mesh.rules)
-    for case in MODEL_CASES:
-        check_model_case(*case, batch=batch, rules=rules)
+    return [check_model_case(*case, batch=batch, rules=rules) for case in MODEL_CASES]
 
 
 def check_model_case(spec, strategy, balance, fields, *, batch, rules):
@@ -161,9 +155,12 @@ def check_model_case(spec, strategy, balance, fields, *, batch, rules):
             jax.device_put(params, shardings), *batch)
     diffs = jax.tree_util.tree_map(lambda a, b: float(jnp.max(jnp.abs(a - b))), got_grads, want_grads)
     scale = max(float(jnp.max(jnp.abs(g))) for g in jax.tree_util.tree_leaves(want_grads))
-    report(case=f"{spec} {strategy} balance={balance} {fields}", loss=float(got_loss), want_loss=float(want_loss),
-           grad_error=max(jax.tree_util.tree_leaves(diffs)), grad_scale=scale)
+    return dict(case=f"{spec} {strategy} balance={balance} {fields}", loss=float(got_loss),
+                want_loss=float(want_loss), grad_error=max(jax.tree_util.tree_leaves(diffs)), grad_scale=scale)
 
+
+CHECKS = {"ops": check_ops, "model": check_model}
 
 if __name__ == "__main__":
-    {"ops": check_ops, "model": check_model}[sys.argv[1]]()
+    for result in CHECKS[sys.argv[1]]():
+        print("RESULT " + json.dumps(result), flush=True)

@@ -1,11 +1,15 @@
-"""Runs tiny training runs under several device meshes and prints what the sharding tests compare.
+"""The suite's one process with 8 simulated CPU devices: tiny training runs under several device meshes, and the
+context-parallel checks of tests/context_worker.py; prints what tests/e2e/test_sharding.py and
+tests/parallel/test_context_parallel.py compare (through conftest's `eight_devices` fixture).
 
-    XLA_FLAGS=--xla_force_host_platform_device_count=8 python tests/sharding_worker.py CORPUS OUTDIR MESH...
+    XLA_FLAGS=--xla_force_host_platform_device_count=8 python tests/sharding_worker.py CORPUS OUTDIR [ITEM...]
 
-Each MESH is data,fsdp,tensor[,impl] or data,fsdp,context,tensor[,impl] (context splits the sequence); for each,
-four steps of `llm.training.train` run in OUTDIR/<mesh> and one JSON line is printed: the per-step losses, and what
-the run's own final state arrays hold: a few parameters' shardings and shard shapes, and the bytes of parameters
-and optimizer state on each device. FIRST>THEN runs steps 1-2 on mesh FIRST and resumes steps 3-4 on mesh THEN.
+Each ITEM is a MESH, data,fsdp,tensor[,impl] or data,fsdp,context,tensor[,impl] (context splits the sequence), or
+context:ops / context:model; without items, all of MESHES and both context checks. For each mesh, four steps of
+`llm.training.train` run in OUTDIR/<mesh> and one JSON line is printed: the per-step losses, and what the run's own
+final state arrays hold: a few parameters' shardings and shard shapes, and the bytes of parameters and optimizer
+state on each device. FIRST>THEN runs steps 1-2 on mesh FIRST and resumes steps 3-4 on mesh THEN. A context check
+prints a line per case, tagged with its name.
 """
 
 import json
@@ -20,6 +24,12 @@ from conftest import tiny_config
 
 from llm.model.params import count_params
 from llm.training import train
+
+# Attention: 'xla' unless named; the 2 x 2 x 2 mesh runs the default ('dense') and the Pallas kernel. Context
+# parallelism (more meshes in tests/context_worker.py): the 8-way ring, and a run whose checkpoint at step 2 (4-way
+# context with fsdp) resumes on 2-way context with data.
+MESHES = ["8,1,1", "1,8,1", "1,2,4", "2,2,2,dense", "2,2,2,flash", "1,1,8,1", "1,2,4,1>4,1,2,1"]
+CONTEXT_CHECKS = ["context:ops", "context:model"]
 
 PROBES = {  # parameter path -> what the sharding rules should do with it
     "embed/embedding": ("embed", "embedding"),
@@ -84,7 +94,16 @@ def held(state) -> dict:
     return out
 
 
+def main(corpus: str, out: Path, items: list[str]) -> None:
+    for item in items or [*MESHES, *CONTEXT_CHECKS]:
+        if item.startswith("context:"):
+            import context_worker
+
+            for result in context_worker.CHECKS[item.split(":")[1]]():
+                print("RESULT " + json.dumps({"check": item, **result}), flush=True)
+        else:
+            print("RESULT " + json.dumps(run(corpus, out, item)), flush=True)
+
+
 if __name__ == "__main__":
-    corpus, out = sys.argv[1], Path(sys.argv[2])
-    for spec in sys.argv[3:]:
-        print("RESULT " + json.dumps(run(corpus, out, spec)), flush=True)
+    main(sys.argv[1], Path(sys.argv[2]), sys.argv[3:])

@@ -6,7 +6,7 @@
 # Steps, each time-boxed and each run even if an earlier one failed; the whole script stays under
 # DEADLINE_S (default 560 s):
 #   1. nvidia-smi, jax.devices(), the CUDA runtime
-#   2. pytest -m gpu tests/test_flash_attention.py   (compiled Triton and Mosaic-GPU kernels vs the reference)
+#   2. pytest -m gpu tests/kernels/test_flash_attention.py   (compiled Triton and Mosaic-GPU kernels vs the reference)
 #   3. pytest -m gpu on the other test files          (whatever else is marked gpu)
 #   4. python3 -m benchmarks.attention --gpu-suite    (the Triton path: autotune, then vs cuDNN and XLA over
 #                                                      lengths, head dims, causal / not)
@@ -65,9 +65,9 @@ step nvidia-smi 20 nvidia-smi
 step jax-devices 60 $PY -c "import jax, jaxlib; print('jax', jax.__version__, 'jaxlib', jaxlib.__version__); \
 print(jax.devices()); d = jax.devices()[0]; print(d.device_kind, getattr(d, 'compute_capability', '?')); \
 from jax._src.lib import cuda_versions as c; print('cuda runtime', c and c.cuda_runtime_get_version())"
-step pytest-flash 130 $PY -m pytest -o addopts= -x -q -m gpu -p no:cacheprovider -rs tests/test_flash_attention.py
+step pytest-flash 130 $PY -m pytest -o addopts= -x -q -m gpu -p no:cacheprovider -rs tests/kernels/test_flash_attention.py
 step pytest-gpu-other 40 $PY -m pytest -o addopts= -q -m gpu -p no:cacheprovider --continue-on-collection-errors \
-  --ignore=tests/test_flash_attention.py tests/
+  --ignore=tests/kernels/test_flash_attention.py tests/
 step benchmark-triton 170 env LLM_FLASH_MGPU=0 $PY -m benchmarks.attention --gpu-suite
 step benchmark-mgpu 100 $PY -m benchmarks.attention --mgpu-suite
 step train-benchmark 135 $PY -m benchmarks.train --preset gpu --budget-s "${TRAIN_BUDGET_S:-110}"

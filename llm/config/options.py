@@ -8,7 +8,7 @@ change it, and (model options) whether a fine-tune may set it and how Hugging Fa
 resuming compares the FIXED options only; fine-tuning takes the SOURCE model options from the model it starts
 from; HF import and export read the `hf` column. The model options' types and checks are `ModelConfig`'s
 (llm/model/config.py), which validates a model on its own; this table gives their columns and the defaults of
-the default experiment. tests/test_config.py checks that every ModelConfig field has a row, so a new option
+the default experiment. tests/config/test_config.py checks that every ModelConfig field has a row, so a new option
 cannot be half-added.
 """
 

@@ -19,7 +19,7 @@ Three layers, each in its own module:
    (a few prefills per turn, so prefill is interleaved with decoding and running requests keep streaming), then
    runs one decode step for all slots and hands each active request its token. A request leaves its slot at
    token granularity: at a stop token, a stop string, max_tokens, a full context, or when it is cancelled (its
-   client went away). Greedy rows are argmax of the same logits as `llm sample`'s (tests/test_serve.py checks
+   client went away). Greedy rows are argmax of the same logits as `llm sample`'s (tests/serving/test_serve.py checks
    equality alone and batched); a sampled row draws with its own key, split per token as `stream_generate` does,
    so a seed gives the same text whatever else is in the batch.
    Results go back to the asyncio side through `loop.call_soon_threadsafe` onto a per-request asyncio queue.

@@ -91,7 +91,7 @@ def masked_scores(raw: Array, q_slot: Array, k_slot: Array, spec: AttentionSpec,
 
 def softmax_or_zeros(s: Array) -> Array:
     """Softmax over the last axis of scores that are -inf where masked; a row with no visible key is all zeros."""
-    m = jnp.max(s, axis=-1, keepdims=True)
+    m = jax.lax.stop_gradient(jnp.max(s, axis=-1, keepdims=True))  # a shift the softmax ignores: no gradient
     p = jnp.exp(s - jnp.where(jnp.isfinite(m), m, 0.0))
     denom = jnp.sum(p, axis=-1, keepdims=True)
     return p / jnp.where(denom == 0, 1.0, denom)

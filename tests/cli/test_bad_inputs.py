@@ -31,7 +31,7 @@ import llm.training.trainer
 from llm.cli import main
 from llm.errors import ConfigError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 TRAIN_DEFAULTS = [
     "--config.data.corpus={corpus}", "--config.data.cache_dir={cache}",

@@ -1,6 +1,6 @@
 """Runs written by earlier versions still resume and sample.
 
-tests/data/legacy_run is a run made by commit 79fb233 (before the package was reorganised into llm/training,
+tests/runs/data/legacy_run is a run made by commit 79fb233 (before the package was reorganised into llm/training,
 llm/runs, ...): the config below, stopped after 3 of its 6 steps (`train(config, workdir, stop_after=3)`), with
 its checkpoint at step 3, config.json, tokenizer.json, manifest.json and metrics.jsonl as that version wrote them.
 Today's code must resume it to the parameters an unbroken run of today's code reaches, and sample from it.
@@ -10,7 +10,7 @@ rounding differs in the last bits, and Adam carries such differences on. So the 
 within a float tolerance (measured on an AMD EPYC: 1.8e-7 at step 3, 8.7e-7 at step 6), chosen far below what a
 resume that went wrong changes: steps 4-6 move the parameters by up to 4e-3, and a lost optimizer state, another
 batch or another learning-rate step moves them by about as much. That a resume on one processor continues bit for
-bit is tested on runs written by today's code (tests/test_train.py, tests/test_preemption.py).
+bit is tested on runs written by today's code (tests/training/test_train.py, tests/e2e/test_preemption.py).
 """
 
 import json

@@ -12,7 +12,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from conftest import make_corpus
+from conftest import cpu_devices_env, make_corpus
 
 from llm.errors import ExitCode
 from llm.runs import load_run
@@ -21,7 +21,7 @@ from llm.runs.checkpoints import TMP_MARKER
 pytestmark = pytest.mark.slow  # real `llm` processes: minutes on 2 cores (-m 'not slow' skips them)
 
 EXIT_PREEMPTED = ExitCode.PREEMPTED
-FAULTS = Path(__file__).with_name("faults.py")  # `llm` with injected faults (tests/faults.py)
+FAULTS = Path(__file__).parents[1] / "faults.py"  # `llm` with injected faults (tests/faults.py)
 
 STEPS = 40
 
@@ -132,7 +132,7 @@ def test_sigterm_to_one_of_two_processes_stops_both_at_one_step(tmp_path):
     args = [*flags(tmp_path, run), "--config.train.steps=400", "--config.train.checkpoint_every=1000",
             "--config.distributed.enabled=True", f"--config.distributed.coordinator_address=127.0.0.1:{port}",
             "--config.distributed.num_processes=2"]
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+    env = cpu_devices_env(1)
     # Process 1 looks at the workdir late, after process 0 could have begun writing the run into it: it must
     # still judge the run new (a barrier holds the first write back until every process has looked).
     faults = ["sleep_ms=30", "sleep_ms=30;start_delay_ms=1500"]

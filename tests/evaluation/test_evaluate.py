@@ -2,10 +2,11 @@
 
 import json
 import math
+import shutil
 
 import numpy as np
 import pytest
-from conftest import tiny_config
+from conftest import LM_RUN, tiny_config
 
 from llm.cli import main
 from llm.evaluation import run_evaluation
@@ -17,9 +18,10 @@ QUIET = dict(log=lambda *_: None)
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def runs(tmp_path_factory, trained_run):
+    """`lm`: conftest's LM_RUN (a plain language model); `sft`: an SFT run on the dates task."""
     tmp = tmp_path_factory.mktemp("eval")
-    train(tiny_config(tmp, **{"train.steps": 20, "sample.num_samples": 0}), tmp / "lm", **QUIET)
+    shutil.copytree(trained_run(**LM_RUN), tmp / "lm")  # a copy: evaluations write their results into the run
     config = tiny_config(tmp, **{"train.steps": 10, "model.max_len": 64, "sample.num_samples": 0})
     config.data.sft = "task:dates"
     config.data.sft_train_examples, config.data.sft_eval_examples = 100, 12
@@ -49,7 +51,7 @@ def test_corpus_loss_and_bits_per_byte(runs):
     assert text.isascii()  # so one character = one byte = one token, and bits per byte = loss / ln 2
     assert results["bits_per_byte"] == pytest.approx(results["loss"] / math.log(2), rel=1e-6)
     saved = json.loads(open(results["path"]).read())
-    assert saved["loss"] == results["loss"] and saved["step"] == 20
+    assert saved["loss"] == results["loss"] and saved["step"] == LM_RUN["train.steps"]
 
 
 def test_sft_run_metrics_and_cli(runs, capsys):

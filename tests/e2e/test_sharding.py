@@ -1,7 +1,6 @@
 """Sharding: meshes of 8 simulated CPU devices and two processes on localhost train like one device does."""
 
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -10,7 +9,9 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from conftest import make_corpus, tiny_config
+import sharding_worker
+from conftest import cpu_devices_env, tiny_config
+from sharding_worker import MESHES
 
 from llm.errors import ConfigError
 from llm.parallel import logical_rules, mesh_shape
@@ -19,29 +20,16 @@ from llm.runs import load_run
 
 pytestmark = pytest.mark.slow  # real `llm` processes: minutes on 2 cores (-m 'not slow' skips them)
 
-HERE = Path(__file__).parent
-# data,fsdp,tensor or data,fsdp,context,tensor (tests/sharding_worker.py). Attention: 'xla' unless named; the
-# 2 x 2 x 2 mesh runs the default ('dense') and the Pallas kernel. Context parallelism (more meshes in
-# test_context_parallel.py): the 8-way ring, and a run whose checkpoint at step 2 (4-way context with fsdp) resumes
-# on 2-way context with data.
-MESHES = ["8,1,1", "1,8,1", "1,2,4", "2,2,2,dense", "2,2,2,flash", "1,1,8,1", "1,2,4,1>4,1,2,1"]
-
-
-def run_worker(corpus, out, meshes, devices):
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
-    proc = subprocess.run([sys.executable, str(HERE / "sharding_worker.py"), str(corpus), str(out), *meshes],
-                          capture_output=True, text=True, env=env, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return {r["mesh"]: r for r in (json.loads(line[7:]) for line in proc.stdout.splitlines()
-                                   if line.startswith("RESULT "))}
+TESTS = Path(__file__).parents[1]  # the helpers (faults.py) are at the tests' root
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def runs(tmp_path_factory, eight_devices):
+    """({"1,1,1": the run on this process's one device}, {mesh: the run on 8 devices}) (tests/sharding_worker.py),
+    on the same corpus."""
     tmp = tmp_path_factory.mktemp("sharding")
-    corpus = make_corpus(tmp / "corpus.txt")
-    single = run_worker(corpus, tmp / "one", ["1,1,1"], devices=1)
-    return single, run_worker(corpus, tmp / "eight", MESHES, devices=8)
+    single = sharding_worker.run(eight_devices["corpus"], tmp / "one", "1,1,1")
+    return {"1,1,1": single}, eight_devices["meshes"]
 
 
 @pytest.mark.parametrize("mesh", MESHES)
@@ -108,10 +96,10 @@ def test_a_run_started_on_one_process_continues_on_two_like_one(runs, tmp_path):
     distributed = ["--config.distributed.enabled=True", "--config.distributed.num_processes=2",
                    f"--config.distributed.coordinator_address=127.0.0.1:{_free_port()}"]
     assert config.optim.lr == 3e-3 and config.optim.warmup_steps == 5  # the flags above mirror tiny_config
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    env = cpu_devices_env(2)
     # One process, killed (SIGKILL, tests/faults.py) after step 3, once the checkpoint of step 2 is committed.
     args = ["train", "--workdir", str(tmp_path / "run"), *flags, "--config.train.steps=4"]
-    first = subprocess.run([sys.executable, str(HERE / "faults.py"), "kill_after_step=3", *args], env=env,
+    first = subprocess.run([sys.executable, str(TESTS / "faults.py"), "kill_after_step=3", *args], env=env,
                            capture_output=True, text=True, timeout=300)
     assert first.returncode == -9, first.stderr[-3000:]
     procs = [subprocess.Popen([sys.executable, "-m", "llm.cli", *args, *distributed,

@@ -25,7 +25,7 @@ from llm.config.options import (
 from llm.errors import ConfigError
 from llm.model import ModelConfig
 
-EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
 
 
 def load_experiment(name):

@@ -100,7 +100,7 @@ def test_state_sizes():
 @pytest.mark.parametrize("scan", [False, True])
 def test_the_explorer_shows_a_mixers_token_mixing(scan):
     """llm explain on a hybrid: attention layers give probabilities, a mixer layer its mixing matrix as |M| per row
-    (that M v is the mixer's output is checked in tests/test_mixer_ops.py)."""
+    (that M v is the mixer's output is checked in tests/ops/test_mixer_ops.py)."""
     from ml_collections import ConfigDict
 
     from llm.explain import explain_data
@@ -228,7 +228,7 @@ def test_the_pallas_kernel_runs_where_the_table_says(mixer):
 
 def test_the_pallas_kernel_trains_as_the_chunked_form():
     """model.mixer_impl='pallas' (the kernel, interpreted on CPU): the same loss and gradients as the jnp form
-    (with a decay per key; per-head decays' gradients are tests/test_linear_ops.py's)."""
+    (with a decay per key; per-head decays' gradients are tests/ops/test_mixer_ops.py's)."""
     def loss_and_grads(impl):
         model = Transformer(tiny("gla", mixer_impl=impl))
         params = model.init(jax.random.key(0), TOKENS)["params"]
@@ -294,7 +294,7 @@ def test_each_layer_has_the_parts_the_table_says(mixer):
 def test_the_balanced_context_layout_takes_what_the_table_says(mixer, tmp_path):
     """The table's `context_balance`: a mesh that splits the sequence in the balanced layout is refused for the
     mixers that read tokens in order (that attention gives one device's loss under it is
-    tests/test_context_parallel.py's)."""
+    tests/parallel/test_context_parallel.py's)."""
     from conftest import tiny_config
 
     from llm.training.setup import check_context_split

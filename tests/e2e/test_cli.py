@@ -10,7 +10,7 @@ from conftest import tiny_run_flags
 
 from llm.cli import main
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def tiny_flags(tmp: Path) -> list[str]:

@@ -1,13 +1,7 @@
 """Context parallelism: attention with the sequence split over 2, 4 and 8 simulated CPU devices (ring and
 all-gather, balanced and contiguous layouts), and a model's loss and gradients under meshes that add data, fsdp and
 tensor axes, equal to one device's. Training runs under such meshes (and a resume across context sizes) are in
-tests/test_sharding.py."""
-
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
+tests/e2e/test_sharding.py."""
 
 import numpy as np
 import pytest
@@ -17,21 +11,10 @@ from llm.config import resolve
 from llm.errors import ConfigError
 from llm.parallel.context.attention import Layout
 
-pytestmark = pytest.mark.slow  # 8 simulated devices in a subprocess
 
-HERE = Path(__file__).parent
-
-
-def run_worker(mode: str) -> list[dict]:
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    proc = subprocess.run([sys.executable, str(HERE / "context_worker.py"), mode], capture_output=True, text=True,
-                          env=env, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return [json.loads(line[7:]) for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-
-
-def test_attention_over_split_sequences_equals_the_whole():
-    results = run_worker("ops")
+@pytest.mark.slow  # 8 simulated devices in a subprocess (conftest's eight_devices)
+def test_attention_over_split_sequences_equals_the_whole(eight_devices):
+    results = eight_devices["context:ops"]
     assert len(results) == 10
     for r in results:
         # float32 sums in another order; the outputs and gradients are O(1).
@@ -41,8 +24,9 @@ def test_attention_over_split_sequences_equals_the_whole():
     assert sum("dq" in r for r in results) == 9  # all but the soft-capped case check gradients
 
 
-def test_model_loss_and_gradients_under_context_meshes_equal_one_device():
-    results = run_worker("model")
+@pytest.mark.slow
+def test_model_loss_and_gradients_under_context_meshes_equal_one_device(eight_devices):
+    results = eight_devices["context:model"]
     assert {r["case"].split()[0] for r in results} == {"1,1,8,1", "1,1,4,1", "2,1,2,2", "1,2,4,1", "1,2,2,2"}
     for r in results:
         np.testing.assert_allclose(r["loss"], r["want_loss"], rtol=1e-6, err_msg=r["case"])

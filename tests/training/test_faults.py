@@ -1,4 +1,4 @@
-"""Numerical faults, damaged checkpoints and workdir safety, in process (tests/test_preemption.py has the
+"""Numerical faults, damaged checkpoints and workdir safety, in process (tests/e2e/test_preemption.py has the
 subprocess tests of signals and kills)."""
 
 import glob

@@ -203,7 +203,7 @@ def explicit_attention(q, k, v, *, causal, window=None, q_offset=0, softcap=None
     if q_seg is not None:
         vis = vis & (q_seg[:, None, :, None] == k_seg[:, None, None, :])
     s = jnp.where(vis, s, -jnp.inf)
-    m = jnp.max(s, axis=-1, keepdims=True)
+    m = jax.lax.stop_gradient(jnp.max(s, axis=-1, keepdims=True))  # a shift softmax ignores: no gradient
     e = jnp.exp(s - jnp.where(jnp.isfinite(m), m, 0.0))
     total = jnp.sum(e, axis=-1, keepdims=True)
     return jnp.einsum("bhqk,bkhd->bqhd", e / jnp.where(total == 0, 1.0, total), v, precision="highest")

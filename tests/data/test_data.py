@@ -29,7 +29,7 @@ from llm.errors import DataError
 from llm.tokenizers import ByteTokenizer, Tokenizer, train_tokenizer
 
 # The shared data folder sits next to the repository (see SOURCES.md there); tests needing it skip without it.
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 needs_shakespeare = pytest.mark.skipif(
     not (SHARED_DATA / "tinyshakespeare.txt").is_file(), reason=f"{SHARED_DATA} has no tinyshakespeare.txt"
 )

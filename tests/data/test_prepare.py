@@ -392,7 +392,7 @@ def test_the_openwebtext_experiment_on_a_local_parquet_and_jsonl_dataset(tmp_pat
     (tmp_path / "src" / "more.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs[200:]))
     assert main(["prepare", str(tmp_path / "src"), "--out", str(tmp_path / "owt"), "--tokenizer", "bpe",
                  "--vocab_size", "300", "--val_fraction", "0.1", "--no_progress"]) == 0
-    experiment = str(Path(__file__).parents[1] / "experiments" / "openwebtext.py")
+    experiment = str(Path(__file__).parents[2] / "experiments" / "openwebtext.py")
     big = load_experiment(experiment)
     validate_config(big)
     assert (big.model.n_layers, big.model.d_model, big.train.batch_size // big.train.grad_accum) == (12, 768, 12)

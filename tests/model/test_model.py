@@ -301,7 +301,7 @@ def test_bfloat16_compute_is_close_to_float32():
 def test_bfloat16_matmuls_are_close_to_float32():
     """model.matmul_dtype: bfloat16 operands, float32 sums and activations; logits and gradients within the
     operands' rounding of the float32 model's, parameters and gradients still float32. GPT-2's tied output
-    projection multiplies by the embedding's transpose, the case XLA:CPU needed care for (tests/test_matmul.py)."""
+    projection multiplies by the embedding's transpose, the case XLA:CPU needed care for (tests/ops/test_matmul.py)."""
     f32, params = model_and_params("gpt2")
     low, _ = model_and_params("gpt2", matmul_dtype="bfloat16")
     x = tokens(2, 16)

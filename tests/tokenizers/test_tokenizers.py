@@ -24,7 +24,7 @@ from llm.tokenizers import (
 )
 
 # The shared data folder sits next to the repository (see SOURCES.md there); tests needing it skip without it.
-SHAKESPEARE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "tinyshakespeare.txt"
+SHAKESPEARE = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "tinyshakespeare.txt"
 
 # A small, always-available training text: a few pydoc topics (ships with CPython).
 SMALL_TEXT = "\n\n".join(topics[k] for k in sorted(topics)[:6])

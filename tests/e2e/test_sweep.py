@@ -172,7 +172,7 @@ def test_named_runs_and_the_attention_ablation_sweep_is_valid():
     from llm.sweep.spec import run_name
 
     assert run_name({"_name": "mqar 256/gqa", "seed": 0}) == "mqar-256-gqa"
-    spec = str(Path(__file__).resolve().parents[1] / "experiments" / "attention_ablation.py")
+    spec = str(Path(__file__).resolve().parents[2] / "experiments" / "attention_ablation.py")
     _, runs = load_sweep(spec)
     assert len(runs) == 19 and len({r.name for r in runs}) == 19
     assert [r.error for r in runs if r.error] == []  # every override set passes the config validation
@@ -206,7 +206,7 @@ def test_bad_parallel_is_refused_before_anything_is_written(tmp_path, capsys):
 
     from llm.cli import main
 
-    spec = str(Path(__file__).resolve().parents[1] / "experiments" / "attention_ablation.py")
+    spec = str(Path(__file__).resolve().parents[2] / "experiments" / "attention_ablation.py")
     assert main(["sweep", spec, "--workdir", str(tmp_path / "s"),
                  "--parallel", "0"]) == 2
     assert "--parallel must be >= 1" in capsys.readouterr().err and not (tmp_path / "s").exists()
@@ -233,7 +233,7 @@ def test_the_mixers_sweep_is_valid_and_the_report_plots_recall_against_state(tmp
     from llm.sweep.report import RECALL_FIGURES, mixer_label, recall_points
     from llm.sweep.runner import load_sweep
 
-    spec = str(Path(__file__).resolve().parents[1] / "experiments" / "mixers_mqar.py")
+    spec = str(Path(__file__).resolve().parents[2] / "experiments" / "mixers_mqar.py")
     _, runs = load_sweep(spec + ":lr")
     assert len(runs) == len(mq.MIXERS) * len(mq.LR_GRID) and not [r.error for r in runs if r.error]
     _, stage2 = load_sweep(spec)

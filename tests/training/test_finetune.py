@@ -116,15 +116,10 @@ def test_overlay_grows_the_vocabulary_and_refuses_other_shapes():
 
 
 @pytest.fixture(scope="module")
-def base_run(tmp_path_factory):
-    from conftest import tiny_config
+def base_run(trained_run):
+    from conftest import LM_RUN
 
-    from llm.training import train
-
-    tmp = tmp_path_factory.mktemp("base")
-    config = tiny_config(tmp, **{"train.steps": 30, "model.max_len": 64, "sample.num_samples": 0})
-    train(config, tmp / "run", log=lambda *_: None)
-    return tmp / "run"
+    return trained_run(**LM_RUN)
 
 
 @pytest.mark.slow
