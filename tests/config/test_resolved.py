@@ -1,12 +1,11 @@
 """The resolved run (llm/config/resolved.py): a fine-tune's source merged before any check, the data spec, the
 sequence length and the mesh resolved once, and what every job reads."""
 
-import os
 import subprocess
 import sys
 
 import pytest
-from conftest import tiny_config
+from conftest import cpu_devices_env, tiny_config
 
 from llm.config import resolve
 from llm.errors import ConfigError
@@ -49,9 +48,8 @@ def test_a_fine_tune_takes_its_source_architecture_before_the_checks(tmp_path):
     flags = [f"--config.data.corpus={tmp_path / 'corpus.txt'}", f"--config.data.cache_dir={tmp_path / 'cache'}",
              "--config.model.n_layers=2", "--config.model.d_model=32", "--config.model.max_len=32",
              "--config.mesh.data=1", "--config.mesh.context=2", f"--config.finetune.init_from={tmp_path / 'gla'}"]
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
     proc = subprocess.run([sys.executable, "-m", "llm.cli", "train", "--workdir", str(tmp_path / "ft"), *flags],
-                          capture_output=True, text=True, env=env, timeout=300)
+                          capture_output=True, text=True, env=cpu_devices_env(2), timeout=300)
     assert proc.returncode == 2, proc.stderr
     assert "which the gla mixer cannot take" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "ft").exists()
