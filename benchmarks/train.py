@@ -556,8 +556,9 @@ def markdown(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     train = [r for r in rows if r["kind"] == "train"]
     other_peaks = [r for r in train if r.get("peak_flops") and r["peak_flops"] != meta.get("peak_flops")]
     if other_peaks:
-        out += ["MFU of " + "; ".join(f"{r['name']} against {r['peak_flops'] / 1e12:.4g} TFLOP/s ({r['peak_source']})"
-                                       for r in other_peaks) + ".", ""]
+        against = {r["name"]: f"{r['name']} against {r['peak_flops'] / 1e12:.4g} TFLOP/s ({r['peak_source']})"
+                   for r in other_peaks}  # each configuration once, however many runs it has
+        out += ["MFU of " + "; ".join(against.values()) + ".", ""]
     if train:
         out += ["| config | model | params | batch x seq | attention | remat | dtype | ms/step | tokens/s | TFLOP/s "
                 "| MFU | compile s | 1st step s | XLA mem GiB | peak GiB | loss | status |",
