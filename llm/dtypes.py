@@ -4,9 +4,12 @@ written once."""
 
 from __future__ import annotations
 
-import jax.numpy as jnp
+from typing import TYPE_CHECKING
 
 from llm.errors import ConfigError
+
+if TYPE_CHECKING:
+    import jax.numpy as jnp
 
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -14,6 +17,8 @@ DTYPES = ("float32", "bfloat16", "float16")
 def parse_dtype(name: str | jnp.dtype, what: str = "dtype", error: type[Exception] = ConfigError) -> jnp.dtype:
     """`name` (one of DTYPES, or a dtype of one) as a jnp.dtype; anything else raises `error` with one line that
     names `what` (the setting or flag it came from) and the names allowed."""
+    import jax.numpy as jnp  # here, not above: the config (which names DTYPES) imports without JAX
+
     try:
         dtype = jnp.dtype(name)
     except TypeError:

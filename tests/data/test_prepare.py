@@ -5,6 +5,7 @@ training, evaluating and resuming a run on a prepared directory."""
 import gzip
 import json
 import math
+import os
 import shutil
 import signal
 import subprocess
@@ -156,11 +157,12 @@ def test_killed_preparation_resumes_to_the_same_shards(bpe_source, tmp_path):
     # SIGKILL once unit 1 is on disk, from inside the process (a deterministic point; the writes are atomic, so a
     # kill inside a write leaves what the lines below make by hand).
     kill_after_unit_1 = (
-        "import os, signal, sys; sys.path.insert(0, sys.argv[1]); from test_prepare import bpe_settings; "
+        "import os, signal, sys; sys.path[:0] = sys.argv[1].split(os.pathsep); from test_prepare import bpe_settings; "
         "from pathlib import Path; from llm.data.corpora.prepare import prepare; "
         "s = bpe_settings(Path(sys.argv[2]), Path(sys.argv[3]), workers=1); "
         "prepare(s, progress=False, on_unit=lambda u: u == 1 and os.kill(os.getpid(), signal.SIGKILL))")
-    proc = subprocess.run([sys.executable, "-c", kill_after_unit_1, str(Path(__file__).parent), str(root), str(out)],
+    here = os.pathsep.join(str(p) for p in (Path(__file__).parent, Path(__file__).parents[1]))  # conftest.py's too
+    proc = subprocess.run([sys.executable, "-c", kill_after_unit_1, here, str(root), str(out)],
                           capture_output=True, text=True)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     assert (out / "units" / "00001.json").exists() and not (out / "units" / "00002.json").exists()

@@ -297,12 +297,12 @@ def test_the_balanced_context_layout_takes_what_the_table_says(mixer, tmp_path):
     tests/parallel/test_context_parallel.py's)."""
     from conftest import tiny_config
 
-    from llm.training.setup import check_context_split
+    from llm.config import resolve
 
-    config = tiny_config(tmp_path, **{"model.mixer": mixer, "model.window": 8})
+    config = tiny_config(tmp_path, **{"model.mixer": mixer, "model.window": 8, "mesh.data": 1, "mesh.context": 2})
     config.mesh.rules.length = "context"
     if MIXER_TABLE[mixer].context_balance:
-        check_context_split(config, 2)
+        assert resolve(config, n_devices=2).mesh.context == 2
     else:
         with pytest.raises(ConfigError, match=f"which the {mixer} mixer cannot take"):
-            check_context_split(config, 2)
+            resolve(config, n_devices=2)
