@@ -52,7 +52,9 @@ def error_response(status: int, message: str, type_: str = "invalid_request_erro
 
 
 class _Body(BaseModel):
-    model_config = ConfigDict(strict=True, extra="ignore")
+    # A field the server does not implement is refused by name (a 400), never dropped: a client sending `echo` or
+    # `presence_penalty` would otherwise get numbers computed without it.
+    model_config = ConfigDict(strict=True, extra="forbid")
 
     model: str
     max_tokens: int | None = None
@@ -71,7 +73,7 @@ class CompletionBody(_Body):
 
 
 class Message(BaseModel):
-    model_config = ConfigDict(strict=True, extra="ignore")
+    model_config = ConfigDict(strict=True, extra="forbid")
 
     role: Literal["system", "user", "assistant", "developer"]
     content: str
@@ -112,6 +114,9 @@ def make_app(run: LoadedRun, scheduler: Scheduler, *, model_name: str, limits: L
         if first.get("type") == "json_invalid":
             return error_response(400, "the body is not valid JSON", code="invalid_json")
         where = ".".join(str(x) for x in first.get("loc", ()) if x != "body")
+        if first.get("type") == "extra_forbidden":
+            return error_response(400, f"{where}: this server does not implement it; leave it out",
+                                  param=where, code="unsupported_parameter")
         return error_response(400, f"{where or 'body'}: {first.get('msg', 'invalid')}", param=where or None)
 
     @app.exception_handler(StarletteHTTPException)

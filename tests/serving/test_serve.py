@@ -14,7 +14,7 @@ import numpy as np
 import openai
 import pytest
 import uvicorn
-from test_chat import model_and_params
+from inference.test_chat import model_and_params  # tests/ is on the path (pyproject); its folder may not be
 
 from llm.inference import SamplingParams, generate
 from llm.serving.app import Limits
@@ -188,6 +188,20 @@ def test_bad_requests_get_openai_errors_and_the_server_keeps_serving(server, run
         client.completions.create(model="tiny", prompt="a", max_tokens=1000)
     with pytest.raises(openai.BadRequestError, match="temperature"):
         client.completions.create(model="tiny", prompt="a", temperature=-1)
+    # Fields the server does not implement are refused by name, not dropped (echo would make every logprob 0).
+    for create, extra in ((client.completions.create, {"echo": True}),
+                          (client.completions.create, {"presence_penalty": 0.5}),
+                          (client.chat.completions.create, {"frequency_penalty": 0.5})):
+        prompt = {"prompt": "a"} if create == client.completions.create else {
+            "messages": [{"role": "user", "content": "a"}]}
+        with pytest.raises(openai.BadRequestError) as e:
+            create(model="tiny", max_tokens=2, **prompt, **extra)
+        (name,) = extra
+        assert e.value.body["message"] == f"{name}: this server does not implement it; leave it out"
+        assert e.value.body["param"] == name
+    raw = httpx.post(server.url + "/completions", json={"model": "tiny", "prompt": "a", "max_tokens": 2,
+                                                        "messages_extra": 1})
+    assert raw.status_code == 400 and raw.json()["error"]["code"] == "unsupported_parameter"
     raw = httpx.post(server.url + "/completions", content=b"{not json", headers={"content-type": "application/json"})
     assert raw.status_code == 400 and raw.json()["error"]["code"] == "invalid_json"
     big = httpx.post(server.url + "/completions", content=b"x" * (2 << 20))
