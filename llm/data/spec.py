@@ -25,8 +25,6 @@ from llm.errors import ConfigError
 # mixture   'DIR:W,DIR:W' (data.mixture)        rows drawn from prepared directories by weight
 # sft       a JSONL file or task:NAME           supervised records (data.sft)
 # synthetic a task spec (data.synthetic)        batches generated from (seed, step)
-KINDS = ("text", "large", "prepared", "mixture", "sft", "synthetic")
-CORPUS_KINDS = ("text", "large", "prepared", "mixture")  # running text: windows of a token stream
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,10 +32,6 @@ class DataSpec:
     kind: str
     source: str  # the string that names it (data.corpus, data.mixture, data.sft or data.synthetic)
     parts: tuple[tuple[str, float], ...] = ()  # a mixture's prepared directories and normalised weights
-
-    @property
-    def is_corpus(self) -> bool:
-        return self.kind in CORPUS_KINDS
 
 
 def data_spec(d) -> DataSpec:
@@ -48,7 +42,9 @@ def data_spec(d) -> DataSpec:
     elif d.sft:
         spec = DataSpec("sft", d.sft)
     elif d.mixture:
-        spec = DataSpec("mixture", d.mixture, mixture_parts(d.mixture))
+        # The option's check (validate_config) has parsed it already; whether each part is a prepared dataset is
+        # checked when it is read, so a trained run samples and serves after its data is gone.
+        spec = DataSpec("mixture", d.mixture, tuple(parse_mixture(d.mixture)))
     else:
         spec = corpus_spec(d.corpus)
     if d.order != "random" and spec.kind not in ("text", "large", "prepared"):
@@ -73,11 +69,3 @@ def eval_data_spec(source: str) -> DataSpec:
     """What `eval.corpus` (`llm eval --corpus`) names: task:NAME records, or a corpus."""
     return DataSpec("sft", source) if source.startswith("task:") else corpus_spec(source)
 
-
-def mixture_parts(source: str) -> tuple[tuple[str, float], ...]:
-    """data.mixture's (directory, weight) pairs (whether each is a prepared dataset is checked when it is read, so
-    a trained run samples and serves after its data is gone)."""
-    try:
-        return tuple(parse_mixture(source))
-    except ValueError as e:
-        raise ConfigError(f"data.mixture={source!r}: {e}") from None
