@@ -28,10 +28,19 @@ def tiny(mixer, **kw):
     return ModelConfig(**{**base, **EXTRA.get(mixer, {}), **kw})
 
 
+# Models run as compiled programs: op by op, each jnp call in them would compile a program of its own.
+def init(model, tokens=TOKENS, seed=0):
+    return jax.jit(model.init)(jax.random.key(seed), tokens)["params"]
+
+
+def forward(model, params, tokens, **arrays):
+    return jax.jit(model.apply)({"params": params}, tokens, **arrays)
+
+
 def decode_all(model, params, tokens, cuts):
     """Logits of `tokens` fed to the cache in pieces ending at `cuts`."""
-    cache = model.init(jax.random.key(0), tokens, decode=True)["cache"]
-    # Compiled once per piece length: cheaper than running every step op by op.
+    cache = jax.jit(lambda t: model.init(jax.random.key(0), t, decode=True)["cache"])(tokens)
+    # Compiled once per piece length.
     step = jax.jit(lambda cache, x: model.apply({"params": params, "cache": cache}, x, decode=True,
                                                 mutable=["cache"]))
     out, start = [], 0
@@ -45,8 +54,8 @@ def decode_all(model, params, tokens, cuts):
 @pytest.mark.parametrize("mixer", with_feature("recurrent"))
 def test_decoding_equals_the_forward_pass(mixer):
     model = Transformer(tiny(mixer))
-    params = model.init(jax.random.key(0), TOKENS)["params"]
-    full = model.apply({"params": params}, TOKENS)
+    params = init(model)
+    full = forward(model, params, TOKENS)
     one_by_one = decode_all(model, params, TOKENS, range(1, TOKENS.shape[1] + 1))
     np.testing.assert_allclose(one_by_one, full, rtol=1e-5, atol=1e-5)
     prefill_then_steps = decode_all(model, params, TOKENS, [11, 12, 19])  # a prompt by chunks, then tokens
@@ -57,12 +66,12 @@ def test_decoding_equals_the_forward_pass(mixer):
 def test_packed_documents_do_not_see_each_other(mixer):
     """The table's `segments`: the output after a document boundary is the second document's alone."""
     model = Transformer(tiny(mixer, n_layers=1))
-    params = model.init(jax.random.key(0), TOKENS)["params"]
+    params = init(model)
     segments = jnp.asarray([[1] * 7 + [2] * 12] * 2)
     positions = jnp.asarray([list(range(7)) + list(range(12))] * 2)
-    packed = model.apply({"params": params}, TOKENS, segment_ids_BT=segments, positions_BT=positions)
-    first = model.apply({"params": params}, TOKENS[:, :7])
-    second = model.apply({"params": params}, TOKENS[:, 7:])
+    packed = forward(model, params, TOKENS, segment_ids_BT=segments, positions_BT=positions)
+    first = forward(model, params, TOKENS[:, :7])
+    second = forward(model, params, TOKENS[:, 7:])
     np.testing.assert_allclose(packed, jnp.concatenate([first, second], 1), rtol=1e-5, atol=1e-5)
 
 
@@ -71,11 +80,11 @@ def test_a_hybrid_pattern_scans_and_decodes(scan):
     cfg = tiny("attention", n_layers=4, mixer_pattern="gla,attention", scan_layers=scan, position="rope")
     assert cfg.layer_mixers == ("gla", "attention", "gla", "attention")
     model = Transformer(cfg)
-    params = model.init(jax.random.key(0), TOKENS)["params"]
+    params = init(model)
     if scan:  # one group's parameters, stacked n_layers / 2 deep
         assert set(params["layers"]) == {"block_0", "block_1"} and "mixer" in params["layers"]["block_0"]
         assert params["layers"]["block_0"]["mixer"]["query"]["kernel"].value.shape[0] == 2
-    full = model.apply({"params": params}, TOKENS)
+    full = forward(model, params, TOKENS)
     np.testing.assert_allclose(decode_all(model, params, TOKENS, [11, 19]), full, rtol=1e-5, atol=1e-5)
 
 
@@ -109,7 +118,7 @@ def test_the_explorer_shows_a_mixers_token_mixing(scan):
 
     cfg = tiny("attention", vocab_size=257, n_layers=4, mixer_pattern="deltanet,attention", scan_layers=scan)
     model = Transformer(cfg)
-    params = model.init(jax.random.key(0), TOKENS)["params"]
+    params = init(model)
     data = explain_data(LoadedRun(ConfigDict(), model, params, ByteTokenizer(), 3), "the cat")
     weights = np.asarray(data["attention"]["weights"])  # [L, H, T, T]
     assert weights.shape == (4, 2, 7, 7)
@@ -126,11 +135,13 @@ def test_chats_streaming_matches_greedy_full_passes(mixer):
     from llm.inference.streaming import stream_generate
 
     model = Transformer(tiny(mixer))
-    params = model.init(jax.random.key(1), TOKENS)["params"]
+    params = init(model, seed=1)
     prompt = [int(x) for x in TOKENS[0, :5]]  # 5 tokens: padded to a longer bucket
     want = list(prompt)
-    for _ in range(6):
-        want.append(int(jnp.argmax(model.apply({"params": params}, jnp.asarray([want]))[0, -1])))
+    full_pass = jax.jit(model.apply)
+    for _ in range(6):  # one compiled length: a causal model's logits at a position ignore the padding after it
+        padded = jnp.asarray([want + [0] * (TOKENS.shape[1] - len(want))])
+        want.append(int(jnp.argmax(full_pass({"params": params}, padded)[0, len(want) - 1])))
     got = list(stream_generate(model, params, prompt, SamplingParams(temperature=0.0, max_new_tokens=6)))
     assert got == want[5:]
 
@@ -140,7 +151,7 @@ def test_parameter_counts_match_the_closed_form(mixer):
     from llm.model.params import count_params, param_count_formula
 
     cfg = tiny("gla", mixer_pattern=mixer) if "," in mixer else tiny(mixer, use_bias=mixer != "retnet")
-    params = Transformer(cfg).init(jax.random.key(0), TOKENS)["params"]
+    params = jax.eval_shape(lambda: Transformer(cfg).init(jax.random.key(0), TOKENS))["params"]
     assert count_params(params) == param_count_formula(cfg)["total"]
 
 
@@ -179,7 +190,7 @@ def test_sharding_names_and_lora_targets_treat_mixers_like_attention():
     """Every mixer parameter carries logical axis names (so mesh rules shard it), heads on the head axis; LoRA's
     default targets adapt a mixer's query and value as they do attention's, starting as the base model."""
     cfg = tiny("gla", mixer_pattern="gla,mamba2,gated_deltanet,based", n_layers=4, window=8)
-    boxed = Transformer(cfg).init(jax.random.key(0), TOKENS)["params"]
+    boxed = jax.eval_shape(lambda: Transformer(cfg).init(jax.random.key(0), TOKENS))["params"]
     leaves = jax.tree_util.tree_leaves_with_path(boxed, is_leaf=lambda x: isinstance(x, nn.Partitioned))
     unnamed = [jax.tree_util.keystr(p) for p, x in leaves if not isinstance(x, nn.Partitioned)]
     assert not unnamed
@@ -190,7 +201,7 @@ def test_sharding_names_and_lora_targets_treat_mixers_like_attention():
         assert hits and all({"heads", "kv_heads"} & set(n) for n in hits), suffix
 
     lora = tiny("gla", lora_rank=2)
-    params = nn.unbox(Transformer(lora).init(jax.random.key(0), TOKENS)["params"])
+    params = nn.unbox(init(Transformer(lora)))
     adapted = {"/".join(str(getattr(k, "key", k)) for k in p[:-1])
                for p, _ in jax.tree_util.tree_leaves_with_path(params) if getattr(p[-1], "key", "") == "lora_b"}
     assert adapted == {f"layers_{i}/mixer/{m}" for i in range(2) for m in ("query", "value")}
@@ -199,8 +210,8 @@ def test_sharding_names_and_lora_targets_treat_mixers_like_attention():
     for i in range(2):
         for m in ("query", "value"):
             del base_params[f"layers_{i}"]["mixer"][m]["lora_a"], base_params[f"layers_{i}"]["mixer"][m]["lora_b"]
-    np.testing.assert_allclose(Transformer(lora).apply({"params": params}, TOKENS),
-                               base.apply({"params": base_params}, TOKENS), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(forward(Transformer(lora), params, TOKENS), forward(base, base_params, TOKENS),
+                               rtol=1e-6, atol=1e-6)
 
 
 def _runs_pallas(cfg, segment_ids=None):
@@ -221,9 +232,9 @@ def test_the_pallas_kernel_runs_where_the_table_says(mixer):
     assert not _runs_pallas(cfg, segment_ids=jnp.ones(TOKENS.shape, jnp.int32))
     if MIXER_TABLE[mixer].pallas:
         model, chunked = Transformer(cfg), Transformer(tiny(mixer, n_layers=1))
-        params = model.init(jax.random.key(0), TOKENS)["params"]
-        np.testing.assert_allclose(model.apply({"params": params}, TOKENS),
-                                   chunked.apply({"params": params}, TOKENS), rtol=1e-5, atol=1e-5)
+        params = init(model)
+        np.testing.assert_allclose(forward(model, params, TOKENS), forward(chunked, params, TOKENS),
+                                   rtol=1e-5, atol=1e-5)
 
 
 def test_the_pallas_kernel_trains_as_the_chunked_form():
@@ -231,9 +242,9 @@ def test_the_pallas_kernel_trains_as_the_chunked_form():
     (with a decay per key; per-head decays' gradients are tests/ops/test_mixer_ops.py's)."""
     def loss_and_grads(impl):
         model = Transformer(tiny("gla", mixer_impl=impl))
-        params = model.init(jax.random.key(0), TOKENS)["params"]
+        params = init(model)
         loss = lambda p: jnp.mean(jax.nn.logsumexp(model.apply({"params": p}, TOKENS), -1))
-        return jax.value_and_grad(loss)(params)
+        return jax.jit(jax.value_and_grad(loss))(params)
 
     (want, want_grads), (got, grads) = loss_and_grads("chunked"), loss_and_grads("pallas")
     np.testing.assert_allclose(got, want, rtol=1e-6)

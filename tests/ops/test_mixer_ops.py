@@ -1,16 +1,25 @@
 """The linear-attention family's three forms (recurrent, parallel, chunked) against naive per-token recurrences
 written here, token by token in Python loops: outputs, final states and gradients, with packed documents."""
 
+from functools import partial
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from llm.ops.mixers import gla_pallas
-from llm.ops.mixers.delta import delta_chunked, delta_mixing, delta_parallel, delta_recurrent, unit_lower_inverse
-from llm.ops.mixers.gla import gla_chunked, gla_mixing, gla_parallel, gla_recurrent
+from llm.ops import mixers
+from llm.ops.mixers import delta, gla
 
 TOL = dict(rtol=2e-5, atol=2e-5)
+
+# Each form and reference compiled whole: run op by op, every jnp call would compile a program of its own.
+chunked = partial(jax.jit, static_argnames=("chunk",))
+gla_recurrent, gla_parallel, gla_mixing = map(jax.jit, (gla.gla_recurrent, gla.gla_parallel, gla.gla_mixing))
+delta_recurrent, delta_parallel, delta_mixing = map(
+    jax.jit, (delta.delta_recurrent, delta.delta_parallel, delta.delta_mixing))
+gla_chunked, delta_chunked, gla_pallas = map(chunked, (gla.gla_chunked, delta.delta_chunked, mixers.gla_pallas))
+unit_lower_inverse = jax.jit(delta.unit_lower_inverse)
 
 
 def restarts(segment_ids, i):
@@ -20,6 +29,7 @@ def restarts(segment_ids, i):
     return (segment_ids[:, i] == segment_ids[:, i - 1]).astype(jnp.float32)[:, None, None, None]
 
 
+@jax.jit
 def naive_gla(q, k, v, g, segment_ids=None, state=None):
     """S_t = diag(exp(g_t)) S_{t-1} + k_t v_t^T; o_t = S_t^T q_t."""
     s = jnp.zeros(q.shape[:1] + q.shape[2:] + v.shape[-1:]) if state is None else state
@@ -31,6 +41,7 @@ def naive_gla(q, k, v, g, segment_ids=None, state=None):
     return jnp.stack(outs, 1), s
 
 
+@jax.jit
 def naive_delta(q, k, v, b, g, segment_ids=None, state=None):
     """S_t = exp(g_t) (I - b_t k_t k_t^T) S_{t-1} + b_t k_t v_t^T; o_t = S_t^T q_t."""
     s = jnp.zeros(q.shape[:1] + q.shape[2:] + v.shape[-1:]) if state is None else state
@@ -112,7 +123,7 @@ def test_gradients_equal_the_naive_recurrences():
     w = jnp.asarray(np.random.default_rng(2).normal(size=v.shape), jnp.float32)
 
     def grads(fn, args):
-        return jax.grad(lambda *a: jnp.sum(fn(*a) * w), argnums=tuple(range(len(args))))(*args)
+        return jax.jit(jax.grad(lambda *a: jnp.sum(fn(*a) * w), argnums=tuple(range(len(args)))))(*args)
 
     cases = [(lambda *a: naive_gla(*a, seg)[0], (q, k, v, g),
               [lambda *a: gla_recurrent(*a, segment_ids=seg)[0], lambda *a: gla_parallel(*a, segment_ids=seg),
@@ -130,7 +141,7 @@ def test_gradients_equal_the_naive_recurrences():
 def test_mixing_matrices_reproduce_the_outputs():
     """What the explorer shows for a mixer layer: M with out = M v, exactly (no normalisation)."""
     q, k, v, g, seg, beta = inputs(seed=3)
-    mix = lambda m: jnp.einsum("bhts,bshv->bthv", m, v)
+    mix = lambda m: np.einsum("bhts,bshv->bthv", m, v)
     np.testing.assert_allclose(mix(gla_mixing(q, k, g, segment_ids=seg)), naive_gla(q, k, v, g, seg)[0], **TOL)
     k, gs = unit(k), g[..., 0]
     np.testing.assert_allclose(mix(delta_mixing(q, k, beta, gs, segment_ids=seg)),
@@ -158,7 +169,7 @@ def test_pallas_kernel_equals_the_naive_recurrence_and_the_chunked_gradients(per
         def loss(*args):
             out, state = form(*args[:4], chunk=8, state=args[4])
             return jnp.sum(out * w) + jnp.sum(jnp.sin(state))
-        return jax.grad(loss, argnums=(0, 1, 2, 3, 4))(q, k, v, g, s0)
+        return jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3, 4)))(q, k, v, g, s0)
 
     for name, x, y in zip("q k v g state".split(), grads(gla_pallas), grads(gla_chunked), strict=True):
         np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5, err_msg=name)
@@ -172,7 +183,7 @@ def test_pallas_kernel_survives_strong_decays():
     out, _ = gla_pallas(q, k, v, g, chunk=16)
     assert np.all(np.isfinite(out))
     np.testing.assert_allclose(out, want, **TOL)
-    dq = jax.grad(lambda q: jnp.sum(gla_pallas(q, k, v, g, chunk=16)[0]))(q)
+    dq = jax.jit(jax.grad(lambda q: jnp.sum(gla_pallas(q, k, v, g, chunk=16)[0])))(q)
     assert np.all(np.isfinite(dq))
 
 
