@@ -51,6 +51,17 @@ def make_corpus(path: Path, n_chars: int = 30_000, seed: int = 0) -> Path:
     return path
 
 
+def numpy_cross_entropy(logits_BTV, targets_BT, weights_BT=None) -> tuple[float, float]:
+    """(sum of token losses, sum of weights) of next-token cross-entropy, in float64 NumPy: the reference the
+    library's loss is checked against (and, computed on the host, nothing to compile)."""
+    logits = np.asarray(logits_BTV, np.float64)
+    top = logits.max(-1, keepdims=True)
+    log_z = np.log(np.exp(logits - top).sum(-1)) + top[..., 0]
+    losses = log_z - np.take_along_axis(logits, np.asarray(targets_BT)[..., None], -1)[..., 0]
+    weights = np.ones_like(losses) if weights_BT is None else np.asarray(weights_BT, np.float64)
+    return float((losses * weights).sum()), float(weights.sum())
+
+
 def tiny_config(tmp: Path, **overrides):
     """A 2-layer, 32-wide character model on a generated corpus; a few steps take about a second."""
     c = get_base_config()

@@ -526,7 +526,7 @@ def test_page_of_a_real_model(page, tmp_path):
     cfg = ModelConfig(max_len=32, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, window=4, position="learned",
                       vocab_size=tok.vocab_size, attention_impl="reference")
     model = Transformer(cfg)
-    params = nn.unbox(model.init(jax.random.PRNGKey(0), jnp.zeros((1, 4), jnp.int32))["params"])
+    params = nn.unbox(jax.jit(model.init)(jax.random.PRNGKey(0), jnp.zeros((1, 4), jnp.int32))["params"])
     data = explain_data(LoadedRun(ConfigDict(), model, params, tok, 7), "héllo €!")
     T = len(data["tokens"])
     assert any(t["partial"] for t in data["tokens"])

@@ -34,7 +34,7 @@ def make_run(kind="char", seed=0, **overrides):
     tok = CHAR if kind == "char" else ByteTokenizer()
     cfg = ModelConfig(**{**BASE, "vocab_size": tok.vocab_size, **overrides})
     model = Transformer(dataclasses.replace(cfg, scan_layers=False))  # scanned: the same params, stacked
-    params = nn.unbox(model.init(jax.random.PRNGKey(seed), jnp.zeros((1, 4), jnp.int32))["params"])
+    params = nn.unbox(jax.jit(model.init)(jax.random.PRNGKey(seed), jnp.zeros((1, 4), jnp.int32))["params"])
     if cfg.scan_layers:
         model, params = Transformer(cfg), stack_layers(params)
     # Larger queries and keys than an init gives, so the attention is far from uniform.

@@ -39,7 +39,7 @@ def test_decoding_in_pieces_and_rewinding_the_index_equals_the_full_convolution(
     time: every output equals the convolution of the whole sequence."""
     conv = ShortConv(3, ("heads", "kv"), max_len=16, decode=True)
     x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 12, 2, 4)), jnp.float32)
-    variables = conv.init(jax.random.PRNGKey(0), x[:, :1], None, jnp.int32(0))
+    variables = jax.jit(lambda x: conv.init(jax.random.PRNGKey(0), x, None, jnp.int32(0)))(x[:, :1])
     params = nn.unbox(variables["params"])
     want = causal_conv(x, params["kernel"])
     cache = variables["cache"]
@@ -61,7 +61,8 @@ def test_short_conv_gives_one_layer_the_previous_token():
     y = x.at[0, 2].set(9)
     for conv, depends in [(0, False), (2, True)]:
         model = Transformer(ModelConfig(**base, short_conv=conv))
-        params = model.init(jax.random.PRNGKey(0), x)["params"]
-        a, b = model.apply({"params": params}, x), model.apply({"params": params}, y)
+        params = jax.jit(model.init)(jax.random.PRNGKey(0), x)["params"]
+        forward = jax.jit(model.apply)
+        a, b = forward({"params": params}, x), forward({"params": params}, y)
         assert np.allclose(a[0, 3], b[0, 3]) != depends
         np.testing.assert_array_equal(a[0, 4:], b[0, 4:])  # kernel 2 reaches one token back only

@@ -26,7 +26,7 @@ c = get_base_config()
 cfg = ModelConfig(vocab_size=65, max_len=64, d_model=128, n_layers=4, n_heads=4)
 model = Transformer(cfg)
 tx, lr = make_optimizer(c.optim, 100)
-state = create_train_state(model, tx, jax.random.PRNGKey(0), 64)
+state = jax.jit(create_train_state, static_argnums=(0, 1, 3))(model, tx, jax.random.PRNGKey(0), 64)
 x = jax.random.randint(jax.random.PRNGKey(1), (16, 64), 0, 65)
 step = make_train_step(model, tx, lr, 1, jax.random.PRNGKey(2))
 for _ in range(10):  # the heap grows to its steady size

@@ -44,7 +44,7 @@ def test_lora_starts_as_the_base_model_and_merges_exactly(scan):
     assert {p.rsplit("/", 2)[-2] for p in adapters} == {"query", "value", "up"}
     assert len(adapters) == (6 if scan else 12)  # a, b for 3 projections (x 2 layers unless stacked)
     params = overlay(lora, base, "base")  # the base weights, fresh adapters (B = 0)
-    logits = lambda cfg, p: Transformer(cfg).apply({"params": p}, TOKENS)
+    logits = lambda cfg, p: jax.jit(Transformer(cfg).apply)({"params": p}, TOKENS)
     np.testing.assert_array_equal(logits(lora_cfg, params), logits(base_cfg, base))
     # Train-like perturbation of B, then fold A B into the kernels: the same function without adapters.
     rng = np.random.default_rng(2)
@@ -71,7 +71,7 @@ def one_sgd_step(params, finetune):
     o.lr = 0.1
     tx, _ = make_optimizer(o, 10, finetune)
     grads = jax.tree_util.tree_map(jnp.ones_like, params)
-    updates, _ = tx.update(grads, tx.init(params), params)
+    updates, _ = jax.jit(lambda g, p: tx.update(g, tx.init(p), p))(grads, params)
     return {param_path(p): np.asarray(u) for p, u in jax.tree_util.tree_leaves_with_path(updates)}
 
 
@@ -92,7 +92,7 @@ def test_clipping_ignores_frozen_gradients():
     o.name, o.momentum, o.weight_decay, o.clip_norm, o.warmup_steps, o.schedule = "sgd", 0.0, 0.0, 1.0, 0, "constant"
     tx, _ = make_optimizer(o, 10, finetune_section(train_only="final_norm"))
     grads = jax.tree_util.tree_map(lambda x: 100 * jnp.ones_like(x), params)
-    updates, _ = tx.update(grads, tx.init(params), params)
+    updates, _ = jax.jit(lambda g, p: tx.update(g, tx.init(p), p))(grads, params)
     trained = [u for p, u in jax.tree_util.tree_leaves_with_path(updates) if "final_norm" in param_path(p)]
     norm = float(optax.tree.norm(trained))
     assert norm == pytest.approx(o.lr * 1.0, rel=1e-5)  # clipped to 1 by the trained gradients' norm alone
