@@ -96,11 +96,12 @@ def open_run(workdir: str | Path) -> RunFiles:
         raise ConfigError(f"{tok_path} not found; the run in {workdir} never got past its start")
     tokenizer = load_tokenizer(tok_path)  # DataError (one line, naming the file) when damaged
     check_tokenizer(workdir, tokenizer)
-    vocab = config.model.vocab_size
-    if vocab is not None and vocab < tokenizer.vocab_size:
-        raise DataError(f"{tok_path} has {tokenizer.vocab_size} tokens but the run's model only {vocab} "
-                        "(model.vocab_size); restore the run's own tokenizer.json")
-    run = resolve(config, vocab_size=tokenizer.vocab_size)
+    run = resolve(config)
+    try:
+        run = run.with_vocab(tokenizer.vocab_size)
+    except ConfigError:  # the saved config is the record; the tokenizer file beside it is what changed
+        raise DataError(f"{tok_path} has {tokenizer.vocab_size} tokens but the run's model only "
+                        f"{config.model.vocab_size} (model.vocab_size); restore the run's own tokenizer.json") from None
     return RunFiles(workdir, run, tokenizer, Transformer(run.model))
 
 

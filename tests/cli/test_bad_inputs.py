@@ -295,6 +295,9 @@ CASES: list[Case] = [
          setup=write("run/config.json", "[1, 2, 3]")),
     Case("sample-config-wrong-type", sample(), "config.json is damaged (TypeError",
          setup=write("run/config.json", json.dumps({"model": {"d_model": "wide"}}))),
+    Case("sample-vocab-below-the-tokenizers", sample(), "tokenizer.json has 19 tokens but the run's model only 5 "
+         "(model.vocab_size); restore the run's own tokenizer.json",
+         setup=edit_json("run/config.json", "model.vocab_size", 5)),
     Case("sample-tokenizer-missing", sample(), "tokenizer.json not found; the run in",
          setup=remove("run/tokenizer.json")),
     Case("sample-tokenizer-not-json", sample(), "tokenizer.json: cannot read tokenizer JSON",
