@@ -66,6 +66,12 @@ def spec_and_args(kw, impl="reference"):
     return AttentionSpec(impl, **{n: kw[n] for n in fields}), {n: x for n, x in kw.items() if n not in fields}
 
 
+def arrays_and_static(args: dict) -> tuple[dict, dict]:
+    """`spec_and_args`' arguments split into the arrays (traced under jit) and the rest (closed over)."""
+    arrays = {n: x for n, x in args.items() if isinstance(x, jax.Array)}
+    return arrays, {n: x for n, x in args.items() if n not in arrays}
+
+
 def uses(kw) -> dict[str, bool]:
     return {"softcap": kw["softcap"] is not None, "alibi": kw.get("alibi_slopes") is not None,
             "window": kw["window"] is not None, "q_offset": bool(kw.get("q_offset"))}
@@ -74,8 +80,7 @@ def uses(kw) -> dict[str, bool]:
 def loss_and_grads(impl, q, k, v, kw, extra, w=None):
     """Output and (dq, dk, dv) of a random projection of the output (`w`), compiled as one program."""
     spec, args = spec_and_args(kw, impl)
-    arrays = {n: x for n, x in args.items() if isinstance(x, jax.Array)}
-    static = {n: x for n, x in args.items() if n not in arrays}
+    arrays, static = arrays_and_static(args)
 
     # A fixed random projection of the output, so each output element gets its own cotangent.
     if w is None:
@@ -130,8 +135,7 @@ def test_attention_weights_are_the_oracles_probabilities(case):
     _, b, tq, tk, h, kh, d, opts = case
     q, k, v, kw = make_inputs(b, tq, tk, h, kh, d, opts, jnp.float32)
     spec, args = spec_and_args(kw)
-    arrays = {n: x for n, x in args.items() if isinstance(x, jax.Array)}
-    static = {n: x for n, x in args.items() if n not in arrays}
+    arrays, static = arrays_and_static(args)
     probs = jax.jit(lambda q, k, arrays: attention_weights(q, k, spec, **arrays, **static))(q, k, arrays)
     np.testing.assert_allclose(np.asarray(probs), oracle_of(q, k, v, kw)[1], atol=1e-6)
 
