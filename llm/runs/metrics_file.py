@@ -5,6 +5,7 @@ writes the scalars to TensorBoard)."""
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -49,12 +50,10 @@ class MetricsLog:
             kept = [r for r in read_metrics(self.path) if resume_step and r["step"] <= resume_step]
             write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
         try:
-            from tensorboardX import SummaryWriter
-
-            self.tb = SummaryWriter(str(Path(workdir) / TENSORBOARD_DIR),
-                                    purge_step=resume_step + 1 if resume_step else 0)
+            summary_writer = import_summary_writer()
         except ImportError:  # tensorboardX is a dependency, but logging must never stop a run
-            self.tb = None
+            return
+        self.tb = summary_writer(str(Path(workdir) / TENSORBOARD_DIR), purge_step=resume_step + 1 if resume_step else 0)
 
     def write(self, step: int, metrics: dict[str, Any]) -> None:
         """One record of numbers at `step` (also to TensorBoard)."""
@@ -76,3 +75,18 @@ class MetricsLog:
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
+
+
+def import_summary_writer():
+    """tensorboardX's SummaryWriter, imported without PyTorch: tensorboardX imports torch, where it is installed,
+    only to recognise torch tensors (this log writes Python numbers), and that import takes seconds of every run's
+    start. A process that has already imported torch keeps it."""
+    if "torch" in sys.modules:
+        from tensorboardX import SummaryWriter
+        return SummaryWriter
+    sys.modules["torch"] = None  # `import torch` raises ImportError, which tensorboardX expects where it is absent
+    try:
+        from tensorboardX import SummaryWriter
+    finally:
+        del sys.modules["torch"]
+    return SummaryWriter

@@ -25,7 +25,7 @@ from llm.parallel.context.layout import ContextSettings, context_settings
 from llm.runs import CHECKPOINT_DIR, DAMAGED_DIR, Checkpointer, MetricsLog
 from llm.runtime import peak_flops
 from llm.runtime.hardware import slow_matmul_note
-from llm.state import abstract_train_state, boxed_abstract_train_state, create_train_state, make_optimizer
+from llm.state import boxed_abstract_train_state, create_train_state, make_optimizer, unboxed
 from llm.training.finetune import overlay, trained_fraction
 from llm.training.health import LossMonitor
 from llm.training.hooks import TrainHooks
@@ -78,9 +78,9 @@ class Trainer:
     def _build_state(self) -> None:
         """The state's shardings, its restore target and its (compiled) initialiser."""
         seq_len = self.plan.seq_len
-        self.shardings = make_shardings(boxed_abstract_train_state(self.model, self.tx, seq_len), self.plan.mesh,
-                                        self.plan.run.mesh.rules)
-        self.abstract = abstract_train_state(self.model, self.tx, seq_len)
+        boxed = boxed_abstract_train_state(self.model, self.tx, seq_len)
+        self.shardings = make_shardings(boxed, self.plan.mesh, self.plan.run.mesh.rules)
+        self.abstract = unboxed(boxed)
         self.target = jax.tree_util.tree_map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                                              self.abstract, self.shardings.state)
         self.init = jax.jit(create_train_state, static_argnums=(0, 1, 3), out_shardings=self.shardings.state)

@@ -13,6 +13,7 @@ from llm.config import get_base_config
 from llm.errors import ConfigError
 from llm.model import ModelConfig, Transformer
 from llm.model.lora import merge_lora
+from llm.state import boxed_abstract_train_state, create_train_state, unboxed
 from llm.state.optimizers import make_optimizer, param_path
 from llm.training.finetune import overlay
 
@@ -96,6 +97,24 @@ def test_clipping_ignores_frozen_gradients():
     trained = [u for p, u in jax.tree_util.tree_leaves_with_path(updates) if "final_norm" in param_path(p)]
     norm = float(optax.tree.norm(trained))
     assert norm == pytest.approx(o.lr * 1.0, rel=1e-5)  # clipped to 1 by the trained gradients' norm alone
+
+
+@pytest.mark.parametrize("optimizer, lora_rank, section", [
+    ("adamw", 0, dict(freeze="embed", lr_groups="attention=0.5")),
+    ("adafactor", 2, dict(train_only="lora_")),
+])
+def test_the_trainers_restore_target_is_the_state_init_makes(optimizer, lora_rank, section):
+    """The trainer takes its restore target from the boxed abstract state (the one that names shardings), unboxed:
+    the structure, shapes and dtypes of what create_train_state makes, frozen groups' empty state included."""
+    o = get_base_config().optim
+    o.name = optimizer
+    tx, _ = make_optimizer(o, 10, finetune_section(**section))
+    model = Transformer(dataclasses.replace(BASE, lora_rank=lora_rank))
+    want = jax.eval_shape(lambda: create_train_state(model, tx, jax.random.PRNGKey(0), 16))
+    got = unboxed(boxed_abstract_train_state(model, tx, 16))
+    assert jax.tree_util.tree_structure(got) == jax.tree_util.tree_structure(want)
+    assert [(x.shape, x.dtype) for x in jax.tree_util.tree_leaves(got)] == \
+        [(x.shape, x.dtype) for x in jax.tree_util.tree_leaves(want)]
 
 
 def test_overlay_grows_the_vocabulary_and_refuses_other_shapes():
