@@ -160,7 +160,7 @@ def test_lora_sft_run_from_a_base_run_trains_only_the_adapters(base_run, tmp_pat
     assert any("fine-tuning from" in m for m in messages) and np.isfinite(result.val_loss)
     assert any(m.startswith("step 0 (") and "val loss" in m for m in messages)  # the base model on the new data
     base, tuned = load_run(base_run), load_run(tmp_path / "ft")
-    assert tuned.model.cfg.n_layers == base.model.cfg.n_layers == 2 and tuned.model.cfg.lora_rank == 4
+    assert tuned.model.cfg.n_layers == base.model.cfg.n_layers == 1 and tuned.model.cfg.lora_rank == 4
     assert "<|assistant|>" in tuned.tokenizer.special_tokens
     assert tuned.tokenizer.vocab_size > base.tokenizer.vocab_size  # digits and markers the base corpus lacked
     flat = lambda p: {param_path(k): np.asarray(v) for k, v in jax.tree_util.tree_leaves_with_path(p)}
