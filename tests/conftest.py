@@ -63,11 +63,12 @@ def numpy_cross_entropy(logits_BTV, targets_BT, weights_BT=None) -> tuple[float,
 
 
 def tiny_config(tmp: Path, **overrides):
-    """A 2-layer, 32-wide character model on a generated corpus; a few steps take about a second."""
+    """A 1-layer, 32-wide character model on a generated corpus (a test about layers sets its own n_layers: each
+    layer is more for XLA to compile); a few steps take about a second."""
     c = get_base_config()
     c.data.corpus = str(make_corpus(tmp / "corpus.txt"))
     c.data.cache_dir = str(tmp / "cache")
-    c.model.n_layers, c.model.d_model, c.model.n_heads, c.model.max_len = 2, 32, 4, 32
+    c.model.n_layers, c.model.d_model, c.model.n_heads, c.model.max_len = 1, 32, 4, 32
     c.train.batch_size = 8
     c.train.steps = 20
     c.train.eval_every = 10
@@ -172,14 +173,25 @@ def tiny(tmp_path):
     return tiny_config(tmp_path)
 
 
-# The longest files (mostly real `llm` processes: several meshes, signals, sweeps), run first: with
-# `-n auto --dist loadfile` (pyproject.toml) each goes to a worker as soon as the session starts, while the
-# other worker takes the many short files. test_sharding.py starts the 8-device process (eight_devices), whose
-# results test_context_parallel.py reads last, long after they are ready, instead of waiting for them.
-FIRST = ("test_sharding.py", "test_preemption.py", "test_sweep.py", "test_finetune.py", "test_faults.py")
-LAST = ("test_context_parallel.py",)
+# Test files by the time they take on 2 cores, longest first (`--durations=0`); the others follow in collection
+# order. With `-n auto --dist loadfile --no-loadscope-reorder` (pyproject.toml) a worker takes the next file as it
+# finishes one, so longest-first leaves the short files to the end and the workers finish together.
+# e2e/test_sharding.py starts the 8-device process (eight_devices) at once; parallel/test_context_parallel.py,
+# which reads the same results, comes last, long after they are ready.
+LONGEST_FIRST = (
+    "e2e/test_sharding.py", "model/test_mixers.py", "training/test_train.py", "training/test_faults.py",
+    "e2e/test_preemption.py", "kernels/test_flash_attention.py", "model/test_model.py", "hf/test_hf.py",
+    "training/test_finetune.py", "data/test_prepare.py", "runtime/test_host_memory.py", "ops/test_attention_ops.py",
+    "serving/test_serve.py", "explain/test_explain_data.py", "e2e/test_sweep.py", "ops/test_mixer_ops.py",
+    "inference/test_sampling.py", "evaluation/test_evaluate.py", "explain/test_explain_browser.py",
+    "config/test_resolved.py", "inference/test_chat.py", "e2e/test_cli.py",
+)
+LAST = ("parallel/test_context_parallel.py",)
 
 
 def pytest_collection_modifyitems(config, items):
-    rank = {name: i for i, name in enumerate(FIRST)} | {name: len(FIRST) + 1 + i for i, name in enumerate(LAST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(FIRST)))  # stable: the rest keep their order
+    rank = ({name: i for i, name in enumerate(LONGEST_FIRST)}
+            | {name: len(LONGEST_FIRST) + 1 + i for i, name in enumerate(LAST)})
+    tests = Path(__file__).parent
+    # stable: the rest keep their order
+    items.sort(key=lambda item: rank.get(item.path.relative_to(tests).as_posix(), len(LONGEST_FIRST)))

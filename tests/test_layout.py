@@ -42,3 +42,11 @@ def test_the_layering_contracts_hold():
     from importlinter.cli import lint_imports
 
     assert importlinter and lint_imports(config_filename=str(LLM.parent / "pyproject.toml"), no_cache=True) == 0
+
+
+def test_the_suites_scheduling_names_files_that_exist():
+    """conftest's longest-first order names test files by path: a renamed file must not fall silently to the end."""
+    from conftest import LAST, LONGEST_FIRST
+
+    tests = Path(__file__).parent
+    assert [name for name in (*LONGEST_FIRST, *LAST) if not (tests / name).is_file()] == []

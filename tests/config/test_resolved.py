@@ -17,7 +17,7 @@ QUIET = dict(log=lambda *_: None)
 def test_resolving_copies_merges_and_reads_the_data(tmp_path):
     config = tiny_config(tmp_path, **{"train.seq_len": 16})
     run = resolve(config)
-    assert (run.data.kind, run.seq_len, run.layer_mixers, run.mesh) == ("text", 16, ("attention",) * 2, None)
+    assert (run.data.kind, run.seq_len, run.layer_mixers, run.mesh) == ("text", 16, ("attention",), None)
     config.train.seq_len = 8
     assert run.config.train.seq_len == 16  # a private copy: the caller's later changes do not reach it
     with pytest.raises(ValueError, match="vocabulary is not known"):
@@ -31,16 +31,16 @@ def test_resolving_copies_merges_and_reads_the_data(tmp_path):
 def test_a_fine_tune_takes_its_source_architecture_before_the_checks(tmp_path):
     """The merged model is what the mesh check sees: a GLA source under the balanced context layout is refused
     as a GLA run is, whatever the fine-tune's own config says its mixer is."""
-    source = tiny_config(tmp_path, **{"model.mixer": "gla", "train.steps": 2, "train.eval_every": 2,
-                                      "train.checkpoint_every": 2, "sample.num_samples": 0})
+    source = tiny_config(tmp_path, **{"model.mixer": "gla", "model.n_layers": 1, "train.steps": 2,
+                                      "train.eval_every": 2, "train.checkpoint_every": 2, "sample.num_samples": 0})
     train(source, tmp_path / "gla", **QUIET)
 
-    config = tiny_config(tmp_path, **{"mesh.data": 1, "mesh.context": 2})
+    config = tiny_config(tmp_path, **{"mesh.data": 1, "mesh.context": 2, "model.n_layers": 2})
     config.finetune.init_from = str(tmp_path / "gla")
     from llm.training.finetune import load_source
 
     run = resolve(config, source=load_source(str(tmp_path / "gla")).model)
-    assert run.layer_mixers == ("gla", "gla") and config.model.mixer == "attention"
+    assert run.layer_mixers == ("gla",) and config.model.mixer == "attention"  # the fine-tune's config says 2 layers
     with pytest.raises(ConfigError, match="which the gla mixer cannot take"):
         resolve(config, source=load_source(str(tmp_path / "gla")).model, n_devices=2)
 

@@ -84,7 +84,7 @@ def test_workdir_with_other_config_is_refused(tmp_path):
     config = tiny_config(tmp_path, **{"train.steps": 10})
     train(config, tmp_path / "run", log=lambda *_: None)
     config.model.n_layers = 3
-    with pytest.raises(ConfigError, match=r"different config \(model.n_layers: 2 -> 3\)"):
+    with pytest.raises(ConfigError, match=r"different config \(model.n_layers: 1 -> 3\)"):
         train(config, tmp_path / "run", log=lambda *_: None)
 
 
