@@ -1,4 +1,5 @@
-"""metrics.jsonl holds each step once, however often a run was stopped and started again."""
+"""metrics.jsonl holds each step once, however often a run was stopped and started again; TensorBoard gets the
+same numbers."""
 
 import json
 import struct
