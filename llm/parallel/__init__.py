@@ -8,7 +8,7 @@ _NAMES = {
     **dict.fromkeys(("make_mesh", "mesh_shape"), "llm.parallel.mesh"),
     **dict.fromkeys(("MESH_AXES", "Rules", "logical_rules"), "llm.parallel.rules"),
     **dict.fromkeys(("Shardings", "batch_sharding", "format_memory_report", "global_batch", "make_shardings",
-                     "memory_report", "state_shardings"), "llm.parallel.sharding"),
+                     "memory_report", "state_shardings", "unboxed"), "llm.parallel.sharding"),
 }
 __all__ = sorted(_NAMES)
 __getattr__ = exports(__name__, _NAMES)

@@ -34,12 +34,18 @@ def _fit(sharding: NamedSharding, shape: tuple[int, ...]) -> NamedSharding:
     return NamedSharding(sharding.mesh, fit_spec(sharding.spec, shape, sharding.mesh.shape))
 
 
+def unboxed(boxed: Any) -> Any:
+    """The arrays (or shapes) inside a tree's LogicallyPartitioned boxes, with no sharding constraint applied (flax's
+    nn.unbox applies one, which needs arrays under a mesh)."""
+    is_box = lambda x: isinstance(x, nn.Partitioned)
+    return jax.tree_util.tree_map(lambda x: x.value if is_box(x) else x, boxed, is_leaf=is_box)
+
+
 def state_shardings(boxed_abstract_state: Any, mesh: Mesh, rules: Rules) -> Any:
     """NamedShardings for a train state, from the logical names in its boxed (LogicallyPartitioned) leaves."""
     specs = nn.get_partition_spec(boxed_abstract_state)
     shardings = nn.logical_to_mesh_sharding(specs, mesh, rules)
-    is_box = lambda x: isinstance(x, nn.Partitioned)
-    shapes = jax.tree_util.tree_map(lambda x: x.value if is_box(x) else x, boxed_abstract_state, is_leaf=is_box)
+    shapes = unboxed(boxed_abstract_state)
     # Leaves without a shape are empty placeholders (optax's MaskedNode for frozen parameters' state).
     return jax.tree_util.tree_map(lambda s, a: _fit(s, a.shape) if hasattr(a, "shape") else a, shardings, shapes)
 

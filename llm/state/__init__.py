@@ -2,13 +2,7 @@
 learning-rate schedules that update it (Optax)."""
 
 from llm.state.optimizers import make_optimizer, param_groups, param_path
-from llm.state.train_state import (
-    TrainState,
-    abstract_train_state,
-    boxed_abstract_train_state,
-    create_train_state,
-    unboxed,
-)
+from llm.state.train_state import TrainState, abstract_train_state, boxed_abstract_train_state, create_train_state
 
 __all__ = ["TrainState", "abstract_train_state", "boxed_abstract_train_state",
-           "create_train_state", "make_optimizer", "param_groups", "param_path", "unboxed"]
+           "create_train_state", "make_optimizer", "param_groups", "param_path"]

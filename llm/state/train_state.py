@@ -43,10 +43,3 @@ def boxed_abstract_train_state(model: nn.Module, tx: optax.GradientTransformatio
                       lr_scale=jnp.ones((), jnp.float32))
 
     return jax.eval_shape(make)
-
-
-def unboxed(boxed_state: TrainState) -> TrainState:
-    """The arrays (or shapes) inside a boxed state's LogicallyPartitioned boxes, with no sharding constraint
-    applied: `abstract_train_state` from `boxed_abstract_train_state`'s result, without tracing the init again."""
-    is_box = lambda x: isinstance(x, nn.Partitioned)
-    return jax.tree_util.tree_map(lambda x: x.value if is_box(x) else x, boxed_state, is_leaf=is_box)

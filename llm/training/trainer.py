@@ -20,12 +20,12 @@ from llm.errors import CheckpointError, TrainingDiverged
 from llm.inference import make_accuracy_step, make_eval_step, score
 from llm.model import Transformer
 from llm.model.params import count_params, train_flops_per_token
-from llm.parallel import format_memory_report, global_batch, make_shardings, memory_report
+from llm.parallel import format_memory_report, global_batch, make_shardings, memory_report, unboxed
 from llm.parallel.context.layout import ContextSettings, context_settings
 from llm.runs import CHECKPOINT_DIR, DAMAGED_DIR, Checkpointer, MetricsLog
 from llm.runtime import peak_flops
 from llm.runtime.hardware import slow_matmul_note
-from llm.state import boxed_abstract_train_state, create_train_state, make_optimizer, unboxed
+from llm.state import boxed_abstract_train_state, create_train_state, make_optimizer
 from llm.training.finetune import overlay, trained_fraction
 from llm.training.health import LossMonitor
 from llm.training.hooks import TrainHooks
@@ -80,7 +80,7 @@ class Trainer:
         seq_len = self.plan.seq_len
         boxed = boxed_abstract_train_state(self.model, self.tx, seq_len)
         self.shardings = make_shardings(boxed, self.plan.mesh, self.plan.run.mesh.rules)
-        self.abstract = unboxed(boxed)
+        self.abstract = unboxed(boxed)  # abstract_train_state's result, without tracing the initialiser again
         self.target = jax.tree_util.tree_map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                                              self.abstract, self.shardings.state)
         self.init = jax.jit(create_train_state, static_argnums=(0, 1, 3), out_shardings=self.shardings.state)

@@ -13,7 +13,8 @@ from llm.config import get_base_config
 from llm.errors import ConfigError
 from llm.model import ModelConfig, Transformer
 from llm.model.lora import merge_lora
-from llm.state import boxed_abstract_train_state, create_train_state, unboxed
+from llm.parallel import unboxed
+from llm.state import boxed_abstract_train_state, create_train_state
 from llm.state.optimizers import make_optimizer, param_path
 from llm.training.finetune import overlay
 
