@@ -81,12 +81,12 @@ def import_summary_writer():
     """tensorboardX's SummaryWriter, imported without PyTorch: tensorboardX imports torch, where it is installed,
     only to recognise torch tensors (this log writes Python numbers), and that import takes seconds of every run's
     start. A process that has already imported torch keeps it."""
-    if "torch" in sys.modules:
-        from tensorboardX import SummaryWriter
-        return SummaryWriter
-    sys.modules["torch"] = None  # `import torch` raises ImportError, which tensorboardX expects where it is absent
+    block = "torch" not in sys.modules
+    if block:
+        sys.modules["torch"] = None  # `import torch` raises ImportError, which tensorboardX expects where it is absent
     try:
         from tensorboardX import SummaryWriter
     finally:
-        del sys.modules["torch"]
+        if block:
+            del sys.modules["torch"]
     return SummaryWriter
