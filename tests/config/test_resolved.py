@@ -31,8 +31,8 @@ def test_resolving_copies_merges_and_reads_the_data(tmp_path):
 def test_a_fine_tune_takes_its_source_architecture_before_the_checks(tmp_path):
     """The merged model is what the mesh check sees: a GLA source under the balanced context layout is refused
     as a GLA run is, whatever the fine-tune's own config says its mixer is."""
-    source = tiny_config(tmp_path, **{"model.mixer": "gla", "model.n_layers": 1, "train.steps": 2,
-                                      "train.eval_every": 2, "train.checkpoint_every": 2, "sample.num_samples": 0})
+    source = tiny_config(tmp_path, **{"model.mixer": "gla", "train.steps": 2, "train.eval_every": 2,
+                                      "train.checkpoint_every": 2, "sample.num_samples": 0})  # one layer
     train(source, tmp_path / "gla", **QUIET)
 
     config = tiny_config(tmp_path, **{"mesh.data": 1, "mesh.context": 2, "model.n_layers": 2})
