@@ -1,6 +1,7 @@
 """Shared fixtures: a tiny experiment config, a small corpus, one tiny trained run, and a persistent compilation
 cache, so that tests (and the processes they start) compile each program once."""
 
+import gc
 import os
 from importlib.metadata import version
 from pathlib import Path
@@ -16,10 +17,13 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 # thirds of a tiny train step's XLA CPU compile time, and unoptimized machine code computes the same values (XLA's
 # HLO passes, fusion included, still run). Of the rest, jaxlib 0.10's MLIR fusion emitters take more than half for
 # a loop (a scan, an interpreted Pallas kernel); the classic emitters compile the same fusions about 3x faster.
-# XLA aborts on a flag it does not know, so that one is passed only to the jaxlib it was measured on.
+# XLA also splits each program's machine code into many LLVM modules to compile them on parallel threads; on two
+# busy cores that buys nothing and each module's set-up costs CPU: one module compiles the same train steps with
+# about a sixth less (benchmarks/results/startup_cpu-avx2.md, all three measured there). XLA aborts on a flag it
+# does not know, so these are passed only to the jaxlib they were measured on.
 TEST_XLA_FLAGS = "--xla_backend_optimization_level=0"
 if version("jaxlib").startswith("0.10."):
-    TEST_XLA_FLAGS += " --xla_cpu_use_fusion_emitters=false"
+    TEST_XLA_FLAGS += " --xla_cpu_use_fusion_emitters=false --xla_cpu_parallel_codegen_split_count=1"
 if TEST_XLA_FLAGS not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {TEST_XLA_FLAGS}".strip()
 
@@ -36,6 +40,12 @@ from llm.config import get_base_config  # noqa: E402
 from llm.runtime.host_memory import keep_freed_host_memory  # noqa: E402
 
 keep_freed_host_memory()  # as `llm train` does: the suite's many small steps stop page-faulting their buffers
+# Tracing makes millions of short-lived objects: at Python's default thresholds (700, 10, 10) the cyclic collector
+# runs thousands of times a test file, its full passes walking every object the imports made. Those are frozen out
+# of its view and it runs a fourteenth as often: on model/test_mixers.py its time (gc.callbacks) falls from 4.4 to
+# 0.9 s of 100 s of CPU.
+gc.freeze()
+gc.set_threshold(10_000, 10, 10)
 
 
 def make_corpus(path: Path, n_chars: int = 30_000, seed: int = 0) -> Path:
