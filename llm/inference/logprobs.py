@@ -1,0 +1,54 @@
+"""Log-probabilities of given tokens under a model: what a harness's loglikelihood request and a prompt's `echo`
+need. Rows are right-padded to a few bucketed lengths and a fixed batch, so a stream of requests of every length
+compiles a handful of programs (a causal model's output at a position ignores the padding after it)."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from llm.errors import PromptError
+
+SHORTEST_BUCKET = 16
+
+
+def bucket(length: int, max_len: int) -> int:
+    """The padded length of a row of `length` inputs: the next power of two (at least 16), at most max_len."""
+    return min(max_len, max(SHORTEST_BUCKET, 1 << (max(length, 1) - 1).bit_length()))
+
+
+@functools.partial(jax.jit, static_argnames=("model",))
+def _scored(model, params, inputs_BT, targets_BT):
+    logits_BTV = model.apply({"params": params}, inputs_BT).astype(jnp.float32)
+    logp_BTV = jax.nn.log_softmax(logits_BTV, axis=-1)
+    chosen_BT = jnp.take_along_axis(logp_BTV, targets_BT[..., None], axis=-1)[..., 0]
+    return chosen_BT, jnp.argmax(logits_BTV, axis=-1) == targets_BT
+
+
+def token_logprobs(model, params, rows: Sequence[Sequence[int]], *, batch_size: int = 8
+                   ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """For each row of token ids (2 to max_len + 1 of them): (log p(row[i] | row[:i]) for i >= 1, whether each of
+    those tokens is the model's argmax there), float32 and bool arrays of len(row) - 1, in the rows' order."""
+    max_len = model.cfg.max_len
+    for row in rows:
+        if not 2 <= len(row) <= max_len + 1:
+            raise PromptError(f"a scored row needs 2 to {max_len + 1} tokens (the model's context + 1), got "
+                              f"{len(row)}")
+    order = sorted(range(len(rows)), key=lambda i: -len(rows[i]))  # similar lengths share a batch and a bucket
+    out: list[tuple[np.ndarray, np.ndarray] | None] = [None] * len(rows)
+    for start in range(0, len(order), batch_size):
+        ids = order[start:start + batch_size]
+        width = bucket(len(rows[ids[0]]) - 1, max_len)
+        tokens = np.zeros((batch_size, width + 1), np.int32)
+        for j, i in enumerate(ids):
+            tokens[j, :len(rows[i])] = rows[i]
+        logp, greedy = _scored(model, params, jnp.asarray(tokens[:, :-1]), jnp.asarray(tokens[:, 1:]))
+        logp, greedy = np.asarray(logp), np.asarray(greedy)
+        for j, i in enumerate(ids):
+            n = len(rows[i]) - 1
+            out[i] = (logp[j, :n], greedy[j, :n])
+    return out

@@ -1,0 +1,107 @@
+"""lm-evaluation-harness tasks on a trained run (llm/evaluation/harness.py): each request's loglikelihood against
+the model's own full forward pass of that one text, scored in float64 NumPy; a local multiple-choice task through
+`llm eval --tasks`, its accuracy against those references; bad requests refused by name."""
+
+import json
+from types import SimpleNamespace
+
+import jax
+import numpy as np
+import pytest
+
+from llm.cli import main
+from llm.errors import ConfigError, PromptError
+from llm.evaluation.harness import HarnessLM
+
+DOCS = [  # the trained run's corpus is words like these (conftest.make_corpus)
+    {"query": "the cat sat on", "choices": [" the mat", " a dog", " sun set"], "label": 0},
+    {"query": "the dog ran to", "choices": [" its bed", " cat the", " on"], "label": 1},
+    {"query": "while the sun", "choices": [" set", " mat and the dog ran", " ran"], "label": 2},
+]
+
+
+@pytest.fixture(scope="module")
+def harness(trained):
+    return HarnessLM(str(trained / "run"), batch_size=2)  # batches of 2: rows of several lengths share one
+
+
+def reference_loglikelihood(lm, context: str, continuation: str) -> tuple[float, bool]:
+    """The continuation's log-probability from one unpadded forward pass of context + continuation (a character
+    tokenizer: the two texts' tokens concatenate), log-softmax in float64."""
+    head, tail = list(lm.tokenizer.encode(context)), list(lm.tokenizer.encode(continuation))
+    tokens = np.asarray([head + tail], np.int32)
+    logits = np.asarray(jax.jit(lm.model.apply)({"params": lm.params}, tokens[:, :-1])[0], np.float64)
+    logp = logits - logits.max(-1, keepdims=True)
+    logp -= np.log(np.exp(logp).sum(-1, keepdims=True))
+    targets = tokens[0, 1:][-len(tail):]
+    rows = logp[-len(tail):]
+    return float(rows[np.arange(len(tail)), targets].sum()), bool((rows.argmax(-1) == targets).all())
+
+
+def requests(pairs):
+    return [SimpleNamespace(args=pair) for pair in pairs]
+
+
+def test_loglikelihoods_equal_one_forward_pass_per_request(harness):
+    pairs = [(d["query"], c) for d in DOCS for c in d["choices"]] + [("the cat sat on ", "the mat")]
+    got = harness.loglikelihood(requests(pairs))
+    for pair, (ll, greedy) in zip(pairs[:-1], got, strict=False):
+        want_ll, want_greedy = reference_loglikelihood(harness, *pair)
+        assert ll == pytest.approx(want_ll, abs=1e-4), pair
+        assert greedy == want_greedy, pair
+    # A context's trailing space moves to the continuation, as the harness's hf backend tokenizes it.
+    assert got[-1][0] == pytest.approx(reference_loglikelihood(harness, "the cat sat on", " the mat")[0], abs=1e-4)
+
+
+def test_a_request_longer_than_the_context_keeps_its_last_tokens(harness, capsys):
+    long_context = ("the cat sat on the mat and the dog ran to its bed while the sun set " * 3).rstrip()
+    (ll, _), = harness.loglikelihood(requests([(long_context, " the mat")]))
+    kept = (long_context + " the mat")[-(harness.max_len + 1):]
+    want, _ = reference_loglikelihood(harness, kept[:-len(" the mat")], " the mat")
+    assert ll == pytest.approx(want, abs=1e-4)
+    assert "keeps its last tokens" in capsys.readouterr().err
+
+
+def test_a_local_multiple_choice_task_through_llm_eval(trained, harness, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    data = tmp_path / "mc.jsonl"
+    data.write_text("".join(json.dumps(d) + "\n" for d in DOCS))
+    (tmp_path / "tasks").mkdir()
+    (tmp_path / "tasks" / "tiny_mc.yaml").write_text(f"""task: tiny_mc
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+output_type: multiple_choice
+doc_to_text: "{{{{query}}}}"
+doc_to_choice: "{{{{choices}}}}"
+doc_to_target: "{{{{label}}}}"
+metric_list:
+  - metric: acc
+    aggregation: mean
+    higher_is_better: true
+""")
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(trained / "run", run)
+    assert main(["eval", "--workdir", str(run), "--tasks", "tiny_mc", "--include_path", str(tmp_path / "tasks")]) == 0
+    written = json.loads(next((run / "eval").glob("harness-step*.json")).read_text())
+    picks = [int(np.argmax([reference_loglikelihood(harness, d["query"], c)[0] for c in d["choices"]]))
+             for d in DOCS]
+    want = np.mean([p == d["label"] for p, d in zip(picks, DOCS, strict=True)])
+    assert written["results"]["tiny_mc"]["acc,none"] == pytest.approx(want)
+    assert f"tiny_mc: acc {want:.4f}" in capsys.readouterr().out
+
+
+def test_bad_harness_requests_are_refused_by_name(trained, harness, tmp_path):
+    with pytest.raises(PromptError, match="no end-of-text token"):  # a character tokenizer without one
+        harness.loglikelihood_rolling(requests([("the cat sat",)]))
+    with pytest.raises(ConfigError, match="model_args device are not used"):
+        HarnessLM(str(trained / "run"), device="cuda")
+    with pytest.raises(ConfigError, match="generation_kwargs top_p are not supported"):
+        harness.generate_until(requests([("the cat", {"until": ["\n"], "top_p": 0.9})]))
+    assert main(["eval", "--workdir", str(trained / "run"), "--limit", "3"]) == 2  # --limit without --tasks
+    assert main(["eval", "--workdir", str(trained / "run"), "--tasks", "tiny_mc", "--include_path",
+                 str(tmp_path / "missing")]) == 2
