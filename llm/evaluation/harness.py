@@ -86,12 +86,13 @@ class HarnessLM(LM):
 
     def score_pairs(self, pairs: Sequence[tuple[list[int], list[int]]]) -> list[tuple[float, bool]]:
         """(sum of the continuation's log-probabilities, whether every continuation token is the argmax)."""
-        rows = [self._window(c, x) for c, x in pairs]
-        scored = token_logprobs(self.model, self.params, rows, batch_size=self.batch_size)
-        out = []
-        for (_, continuation), (logp, greedy) in zip(pairs, scored, strict=True):
-            n = len(continuation)
-            out.append((float(logp[-n:].sum()) if n else 0.0, bool(greedy[-n:].all()) if n else True))
+        scored_ids = [i for i, (_, continuation) in enumerate(pairs) if continuation]  # nothing to score: 0, greedy
+        rows = [self._window(*pairs[i]) for i in scored_ids]
+        out = [(0.0, True)] * len(pairs)
+        for i, (logp, greedy) in zip(scored_ids, token_logprobs(self.model, self.params, rows,
+                                                                batch_size=self.batch_size), strict=True):
+            n = len(pairs[i][1])
+            out[i] = (float(logp[-n:].sum()), bool(greedy[-n:].all()))
         return out
 
     def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:

@@ -43,14 +43,15 @@ def requests(pairs):
 
 
 def test_loglikelihoods_equal_one_forward_pass_per_request(harness):
-    pairs = [(d["query"], c) for d in DOCS for c in d["choices"]] + [("the cat sat on ", "the mat")]
+    pairs = [(d["query"], c) for d in DOCS for c in d["choices"]] + [("the cat sat on ", "the mat"), ("the", "")]
     got = harness.loglikelihood(requests(pairs))
-    for pair, (ll, greedy) in zip(pairs[:-1], got, strict=False):
+    assert got[-1] == (0.0, True)  # an empty continuation: nothing to score
+    for pair, (ll, greedy) in zip(pairs[:-2], got, strict=False):
         want_ll, want_greedy = reference_loglikelihood(harness, *pair)
         assert ll == pytest.approx(want_ll, abs=1e-4), pair
         assert greedy == want_greedy, pair
     # A context's trailing space moves to the continuation, as the harness's hf backend tokenizes it.
-    assert got[-1][0] == pytest.approx(reference_loglikelihood(harness, "the cat sat on", " the mat")[0], abs=1e-4)
+    assert got[-2][0] == pytest.approx(reference_loglikelihood(harness, "the cat sat on", " the mat")[0], abs=1e-4)
 
 
 def test_a_request_longer_than_the_context_keeps_its_last_tokens(harness, capsys):
