@@ -37,15 +37,20 @@ class HarnessLM(LM):
     rows are scored at a time."""
 
     def __init__(self, workdir: str, checkpoint: str = "latest", batch_size: int | str = 8,
-                 max_gen_toks: int = 256, **unused):
+                 max_gen_toks: int = 256, device: str | None = None, **unused):
         super().__init__()
         # simple_evaluate passes max_batch_size and device to every model; None means not asked for.
         asked = sorted(k for k, v in unused.items() if v is not None)
         if asked:
             raise ConfigError(f"model_args {', '.join(asked)} are not used by llm's harness model; it takes "
                               "workdir, checkpoint, batch_size, max_gen_toks")
-        if str(batch_size).startswith("auto") or int(batch_size) < 1:
+        if not str(batch_size).isdigit() or int(batch_size) < 1:
             raise ConfigError(f"batch_size must be a number >= 1, got {batch_size!r}")
+        if device is not None:  # lm_eval's CLI always sends one (cuda:0 unless told): said, not silently dropped
+            import jax
+
+            print(f"llm harness: device={device} is not used; JAX runs the model on {jax.default_backend()}",
+                  file=sys.stderr)
         loaded = load_run(workdir, str(checkpoint))
         self.model, self.params, self.tokenizer, self.step = loaded.model, loaded.params, loaded.tokenizer, loaded.step
         self.max_len = loaded.model.cfg.max_len

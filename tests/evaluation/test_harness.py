@@ -99,8 +99,10 @@ metric_list:
 def test_bad_harness_requests_are_refused_by_name(trained, harness, tmp_path):
     with pytest.raises(PromptError, match="no end-of-text token"):  # a character tokenizer without one
         harness.loglikelihood_rolling(requests([("the cat sat",)]))
-    with pytest.raises(ConfigError, match="model_args device are not used"):
-        HarnessLM(str(trained / "run"), device="cuda")
+    with pytest.raises(ConfigError, match="model_args max_batch_size are not used"):
+        HarnessLM(str(trained / "run"), max_batch_size=64)
+    with pytest.raises(ConfigError, match="batch_size must be a number >= 1, got 'auto'"):
+        HarnessLM(str(trained / "run"), batch_size="auto")
     with pytest.raises(ConfigError, match="generation_kwargs top_p are not supported"):
         harness.generate_until(requests([("the cat", {"until": ["\n"], "top_p": 0.9})]))
     assert main(["eval", "--workdir", str(trained / "run"), "--limit", "3"]) == 2  # --limit without --tasks
