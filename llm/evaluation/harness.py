@@ -95,7 +95,7 @@ class HarnessLM(LM):
         rows = [self._window(*pairs[i]) for i in scored_ids]
         out = [(0.0, True)] * len(pairs)
         for i, (logp, greedy) in zip(scored_ids, token_logprobs(self.model, self.params, rows,
-                                                                batch_size=self.batch_size), strict=True):
+                                                                 batch_size=self.batch_size), strict=True):
             n = len(pairs[i][1])
             out[i] = (float(logp[-n:].sum()), bool(greedy[-n:].all()))
         return out

@@ -24,6 +24,7 @@ from llm.config.sampling import SEED_BOUND
 from llm.data.records.sft import ChatTemplate
 from llm.errors import PromptError
 from llm.inference.chat import ChatSession
+from llm.inference.logprobs import token_logprobs
 from llm.runs import LoadedRun
 from llm.serving.engine import TOP_LOGPROBS
 from llm.serving.scheduler import NotAccepting, QueueFull, Scheduler
@@ -68,8 +69,22 @@ class _Body(BaseModel):
 
 
 class CompletionBody(_Body):
-    prompt: str | list[str]
+    prompt: str | list[str] | list[int] | list[list[int]]  # text(s), or token ids (one prompt or a list of them)
     logprobs: int | None = None
+    echo: bool = False  # the prompt before the completion, its tokens' log-probabilities too (the first's null)
+
+
+class TokenizeBody(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    prompt: str
+    add_special_tokens: bool = False  # this server's tokenizers add none either way (no BOS)
+
+
+class DetokenizeBody(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    tokens: list[int]
 
 
 class Message(BaseModel):
@@ -152,6 +167,22 @@ def make_app(run: LoadedRun, scheduler: Scheduler, *, model_name: str, limits: L
                            param="model", code="model_not_found")
         return _model_card(model_name, created)
 
+    # The tokenizer endpoints lm-evaluation-harness's API models call (tokenizer_backend=remote), at the root.
+    @app.post("/tokenize", dependencies=auth)
+    async def tokenize(body: TokenizeBody):
+        tokens = [int(t) for t in service.tokenizer.encode(body.prompt)]
+        return {"tokens": tokens, "count": len(tokens), "max_model_len": service.max_len}
+
+    @app.post("/detokenize", dependencies=auth)
+    async def detokenize(body: DetokenizeBody):
+        return {"prompt": service.tokenizer.decode(np.asarray(service.check_ids(body.tokens, "tokens"), np.int64))}
+
+    @app.get("/tokenizer_info", dependencies=auth)
+    async def tokenizer_info():
+        eos = service.tokenizer.eos_id
+        return {"eos_token": None if eos is None else service.token_text(eos), "bos_token": None,
+                "pad_token": None, "chat_template": None, "model_max_length": service.max_len}
+
     @app.post("/v1/completions", dependencies=auth)
     async def completions(body: CompletionBody, request: Request):
         return await service.completions(body, request)
@@ -168,7 +199,7 @@ class Service:
     scheduler, and shape the OpenAI responses."""
 
     def __init__(self, run: LoadedRun, scheduler: Scheduler, model_name: str, limits: Limits):
-        self.scheduler, self.model_name, self.limits = scheduler, model_name, limits
+        self.scheduler, self.model_name, self.limits, self.run = scheduler, model_name, limits, run
         self.tokenizer, self.max_len = run.tokenizer, run.model.cfg.max_len
         self.chat = ChatSession(run, ChatTemplate())
         self.max_prompt = min(limits.max_prompt_tokens or self.max_len - 1, self.max_len - 1)
@@ -215,6 +246,47 @@ class Service:
                            f"(the model's context is {self.max_len}, one token at least is left to generate)",
                            param=param, code="context_length_exceeded")
         return ids
+
+    def check_ids(self, ids: list[int], param: str) -> list[int]:
+        vocab = self.tokenizer.vocab_size
+        bad = [t for t in ids if not 0 <= t < vocab]
+        if bad:
+            raise ApiError(400, f"{param}: token id {bad[0]} is not in this model's vocabulary [0, {vocab})",
+                           param=param)
+        return ids
+
+    def prompt_ids(self, prompt) -> list[np.ndarray]:
+        """The prompts of a completion request: a text, texts, a token id list or token id lists."""
+        if isinstance(prompt, str) or (prompt and all(isinstance(x, int) for x in prompt)):
+            prompt = [prompt]
+        if not prompt:
+            raise ApiError(400, "prompt: give a string, a non-empty list of strings, or token ids", param="prompt")
+        out = []
+        for p in prompt:
+            if isinstance(p, str):
+                out.append(self.encode(p, "prompt"))
+                continue
+            ids = np.asarray(self.check_ids(p, "prompt"), np.int32)
+            if ids.size == 0 or ids.size > self.max_prompt:
+                raise ApiError(400, f"a prompt takes 1 to {self.max_prompt} tokens, got {ids.size}", param="prompt",
+                               code="context_length_exceeded" if ids.size else None)
+            out.append(ids)
+        return out
+
+    async def echoed(self, prompts: list[np.ndarray], top: int) -> list[dict]:
+        """Each prompt's own logprobs entries (tokens, token_logprobs, top_logprobs; the first token's null)."""
+        rows = [p.tolist() for p in prompts]
+        scored = await asyncio.to_thread(token_logprobs, self.run.model, self.run.params,
+                                         [r for r in rows if len(r) > 1], top=max(top, 1))
+        out, k = [], 0
+        for row in rows:
+            logp, top_lp, top_ids = ([], [], []) if len(row) == 1 else (scored[k][0], scored[k][2], scored[k][3])
+            k += len(row) > 1
+            out.append({"tokens": [self.token_text(t) for t in row],
+                        "token_logprobs": [None, *(float(v) for v in logp)],
+                        "top_logprobs": [None, *({self.token_text(int(i)): float(v) for i, v in
+                                                  zip(ids[:top], lps[:top])} for ids, lps in zip(top_ids, top_lp))]})
+        return out
 
     async def run_jobs(self, request: Request, prompts: list[np.ndarray], settings: dict, n: int, stop_ids):
         """Submit n choices per prompt; an async iterator of (choice index, event), and the jobs (to cancel)."""
@@ -275,14 +347,17 @@ class Service:
     def token_text(self, t: int) -> str:
         return self.tokenizer.decode(np.asarray([t], np.int64))
 
+    def token_text_of(self, ids: np.ndarray) -> str:
+        return self.tokenizer.decode(np.asarray(ids, np.int64))
+
     async def completions(self, body: CompletionBody, request: Request):
         settings = self.check(body, body.max_tokens, 16)
         if body.logprobs is not None and not 0 <= body.logprobs <= TOP_LOGPROBS:
             raise ApiError(400, f"logprobs must be in [0, {TOP_LOGPROBS}]", param="logprobs")
-        texts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
-        if not texts:
-            raise ApiError(400, "prompt: give a string or a non-empty list of strings", param="prompt")
-        prompts = [self.encode(t, "prompt") for t in texts]
+        if body.echo and body.stream:
+            raise ApiError(400, "echo: this server does not stream an echoed prompt; set stream to false",
+                           param="echo")
+        prompts = self.prompt_ids(body.prompt)
         stop_ids = set() if self.tokenizer.eos_id is None else {self.tokenizer.eos_id}
         events, jobs = await self.run_jobs(request, prompts, settings, body.n, stop_ids)
         rid, n_choices = f"cmpl-{uuid.uuid4().hex}", len(jobs)
@@ -312,15 +387,18 @@ class Service:
             return StreamingResponse(sse(), media_type="text/event-stream")
 
         texts_out, finish, logs, done_tokens = await self.collect(request, events, jobs)
+        echoes = await self.echoed(prompts, body.logprobs or 0) if body.echo and body.logprobs is not None else None
         choices = []
         for i in range(n_choices):
-            lp = None
+            lp, head = None, self.token_text_of(prompts[i // body.n]) if body.echo else ""
             if body.logprobs is not None:
                 entries = [logprob_entry(info) for info in logs[i]]
-                offsets = list(np.cumsum([0] + [len(e[0]) for e in entries])[:-1]) if entries else []
                 lp = {"tokens": [e[0] for e in entries], "token_logprobs": [e[1] for e in entries],
-                      "top_logprobs": [e[2] for e in entries], "text_offset": [int(o) for o in offsets]}
-            choices.append({"index": i, "text": texts_out[i], "logprobs": lp, "finish_reason": finish[i]})
+                      "top_logprobs": [e[2] for e in entries]}
+                if echoes is not None:
+                    lp = {k: echoes[i // body.n][k] + lp[k] for k in lp}
+                lp["text_offset"] = [int(o) for o in np.cumsum([0] + [len(t) for t in lp["tokens"]])[:-1]]
+            choices.append({"index": i, "text": head + texts_out[i], "logprobs": lp, "finish_reason": finish[i]})
         return {"id": rid, "object": "text_completion", "created": int(time.time()), "model": self.model_name,
                 "choices": choices, "usage": _usage(usage_prompt, done_tokens)}
 

@@ -12,6 +12,7 @@ import pytest
 from llm.cli import main
 from llm.errors import ConfigError, PromptError
 from llm.evaluation.harness import HarnessLM
+from llm.runs import load_run
 
 DOCS = [  # the trained run's corpus is words like these (conftest.make_corpus)
     {"query": "the cat sat on", "choices": [" the mat", " a dog", " sun set"], "label": 0},
@@ -94,6 +95,30 @@ metric_list:
     want = np.mean([p == d["label"] for p, d in zip(picks, DOCS, strict=True)])
     assert written["results"]["tiny_mc"]["acc,none"] == pytest.approx(want)
     assert f"tiny_mc: acc {want:.4f}" in capsys.readouterr().out
+
+
+def test_local_completions_against_llm_serve_equal_the_native_model(trained, harness):
+    """The harness's own `local-completions` API model (token ids from the server's /tokenize, echo + logprobs)
+    against a real `llm serve` on a loopback port: the same loglikelihoods and greedy flags as the native model."""
+    from lm_eval.models.openai_completions import LocalCompletionsAPI
+    from serving.test_serve import _Server  # tests/ is on the path (pyproject)
+
+    from llm.serving.app import Limits
+    from llm.serving.server import build_app
+
+    server = _Server(build_app(load_run(trained / "run"), model_name="tiny", max_batch=4, limits=Limits()))
+    try:
+        # The server takes prompts of up to max_len - 1 tokens (one is generated); these requests fit.
+        api = LocalCompletionsAPI(base_url=server.url + "/completions", model="tiny", tokenizer_backend="remote",
+                                  num_concurrent=2, max_retries=1, max_length=harness.max_len - 1)
+        pairs = [(d["query"], c) for d in DOCS for c in d["choices"] if len(d["query"] + c) < harness.max_len]
+        assert len(pairs) == 8
+        served = api.loglikelihood(requests(pairs), disable_tqdm=True)
+    finally:
+        server.close()
+    native = harness.loglikelihood(requests(pairs))
+    np.testing.assert_allclose([x for x, _ in served], [x for x, _ in native], atol=1e-4)
+    assert [g for _, g in served] == [g for _, g in native]
 
 
 def test_bad_harness_requests_are_refused_by_name(trained, harness, tmp_path):

@@ -123,6 +123,46 @@ def test_models_and_a_greedy_completion_equal_llm_sample(server, run):
     assert r.usage.prompt_tokens == len(run.tokenizer.encode("the "))
 
 
+def reference_logprobs(run, ids: list[int]) -> np.ndarray:
+    """log p(ids[i] | ids[:i]) for i >= 1 from one forward pass, log-softmax in float64 NumPy."""
+    import jax
+
+    logits = np.asarray(jax.jit(run.model.apply)({"params": run.params}, np.asarray([ids[:-1]], np.int32))[0],
+                        np.float64)
+    logp = logits - logits.max(-1, keepdims=True)
+    logp -= np.log(np.exp(logp).sum(-1, keepdims=True))
+    return logp[np.arange(len(ids) - 1), ids[1:]]
+
+
+def test_echo_gives_the_prompts_logprobs_and_token_ids_and_the_tokenizer_endpoints_work(server, run):
+    """What the harness's local-completions sends for a loglikelihood: token-id prompts, echo, logprobs=1,
+    max_tokens=1; each prompt token's log-probability (the first null) against one forward pass."""
+    tok = run.tokenizer
+    texts = ["the cat sat on the mat", "a dog ran"]
+    ids = [[int(t) for t in tok.encode(x)] for x in texts]
+    raw = httpx.post(server.url + "/completions", json={"model": "tiny", "prompt": ids, "echo": True, "logprobs": 1,
+                                                        "max_tokens": 1, "temperature": 0}, timeout=60).json()
+    for choice, row, text in zip(sorted(raw["choices"], key=lambda c: c["index"]), ids, texts, strict=True):
+        lp = choice["logprobs"]
+        assert choice["text"].startswith(text)
+        assert lp["tokens"][:len(row)] == [tok.decode([t]) for t in row]
+        assert lp["token_logprobs"][0] is None and lp["top_logprobs"][0] is None
+        np.testing.assert_allclose(lp["token_logprobs"][1:len(row)], reference_logprobs(run, row), atol=1e-4)
+        for v, top in zip(lp["token_logprobs"][1:len(row)], lp["top_logprobs"][1:len(row)], strict=True):
+            assert len(top) == 1 and max(top.values()) >= v - 1e-6
+        assert len(lp["tokens"]) == len(row) + 1  # and the one generated token
+    with pytest.raises(openai.BadRequestError, match="not in this model's vocabulary"):
+        server.client().completions.create(model="tiny", prompt=[tok.vocab_size], max_tokens=1)
+    with pytest.raises(openai.BadRequestError, match="echo: this server does not stream"):
+        server.client().completions.create(model="tiny", prompt="a", max_tokens=1, echo=True, stream=True)
+    root = server.url.removesuffix("/v1")
+    tokenized = httpx.post(root + "/tokenize", json={"prompt": texts[0], "add_special_tokens": False}).json()
+    assert tokenized["tokens"] == ids[0]
+    assert httpx.post(root + "/detokenize", json={"tokens": ids[1]}).json()["prompt"] == texts[1]
+    info = httpx.get(root + "/tokenizer_info").json()
+    assert info["eos_token"] is None and info["model_max_length"] == run.model.cfg.max_len  # a char tokenizer
+
+
 def test_concurrent_greedy_requests_equal_llm_sample_each(server, run):
     client = server.client()
     sched = server.app.state.scheduler
@@ -188,8 +228,8 @@ def test_bad_requests_get_openai_errors_and_the_server_keeps_serving(server, run
         client.completions.create(model="tiny", prompt="a", max_tokens=1000)
     with pytest.raises(openai.BadRequestError, match="temperature"):
         client.completions.create(model="tiny", prompt="a", temperature=-1)
-    # Fields the server does not implement are refused by name, not dropped (echo would make every logprob 0).
-    for create, extra in ((client.completions.create, {"echo": True}),
+    # Fields the server does not implement are refused by name, not dropped.
+    for create, extra in ((client.completions.create, {"best_of": 2}),
                           (client.completions.create, {"presence_penalty": 0.5}),
                           (client.chat.completions.create, {"frequency_penalty": 0.5})):
         prompt = {"prompt": "a"} if create == client.completions.create else {
