@@ -167,7 +167,22 @@ def make_app(run: LoadedRun, scheduler: Scheduler, *, model_name: str, limits: L
                            param="model", code="model_not_found")
         return _model_card(model_name, created)
 
-    # The tokenizer endpoints lm-evaluation-harness's API models call (tokenizer_backend=remote), at the root.
+    _add_tokenizer_routes(app, service, auth)
+
+    @app.post("/v1/completions", dependencies=auth)
+    async def completions(body: CompletionBody, request: Request):
+        return await service.completions(body, request)
+
+    @app.post("/v1/chat/completions", dependencies=auth)
+    async def chat_completions(body: ChatBody, request: Request):
+        return await service.chat_completions(body, request)
+
+    return app
+
+
+def _add_tokenizer_routes(app: FastAPI, service: Service, auth) -> None:
+    """The tokenizer endpoints lm-evaluation-harness's API models call (tokenizer_backend=remote), at the root."""
+
     @app.post("/tokenize", dependencies=auth)
     async def tokenize(body: TokenizeBody):
         tokens = [int(t) for t in service.tokenizer.encode(body.prompt)]
@@ -182,16 +197,6 @@ def make_app(run: LoadedRun, scheduler: Scheduler, *, model_name: str, limits: L
         eos = service.tokenizer.eos_id
         return {"eos_token": None if eos is None else service.token_text(eos), "bos_token": None,
                 "pad_token": None, "chat_template": None, "model_max_length": service.max_len}
-
-    @app.post("/v1/completions", dependencies=auth)
-    async def completions(body: CompletionBody, request: Request):
-        return await service.completions(body, request)
-
-    @app.post("/v1/chat/completions", dependencies=auth)
-    async def chat_completions(body: ChatBody, request: Request):
-        return await service.chat_completions(body, request)
-
-    return app
 
 
 class Service:
