@@ -101,12 +101,12 @@ def test_local_completions_against_llm_serve_equal_the_native_model(trained, har
     """The harness's own `local-completions` API model (token ids from the server's /tokenize, echo + logprobs)
     against a real `llm serve` on a loopback port: the same loglikelihoods and greedy flags as the native model."""
     from lm_eval.models.openai_completions import LocalCompletionsAPI
-    from serving.test_serve import _Server  # tests/ is on the path (pyproject)
+    from serving.test_serve import LoopbackServer  # tests/ is on the path (pyproject)
 
     from llm.serving.app import Limits
     from llm.serving.server import build_app
 
-    server = _Server(build_app(load_run(trained / "run"), model_name="tiny", max_batch=4, limits=Limits()))
+    server = LoopbackServer(build_app(load_run(trained / "run"), model_name="tiny", max_batch=4, limits=Limits()))
     try:
         # The server takes prompts of up to max_len - 1 tokens (one is generated); these requests fit.
         api = LocalCompletionsAPI(base_url=server.url + "/completions", model="tiny", tokenizer_backend="remote",

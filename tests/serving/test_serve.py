@@ -62,7 +62,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-class _Server:
+class LoopbackServer:
+    """A uvicorn server of `app` on a free loopback port, in a thread (tests/evaluation/test_harness.py too)."""
+
     def __init__(self, app):
         self.port = _free_port()
         self.app = app
@@ -96,7 +98,7 @@ def run(trained):
 
 @pytest.fixture(scope="module")
 def server(run):
-    s = _Server(build_app(run, model_name="tiny", max_batch=4, limits=Limits(max_tokens=64)))
+    s = LoopbackServer(build_app(run, model_name="tiny", max_batch=4, limits=Limits(max_tokens=64)))
     yield s
     s.close()
 
@@ -252,7 +254,7 @@ def test_bad_requests_get_openai_errors_and_the_server_keeps_serving(server, run
 
 
 def test_api_key_and_a_full_queue(run):
-    s = _Server(build_app(run, model_name="tiny", max_batch=1, max_queue=1, api_key="sekrit"))
+    s = LoopbackServer(build_app(run, model_name="tiny", max_batch=1, max_queue=1, api_key="sekrit"))
     try:
         with pytest.raises(openai.AuthenticationError):
             s.client("wrong").models.list()
