@@ -12,13 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from llm.errors import PromptError
-
-SHORTEST_BUCKET = 16
-
-
-def bucket(length: int, max_len: int) -> int:
-    """The padded length of a row of `length` inputs: the next power of two (at least 16), at most max_len."""
-    return min(max_len, max(SHORTEST_BUCKET, 1 << (max(length, 1) - 1).bit_length()))
+from llm.inference.streaming import prefill_bucket
 
 
 @functools.partial(jax.jit, static_argnames=("model", "top"))
@@ -43,7 +37,7 @@ def token_logprobs(model, params, rows: Sequence[Sequence[int]], *, batch_size: 
     out: list[tuple | None] = [None] * len(rows)
     for start in range(0, len(order), batch_size):
         ids = order[start:start + batch_size]
-        width = bucket(len(rows[ids[0]]) - 1, max_len)
+        width = prefill_bucket(len(rows[ids[0]]) - 1, max_len)  # the chat prefill's lengths
         tokens = np.zeros((batch_size, width + 1), np.int32)
         for j, i in enumerate(ids):
             tokens[j, :len(rows[i])] = rows[i]
