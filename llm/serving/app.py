@@ -190,7 +190,7 @@ def _add_tokenizer_routes(app: FastAPI, service: Service, auth) -> None:
 
     @app.post("/detokenize", dependencies=auth)
     async def detokenize(body: DetokenizeBody):
-        return {"prompt": service.tokenizer.decode(np.asarray(service.check_ids(body.tokens, "tokens"), np.int64))}
+        return {"prompt": service.text(service.check_ids(body.tokens, "tokens"))}
 
     @app.get("/tokenizer_info", dependencies=auth)
     async def tokenizer_info():
@@ -243,7 +243,9 @@ class Service:
             raise ApiError(400, str(e), param=param) from None
         except ValueError as e:
             raise ApiError(400, f"the {param} cannot be encoded: {e}", param=param) from None
-        ids = np.asarray(ids, np.int32).reshape(-1)
+        return self.check_length(np.asarray(ids, np.int32).reshape(-1), param)
+
+    def check_length(self, ids: np.ndarray, param: str) -> np.ndarray:
         if ids.size == 0:
             raise ApiError(400, f"the {param} is empty: it needs at least one token", param=param)
         if ids.size > self.max_prompt:
@@ -266,17 +268,8 @@ class Service:
             prompt = [prompt]
         if not prompt:
             raise ApiError(400, "prompt: give a string, a non-empty list of strings, or token ids", param="prompt")
-        out = []
-        for p in prompt:
-            if isinstance(p, str):
-                out.append(self.encode(p, "prompt"))
-                continue
-            ids = np.asarray(self.check_ids(p, "prompt"), np.int32)
-            if ids.size == 0 or ids.size > self.max_prompt:
-                raise ApiError(400, f"a prompt takes 1 to {self.max_prompt} tokens, got {ids.size}", param="prompt",
-                               code="context_length_exceeded" if ids.size else None)
-            out.append(ids)
-        return out
+        return [self.encode(p, "prompt") if isinstance(p, str) else
+                self.check_length(np.asarray(self.check_ids(p, "prompt"), np.int32), "prompt") for p in prompt]
 
     async def echoed(self, prompts: list[np.ndarray], top: int) -> list[dict]:
         """Each prompt's own logprobs entries (tokens, token_logprobs, top_logprobs; the first token's null)."""
@@ -349,11 +342,11 @@ class Service:
                 finish[index], done_tokens = ev[1], done_tokens + ev[2]
         return texts, finish, logs, done_tokens
 
-    def token_text(self, t: int) -> str:
-        return self.tokenizer.decode(np.asarray([t], np.int64))
-
-    def token_text_of(self, ids: np.ndarray) -> str:
+    def text(self, ids) -> str:
         return self.tokenizer.decode(np.asarray(ids, np.int64))
+
+    def token_text(self, t: int) -> str:
+        return self.text([t])
 
     async def completions(self, body: CompletionBody, request: Request):
         settings = self.check(body, body.max_tokens, 16)
@@ -395,7 +388,7 @@ class Service:
         echoes = await self.echoed(prompts, body.logprobs or 0) if body.echo and body.logprobs is not None else None
         choices = []
         for i in range(n_choices):
-            lp, head = None, self.token_text_of(prompts[i // body.n]) if body.echo else ""
+            lp, head = None, self.text(prompts[i // body.n]) if body.echo else ""
             if body.logprobs is not None:
                 entries = [logprob_entry(info) for info in logs[i]]
                 lp = {"tokens": [e[0] for e in entries], "token_logprobs": [e[1] for e in entries],

@@ -155,6 +155,8 @@ def test_echo_gives_the_prompts_logprobs_and_token_ids_and_the_tokenizer_endpoin
         assert len(lp["tokens"]) == len(row) + 1  # and the one generated token
     with pytest.raises(openai.BadRequestError, match="not in this model's vocabulary"):
         server.client().completions.create(model="tiny", prompt=[tok.vocab_size], max_tokens=1)
+    with pytest.raises(openai.BadRequestError, match="the prompt takes 32 tokens; this server takes at most 31"):
+        server.client().completions.create(model="tiny", prompt=[ids[0][0]] * 32, max_tokens=1)
     with pytest.raises(openai.BadRequestError, match="echo: this server does not stream"):
         server.client().completions.create(model="tiny", prompt="a", max_tokens=1, echo=True, stream=True)
     root = server.url.removesuffix("/v1")
