@@ -72,6 +72,19 @@ def numpy_cross_entropy(logits_BTV, targets_BT, weights_BT=None) -> tuple[float,
     return float((losses * weights).sum()), float(weights.sum())
 
 
+def numpy_token_logprobs(model, params, ids) -> tuple[np.ndarray, np.ndarray]:
+    """(log p(ids[i] | ids[:i]) for i >= 1, whether each ids[i] is the argmax there) from one unpadded forward pass
+    of `ids`, log-softmax in float64 NumPy: the reference for scored and echoed tokens."""
+    import jax
+
+    ids = np.asarray(ids, np.int32)
+    logits = np.asarray(jax.jit(model.apply)({"params": params}, ids[None, :-1])[0], np.float64)
+    logp = logits - logits.max(-1, keepdims=True)
+    logp -= np.log(np.exp(logp).sum(-1, keepdims=True))
+    targets = ids[1:]
+    return logp[np.arange(len(targets)), targets], logp.argmax(-1) == targets
+
+
 def tiny_config(tmp: Path, **overrides):
     """A 1-layer, 32-wide character model on a generated corpus (a test about layers sets its own n_layers: each
     layer is more for XLA to compile); a few steps take about a second."""

@@ -5,9 +5,9 @@ the model's own full forward pass of that one text, scored in float64 NumPy; a l
 import json
 from types import SimpleNamespace
 
-import jax
 import numpy as np
 import pytest
+from conftest import numpy_token_logprobs
 
 from llm.cli import main
 from llm.errors import ConfigError, PromptError
@@ -30,13 +30,8 @@ def reference_loglikelihood(lm, context: str, continuation: str) -> tuple[float,
     """The continuation's log-probability from one unpadded forward pass of context + continuation (a character
     tokenizer: the two texts' tokens concatenate), log-softmax in float64."""
     head, tail = list(lm.tokenizer.encode(context)), list(lm.tokenizer.encode(continuation))
-    tokens = np.asarray([head + tail], np.int32)
-    logits = np.asarray(jax.jit(lm.model.apply)({"params": lm.params}, tokens[:, :-1])[0], np.float64)
-    logp = logits - logits.max(-1, keepdims=True)
-    logp -= np.log(np.exp(logp).sum(-1, keepdims=True))
-    targets = tokens[0, 1:][-len(tail):]
-    rows = logp[-len(tail):]
-    return float(rows[np.arange(len(tail)), targets].sum()), bool((rows.argmax(-1) == targets).all())
+    logp, greedy = numpy_token_logprobs(lm.model, lm.params, head + tail)
+    return float(logp[-len(tail):].sum()), bool(greedy[-len(tail):].all())
 
 
 def requests(pairs):

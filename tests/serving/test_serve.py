@@ -14,6 +14,7 @@ import numpy as np
 import openai
 import pytest
 import uvicorn
+from conftest import numpy_token_logprobs
 from inference.test_chat import model_and_params  # tests/ is on the path (pyproject); its folder may not be
 
 from llm.inference import SamplingParams, generate
@@ -125,17 +126,6 @@ def test_models_and_a_greedy_completion_equal_llm_sample(server, run):
     assert r.usage.prompt_tokens == len(run.tokenizer.encode("the "))
 
 
-def reference_logprobs(run, ids: list[int]) -> np.ndarray:
-    """log p(ids[i] | ids[:i]) for i >= 1 from one forward pass, log-softmax in float64 NumPy."""
-    import jax
-
-    logits = np.asarray(jax.jit(run.model.apply)({"params": run.params}, np.asarray([ids[:-1]], np.int32))[0],
-                        np.float64)
-    logp = logits - logits.max(-1, keepdims=True)
-    logp -= np.log(np.exp(logp).sum(-1, keepdims=True))
-    return logp[np.arange(len(ids) - 1), ids[1:]]
-
-
 def test_echo_gives_the_prompts_logprobs_and_token_ids_and_the_tokenizer_endpoints_work(server, run):
     """What the harness's local-completions sends for a loglikelihood: token-id prompts, echo, logprobs=1,
     max_tokens=1; each prompt token's log-probability (the first null) against one forward pass."""
@@ -149,7 +139,8 @@ def test_echo_gives_the_prompts_logprobs_and_token_ids_and_the_tokenizer_endpoin
         assert choice["text"].startswith(text)
         assert lp["tokens"][:len(row)] == [tok.decode([t]) for t in row]
         assert lp["token_logprobs"][0] is None and lp["top_logprobs"][0] is None
-        np.testing.assert_allclose(lp["token_logprobs"][1:len(row)], reference_logprobs(run, row), atol=1e-4)
+        want, _ = numpy_token_logprobs(run.model, run.params, row)
+        np.testing.assert_allclose(lp["token_logprobs"][1:len(row)], want, atol=1e-4)
         for v, top in zip(lp["token_logprobs"][1:len(row)], lp["top_logprobs"][1:len(row)], strict=True):
             assert len(top) == 1 and max(top.values()) >= v - 1e-6
         assert len(lp["tokens"]) == len(row) + 1  # and the one generated token
